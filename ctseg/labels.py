@@ -1,0 +1,49 @@
+"""Vertebra label ids (VerSe convention) and the label maps that bring other conventions in.
+
+VerSe ids: 1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6, 26 sacrum, 28 T13. Everything inside
+ctseg speaks VerSe; other conventions (TotalSegmentator, ...) enter only through a label map.
+"""
+
+from __future__ import annotations
+
+VERSE_NAMES: dict[int, str] = {
+    **{i: f"C{i}" for i in range(1, 8)},
+    **{7 + i: f"T{i}" for i in range(1, 13)},
+    **{19 + i: f"L{i}" for i in range(1, 6)},
+    25: "L6",
+    26: "sacrum",
+    28: "T13",
+}
+VERSE_IDS: dict[str, int] = {name: label for label, name in VERSE_NAMES.items()}
+
+#: TotalSegmentator v2 ("total" task) vertebra ids -> VerSe ids. v2 counts from S1 = 26 upward
+#: to C1 = 50 (L5 = 27 ... T12 = 32, T11 = 33 ... T1 = 43, C7 = 44 ... C1 = 50); sacrum = 25.
+TOTALSEG_V2_TO_VERSE: dict[int, int] = {
+    25: 26,  # sacrum
+    **{27 + k: 24 - k for k in range(5)},  # L5..L1 -> 24..20
+    **{32 + k: 19 - k for k in range(12)},  # T12..T1 -> 19..8
+    **{44 + k: 7 - k for k in range(7)},  # C7..C1 -> 7..1
+}
+
+BUILTIN_LABEL_MAPS: dict[str, dict[int, int]] = {
+    "totalseg_v2": TOTALSEG_V2_TO_VERSE,
+}
+
+
+def level_range(first: str, last: str) -> list[int]:
+    """VerSe ids from ``first`` to ``last`` inclusive along the spine (C1 -> sacrum)."""
+    order = list(range(1, 25))
+    a, b = VERSE_IDS[first], VERSE_IDS[last]
+    if a not in order or b not in order or order.index(a) > order.index(b):
+        raise ValueError(f"invalid level range {first}-{last}")
+    return order[order.index(a) : order.index(b) + 1]
+
+
+def resolve_label_map(name: str | None, extra: dict | None = None) -> dict[int, int] | None:
+    """Look a label map up by name among config-provided and built-in maps."""
+    if not name:
+        return None
+    maps = {**BUILTIN_LABEL_MAPS, **{k: {int(a): int(b) for a, b in v.items()} for k, v in (extra or {}).items()}}
+    if name not in maps:
+        raise KeyError(f"unknown label_map {name!r}; known: {', '.join(sorted(maps))}")
+    return maps[name]
