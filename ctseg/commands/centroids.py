@@ -1,0 +1,37 @@
+"""``ctseg centroids LABELS [--label-map NAME] --out centroids.json``: vertebra centroids.
+
+Writes the DESIGN ``centroids.json`` format (world mm, LPS, sorted by label). With
+``--label-map`` the ids are first mapped to VerSe; ids the map does not name are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ctseg.atomic import write_text
+from ctseg.centroids import centroids_from_labels
+from ctseg.labels import resolve_label_map
+from ctseg.metrics import read_image, remap_labels
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("labels", type=Path, help="label map (NIfTI/NRRD)")
+    parser.add_argument("--label-map", default=None, help="named label map (e.g. totalseg_v2)")
+    parser.add_argument("--out", type=Path, required=True, help="output centroids.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    img = read_image(args.labels)
+    mapping = resolve_label_map(args.label_map)
+    if mapping is not None:
+        mapped = sitk.GetImageFromArray(remap_labels(sitk.GetArrayFromImage(img), mapping))
+        mapped.CopyInformation(img)
+        img = mapped
+    cents = centroids_from_labels(img)
+    write_text(args.out, json.dumps(cents, indent=1) + "\n")
+    print(f"{len(cents)} centroids -> {args.out}")
+    return 0

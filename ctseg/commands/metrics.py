@@ -1,0 +1,52 @@
+"""``ctseg metrics PRED GT [--label-map NAME] --out metrics.tsv``: metrics per label of one case.
+
+The label map (``--label-map``) is applied to the ground truth only: the prediction comes from
+a ctseg model and is already in VerSe ids, while a truth file may come in another convention
+(e.g. TotalSegmentator v2). Truth ids the map does not name become background.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ctseg.labels import resolve_label_map
+from ctseg.metrics import (
+    METRIC_KEYS,
+    array_spacing,
+    check_same_grid,
+    label_metrics,
+    read_image,
+    remap_labels,
+    write_tsv,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pred", type=Path, help="predicted label map (NIfTI/NRRD)")
+    parser.add_argument("gt", type=Path, help="ground-truth label map on the same grid")
+    parser.add_argument(
+        "--label-map", default=None, help="named label map applied to GT only (e.g. totalseg_v2)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output TSV, one row per label")
+
+
+def run(args: argparse.Namespace) -> int:
+    pred_img = read_image(args.pred)
+    gt_img = read_image(args.gt)
+    check_same_grid(pred_img, gt_img, args.pred, args.gt)
+    pred = sitk.GetArrayFromImage(pred_img)
+    gt = sitk.GetArrayFromImage(gt_img)
+    mapping = resolve_label_map(args.label_map)
+    if mapping is not None:
+        gt = remap_labels(gt, mapping)
+    rows = label_metrics(pred, gt, array_spacing(gt_img))
+    from ctseg.centroids import label_name
+
+    for r in rows:
+        r["name"] = label_name(r["label"])
+    write_tsv(rows, ("label", "name", *METRIC_KEYS), args.out)
+    print(f"{len(rows)} labels -> {args.out}")
+    return 0
