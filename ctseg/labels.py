@@ -43,7 +43,10 @@ def resolve_label_map(name: str | None, extra: dict | None = None) -> dict[int, 
     """Look a label map up by name among config-provided and built-in maps."""
     if not name:
         return None
-    maps = {**BUILTIN_LABEL_MAPS, **{k: {int(a): int(b) for a, b in v.items()} for k, v in (extra or {}).items()}}
+    maps = {
+        **BUILTIN_LABEL_MAPS,
+        **{k: {int(a): int(b) for a, b in v.items()} for k, v in (extra or {}).items()},
+    }
     if name not in maps:
         raise KeyError(f"unknown label_map {name!r}; known: {', '.join(sorted(maps))}")
     return maps[name]

@@ -1,0 +1,185 @@
+"""3D augmentations for the augmentation cubes, in volumentations-3D's own transform API.
+
+Seed 001 augmented its cubes with volumentations-3D (Gaussian noise, rescaling, blur, rotation,
+flips). We keep that library as the composition framework (``Compose`` + ``DualTransform``) but
+replace the transforms that are broken or slow in volumentations-3D 1.0.4:
+
+* ``Blur`` raises ``NameError`` (its functional ``blur`` does not exist) -> :class:`GaussianBlur`.
+* ``Flip`` draws its random axis inside ``apply``, i.e. once for the image and again for the
+  mask, so image and label get flipped differently -> :class:`AlignedFlip` draws it once in
+  ``get_params``.
+* ``RandomScale`` on a plain 3D array treats the last (depth) axis as channels (it would need an
+  ``[H, W, D, 1]`` array) and changes the array shape; ``Resize`` casts to uint8 by default;
+  ``Rotate`` and ``RandomScale`` are two separate full resamples -> :class:`RotateScale` fuses
+  rotation and isotropic scaling into a single ``scipy.ndimage.affine_transform`` that keeps the
+  shape (order 1 for the image, order 0 for labels, so label ids are never blended).
+
+``GaussianNoise`` is used as shipped. All arrays here are indexed ``[z, y, x]``.
+
+Volumentations draws its randomness from the global ``random`` / ``np.random`` generators, so
+:func:`augment_pair` seeds both from an explicit per-sample seed: the same seed gives the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from scipy import ndimage
+from volumentations import Compose
+from volumentations.augmentations.transforms import GaussianNoise
+from volumentations.core.transforms_interface import DualTransform, ImageOnlyTransform
+
+#: Default HU window: air (-1000) to dense cortical bone (2000). Values are clipped to it and
+#: scaled linearly to [0, 1], so air is 0 and zero padding / constant borders look like air.
+DEFAULT_HU_WINDOW: tuple[float, float] = (-1000.0, 2000.0)
+
+#: Default augmentation settings (seed 001's set). Flips are left-right only by default: a
+#: superior-inferior flip would put T1 below L5 and teach a vertebra-identification model
+#: nonsense.
+DEFAULT_AUGMENT: dict = {
+    "rotate_deg": [10.0, 5.0, 5.0],  # max |angle| about the z, y, x axes
+    "scale": [0.9, 1.1],
+    "p_affine": 0.8,
+    "flip_axes": [2],  # array axes that may be flipped ([z, y, x] -> 2 = left-right)
+    "p_flip": 0.5,
+    "blur_sigma": [0.3, 1.0],  # voxels
+    "p_blur": 0.3,
+    "noise_std": [0.005, 0.02],  # in normalised units (1.0 = the HU window width)
+    "p_noise": 0.5,
+}
+
+
+def hu_to_float(hu: np.ndarray, window: tuple[float, float] | list[float] = DEFAULT_HU_WINDOW) -> np.ndarray:
+    """Clip HU to ``window`` and scale linearly to [0, 1] float32 (air -> 0).
+
+    A fixed window (not per-volume z-scoring) keeps intensities comparable across scanners and
+    phantoms, and makes constant padding with 0 equal to air.
+    """
+    lo, hi = float(window[0]), float(window[1])
+    out = (np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)
+    return out.astype(np.float32, copy=False)
+
+
+def affine_matrix(angles_deg: tuple[float, float, float], scale: float) -> np.ndarray:
+    """3x3 matrix mapping output voxel offsets to input offsets for rotation + zoom.
+
+    ``angles_deg`` rotate about the z, y and x array axes; ``scale`` > 1 enlarges the content.
+    """
+    az, ay, ax = np.deg2rad(angles_deg)
+    # rotations in [z, y, x] index space
+    rz = np.array([[1, 0, 0], [0, np.cos(az), -np.sin(az)], [0, np.sin(az), np.cos(az)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rx = np.array([[np.cos(ax), -np.sin(ax), 0], [np.sin(ax), np.cos(ax), 0], [0, 0, 1]])
+    forward = scale * (rz @ ry @ rx)
+    return np.linalg.inv(forward)
+
+
+def rotate_scale(volume: np.ndarray, matrix: np.ndarray, order: int, cval: float = 0.0) -> np.ndarray:
+    """Resample ``volume`` once with the inverse affine ``matrix`` about the array centre."""
+    centre = (np.asarray(volume.shape, dtype=float) - 1.0) / 2.0
+    offset = centre - matrix @ centre
+    out_dtype = np.float32 if order > 0 else volume.dtype
+    return ndimage.affine_transform(
+        volume, matrix, offset=offset, order=order, mode="constant", cval=cval, output=out_dtype
+    )
+
+
+class RotateScale(DualTransform):
+    """Fused random rotation + isotropic rescaling: one resample instead of two.
+
+    Replaces volumentations' ``Rotate`` + ``RandomScale`` (two resamples, shape change, depth
+    treated as channels on 3D arrays). Image: trilinear; mask: nearest neighbour.
+    """
+
+    def __init__(
+        self,
+        rotate_deg: tuple[float, float, float] = (10.0, 5.0, 5.0),
+        scale: tuple[float, float] = (0.9, 1.1),
+        always_apply: bool = False,
+        p: float = 0.8,
+    ):
+        super().__init__(always_apply, p)
+        self.rotate_deg = tuple(float(a) for a in rotate_deg)
+        self.scale = (float(scale[0]), float(scale[1]))
+
+    def get_params(self, **data):
+        angles = tuple(random.uniform(-a, a) for a in self.rotate_deg)
+        return {"matrix": affine_matrix(angles, random.uniform(*self.scale))}
+
+    def apply(self, img, matrix=None):
+        return rotate_scale(img, matrix, order=1)
+
+    def apply_to_mask(self, mask, matrix=None):
+        return rotate_scale(mask, matrix, order=0)
+
+
+class AlignedFlip(DualTransform):
+    """Flip along a random subset of ``axes``, the same one for image and mask.
+
+    volumentations' ``Flip`` picks the axis in ``apply`` and so flips image and mask along
+    independently drawn axes; here the choice is made once per call in ``get_params``.
+    """
+
+    def __init__(self, axes: tuple[int, ...] = (2,), always_apply: bool = False, p: float = 0.5):
+        super().__init__(always_apply, p)
+        self.axes = tuple(int(a) for a in axes)
+
+    def get_params(self, **data):
+        chosen = tuple(a for a in self.axes if random.random() < 0.5)
+        if not chosen and self.axes:
+            chosen = (random.choice(self.axes),)
+        return {"axes": chosen}
+
+    def apply(self, img, axes=()):
+        return np.ascontiguousarray(np.flip(img, axes)) if axes else img
+
+
+class GaussianBlur(ImageOnlyTransform):
+    """Gaussian blur with a random sigma (voxels); replaces volumentations' broken ``Blur``."""
+
+    def __init__(self, sigma: tuple[float, float] = (0.3, 1.0), always_apply: bool = False, p: float = 0.3):
+        super().__init__(always_apply, p)
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+
+    def get_params(self, **data):
+        return {"sigma": random.uniform(*self.sigma)}
+
+    def apply(self, img, sigma=1.0):
+        return ndimage.gaussian_filter(img, sigma=sigma, mode="nearest").astype(np.float32)
+
+
+def build_augmentation(cfg: dict | None = None) -> Compose:
+    """Build the volumentations ``Compose`` from an ``augment`` config (see DEFAULT_AUGMENT)."""
+    c = {**DEFAULT_AUGMENT, **(cfg or {})}
+    noise = [float(s) ** 2 for s in c["noise_std"]]
+    transforms = [
+        RotateScale(c["rotate_deg"], c["scale"], p=float(c["p_affine"])),
+        AlignedFlip(tuple(c["flip_axes"]), p=float(c["p_flip"])),
+        GaussianBlur(c["blur_sigma"], p=float(c["p_blur"])),
+        GaussianNoise(var_limit=(noise[0], noise[1]), mean=0.0, p=float(c["p_noise"])),
+    ]
+    return Compose(transforms, p=1.0)
+
+
+def augment_pair(
+    image: np.ndarray, label: np.ndarray, compose: Compose, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``compose`` to an image/label pair reproducibly.
+
+    volumentations uses the process-global ``random`` and ``np.random`` state, so both are
+    seeded from ``seed`` here (and restored afterwards so callers' global state is untouched).
+    Returns float32 image and label in the input label dtype.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        random.seed(int(seed))
+        np.random.seed(int(seed) % (2**32))
+        out = compose(image=image.astype(np.float32), mask=label)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    img = np.ascontiguousarray(out["image"], dtype=np.float32)
+    lab = np.ascontiguousarray(np.rint(out["mask"]).astype(label.dtype))
+    return img, lab

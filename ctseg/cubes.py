@@ -1,0 +1,258 @@
+"""Augmentation cubes: training samples resampled, cropped, augmented and streamed to HDF5.
+
+A cube (seed 001's "makeCube") holds, for every training case, the un-augmented original plus
+``recipe["copies"]`` augmented copies. Each sample is either the whole volume padded/cropped to
+``recipe["patch"]`` (``mode: whole``, the default) or a random crop of that size biased towards
+foreground (``mode: random``, probability ``fg_prob`` of centring on a labelled voxel).
+
+Intensities: HU clipped to ``recipe["hu_window"]`` (default [-1000, 2000]) and scaled to [0, 1]
+(see :func:`ctseg.augment.hu_to_float`). Labels: VerSe ids (task ``vertebrae``) or 0/1 (task
+``metal``); the mapping to contiguous classes happens at training time.
+
+File layout: ``image`` float32 [N, D, H, W], ``label`` uint8 [N, D, H, W] (chunked per sample,
+gzip), ``case_index`` int32 [N], ``copy_index`` int32 [N], ``seed`` int64 [N]; attribute
+``provenance`` (JSON: recipe, config hash, cases, seeds, spacing, patch, hu_window). Samples are
+written one at a time, so memory holds one case, whatever the cohort size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from ctseg.atomic import atomic_path
+from ctseg.augment import DEFAULT_HU_WINDOW, augment_pair, build_augmentation, hu_to_float
+from ctseg.errors import InputError
+
+TASKS = ("vertebrae", "metal")
+
+
+def recipe_hash(recipe: dict) -> str:
+    """Stable sha256 of a recipe (sorted-key JSON), recorded in the cube's provenance."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sample_seed(seed: int, case_index: int, copy_index: int) -> int:
+    """Independent, reproducible seed for one sample (numpy SeedSequence mixing)."""
+    return int(np.random.SeedSequence([int(seed), int(case_index), int(copy_index)]).generate_state(1)[0])
+
+
+def read_image(path: str | Path, case: str | None = None) -> sitk.Image:
+    """Read an image, turning I/O failures into an InputError naming case and file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path, case=case)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read image: {exc}", path=path, case=case) from exc
+
+
+def resample_to_spacing(
+    image: sitk.Image, spacing_xyz: list[float] | tuple[float, ...], *, is_label: bool, default: float = 0.0
+) -> sitk.Image:
+    """Resample to ``spacing_xyz`` (mm) keeping origin and direction and the physical extent.
+
+    Labels use nearest neighbour (ids must not blend), images linear interpolation.
+    """
+    old_sp = np.array(image.GetSpacing(), dtype=float)
+    new_sp = np.array([float(s) for s in spacing_xyz], dtype=float)
+    size = np.maximum(1, np.round(np.array(image.GetSize()) * old_sp / new_sp)).astype(int)
+    interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+    return sitk.Resample(
+        image,
+        [int(s) for s in size],
+        sitk.Transform(),
+        interp,
+        image.GetOrigin(),
+        [float(s) for s in new_sp],
+        image.GetDirection(),
+        float(default),
+        image.GetPixelID(),
+    )
+
+
+def load_case_arrays(item: dict, recipe: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Load one case at the recipe spacing: (normalised float32 image, uint8 label) [z, y, x]."""
+    task = recipe.get("task", "vertebrae")
+    if task not in TASKS:
+        raise ValueError(f"cube task must be one of {TASKS}, got {task!r}")
+    case = item.get("case")
+    label_key = "labels" if task == "vertebrae" else "metal"
+    if not item.get(label_key):
+        raise InputError(f"task {task!r} needs a {label_key!r} file", case=case, path=item.get("ct"))
+    ct = read_image(item["ct"], case)
+    lab = read_image(item[label_key], case)
+    if ct.GetSize() != lab.GetSize() or not np.allclose(ct.GetSpacing(), lab.GetSpacing(), atol=1e-4):
+        raise InputError(
+            f"{label_key} grid {lab.GetSize()} / {lab.GetSpacing()} differs from the CT grid "
+            f"{ct.GetSize()} / {ct.GetSpacing()}",
+            path=item[label_key],
+            case=case,
+        )
+    lab.CopyInformation(ct)
+    spacing = recipe.get("spacing_mm", ct.GetSpacing())
+    ct_r = resample_to_spacing(sitk.Cast(ct, sitk.sitkFloat32), spacing, is_label=False, default=-1000.0)
+    lab_r = resample_to_spacing(sitk.Cast(lab, sitk.sitkUInt8), spacing, is_label=True)
+    image = hu_to_float(sitk.GetArrayFromImage(ct_r), recipe.get("hu_window", DEFAULT_HU_WINDOW))
+    label = sitk.GetArrayFromImage(lab_r).astype(np.uint8)
+    if task == "metal":
+        label = (label > 0).astype(np.uint8)
+    return image, label
+
+
+def pad_crop_to(array: np.ndarray, shape: tuple[int, ...], centre: tuple[int, ...] | None = None, cval: float = 0) -> np.ndarray:
+    """Window of ``shape`` around ``centre`` (default: the array centre), zero/``cval`` padded."""
+    centre = tuple(s // 2 for s in array.shape) if centre is None else centre
+    out = np.full(shape, cval, dtype=array.dtype)
+    src, dst = [], []
+    for n, size, c in zip(array.shape, shape, centre, strict=True):
+        start = int(c) - size // 2
+        s0, s1 = max(start, 0), min(start + size, n)
+        src.append(slice(s0, s1))
+        dst.append(slice(s0 - start, s1 - start))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def foreground_centre(label: np.ndarray) -> tuple[int, ...]:
+    """Centre of the foreground bounding box (the array centre if there is no foreground)."""
+    idx = np.argwhere(label > 0)
+    if len(idx) == 0:
+        return tuple(s // 2 for s in label.shape)
+    return tuple(int(v) for v in (idx.min(0) + idx.max(0)) // 2)
+
+
+def choose_crop_centre(label: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator, fg_prob: float) -> tuple[int, ...]:
+    """Random crop centre: a random foreground voxel with probability ``fg_prob``, else uniform
+    over centres that keep the crop inside the volume where possible."""
+    if rng.random() < fg_prob:
+        idx = np.flatnonzero(label)
+        if len(idx):
+            return tuple(int(v) for v in np.unravel_index(idx[rng.integers(len(idx))], label.shape))
+    centre = []
+    for n, size in zip(label.shape, shape, strict=True):
+        lo, hi = size // 2, n - (size - size // 2)
+        centre.append(int(rng.integers(lo, hi + 1)) if hi >= lo else n // 2)
+    return tuple(centre)
+
+
+def build_cube(items: list[dict], out_h5: Path, recipe: dict, *, seed: int) -> None:
+    """Build an augmentation cube HDF5 from training cases (see module docstring).
+
+    ``items``: ``{"case", "ct", "labels", "metal"}`` paths; ``recipe``: ``task``, ``spacing_mm``
+    (x, y, z), ``patch`` (x, y, z voxels), ``copies``, optional ``mode`` (whole | random),
+    ``fg_prob``, ``hu_window``, ``augment`` (see :data:`ctseg.augment.DEFAULT_AUGMENT`).
+    """
+    if not items:
+        raise InputError("no training cases for the cube", path=out_h5)
+    patch_xyz = [int(p) for p in recipe["patch"]]
+    shape = tuple(reversed(patch_xyz))  # [z, y, x]
+    copies = int(recipe.get("copies", 0))
+    mode = recipe.get("mode", "whole")
+    if mode not in ("whole", "random"):
+        raise ValueError(f"cube mode must be 'whole' or 'random', got {mode!r}")
+    fg_prob = float(recipe.get("fg_prob", 0.7))
+    compose = build_augmentation(recipe.get("augment"))
+    n_total = len(items) * (copies + 1)
+    seeds: list[int] = []
+    provenance = {
+        "recipe": recipe,
+        "config_hash": recipe_hash(recipe),
+        "seed": int(seed),
+        "cases": [str(it.get("case")) for it in items],
+        "spacing_mm": [float(s) for s in recipe.get("spacing_mm", [])],
+        "patch": patch_xyz,
+        "hu_window": list(recipe.get("hu_window", DEFAULT_HU_WINDOW)),
+        "task": recipe.get("task", "vertebrae"),
+        "mode": mode,
+        "normalisation": "clip(HU, hu_window) scaled linearly to [0, 1]",
+    }
+    out_h5 = Path(out_h5)
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w", track_order=False) as h5:
+        chunks = (1, *shape)
+        d_img = h5.create_dataset("image", (n_total, *shape), np.float32, chunks=chunks, compression="gzip", compression_opts=4, shuffle=True)
+        d_lab = h5.create_dataset("label", (n_total, *shape), np.uint8, chunks=chunks, compression="gzip", compression_opts=4)
+        d_case = h5.create_dataset("case_index", (n_total,), np.int32)
+        d_copy = h5.create_dataset("copy_index", (n_total,), np.int32)
+        d_seed = h5.create_dataset("seed", (n_total,), np.int64)
+        n = 0
+        with tqdm(total=n_total, desc=f"cube {out_h5.name}", unit="sample") as bar:
+            for ci, item in enumerate(items):
+                image, label = load_case_arrays(item, recipe)
+                for k in range(copies + 1):
+                    s = sample_seed(seed, ci, k)
+                    rng = np.random.default_rng(s)
+                    if mode == "whole":
+                        centre = foreground_centre(label) if recipe.get("centre_on_foreground", False) else None
+                    else:
+                        centre = foreground_centre(label) if k == 0 else choose_crop_centre(label, shape, rng, fg_prob)
+                    img = pad_crop_to(image, shape, centre)
+                    lab = pad_crop_to(label, shape, centre)
+                    if k > 0:
+                        img, lab = augment_pair(img, lab, compose, s)
+                    d_img[n], d_lab[n] = img, lab
+                    d_case[n], d_copy[n], d_seed[n] = ci, k, s
+                    seeds.append(s)
+                    n += 1
+                    bar.update(1)
+        provenance["sample_seeds"] = seeds
+        h5.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+
+
+def read_provenance(h5_path: Path) -> dict:
+    """The provenance JSON of a cube."""
+    with h5py.File(h5_path, "r") as h5:
+        return json.loads(h5.attrs["provenance"])
+
+
+def check_cube(h5: Path, out_png: Path, out_tsv: Path, *, n_show: int = 4) -> None:
+    """QC of a cube: a montage PNG and a TSV of label voxel frequencies per sample.
+
+    The montage shows, for ``n_show`` samples spread over the cube, the central axial, coronal
+    and sagittal slices of the image, each with the label overlaid (so misalignment between
+    augmented image and label is visible at a glance). The TSV has one row per sample:
+    ``index, case, copy, voxels, label, count, fraction`` for every label present.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h5 = Path(h5)
+    if not h5.is_file():
+        raise InputError("cube not found", path=h5)
+    with h5py.File(h5, "r") as f:
+        prov = json.loads(f.attrs["provenance"])
+        n = f["image"].shape[0]
+        rows = ["index\tcase\tcopy\tvoxels\tlabel\tcount\tfraction"]
+        for i in range(n):
+            lab = f["label"][i]
+            ids, counts = np.unique(lab, return_counts=True)
+            case = prov["cases"][int(f["case_index"][i])]
+            for lid, cnt in zip(ids, counts, strict=True):
+                rows.append(f"{i}\t{case}\t{int(f['copy_index'][i])}\t{lab.size}\t{int(lid)}\t{int(cnt)}\t{cnt / lab.size:.6f}")
+        show = sorted(set(np.linspace(0, n - 1, min(n_show, n)).round().astype(int).tolist()))
+        fig, axes = plt.subplots(len(show), 3, figsize=(9, 3 * len(show)), squeeze=False)
+        for r, i in enumerate(show):
+            img, lab = f["image"][i], f["label"][i]
+            z, y, x = (s // 2 for s in img.shape)
+            views = [("axial", img[z], lab[z]), ("coronal", img[:, y][::-1], lab[:, y][::-1]), ("sagittal", img[:, :, x][::-1], lab[:, :, x][::-1])]
+            for c, (name, im, lb) in enumerate(views):
+                ax = axes[r][c]
+                ax.imshow(im, cmap="gray", vmin=0, vmax=1)
+                ax.imshow(np.ma.masked_equal(lb, 0), cmap="tab20", alpha=0.5, vmin=0, vmax=28, interpolation="nearest")
+                ax.set_title(f"#{i} {prov['cases'][int(f['case_index'][i])]} copy {int(f['copy_index'][i])} {name}", fontsize=7)
+                ax.axis("off")
+        fig.tight_layout()
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+    with atomic_path(out_tsv) as tmp:
+        tmp.write_text("\n".join(rows) + "\n")

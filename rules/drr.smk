@@ -1,0 +1,50 @@
+rule drr:
+    input:
+        ct="results/volumes/{case}/ct.nii.gz",
+        labels="results/volumes/{case}/labels.nii.gz",
+        metal="results/metal/{case}.nii.gz",
+        code=lib("drr", "preprocess"),
+    output:
+        nii="results/drr/{case}/{view}.nii.gz",
+        label="results/drr/{case}/{view}_label.nii.gz",
+        png=report(
+            "results/drr/{case}/{view}.png",
+            caption="captions/drr.rst",
+            category="3. DRR",
+            subcategory="{case}",
+        ),
+    log:
+        "results/logs/drr/{case}_{view}.log",
+    benchmark:
+        "results/benchmarks/drr/{case}_{view}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=DEFAULT_RES["mem_mb"],
+        runtime=DEFAULT_RES["runtime"],
+    params:
+        view=lambda wildcards: VIEWS[wildcards.view],
+        energy_kev=config["drr"].get("energy_kev", 70),
+        min_path_mm=config["drr"].get("min_path_mm", 2.0),
+        device=config["drr"].get("device", "auto"),
+    script:
+        "../scripts/drr.py"
+
+
+rule drr_stack:
+    input:
+        labels=lambda wildcards: drr_item(wildcards.case)["drr_labels"],
+        code=lib("drr"),
+    output:
+        "results/drr/{case}/labels_stack.nii.gz",
+    log:
+        "results/logs/drr_stack/{case}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=DEFAULT_RES["mem_mb"],
+        runtime=DEFAULT_RES["runtime"],
+    script:
+        "../scripts/drr_stack.py"

@@ -1,0 +1,57 @@
+rule train:
+    input:
+        train_inputs,
+        code=lib("train", "training", "models", "losses", "cubes", "preprocess"),
+    output:
+        model="results/models/{experiment}/model.pt",
+        history="results/models/{experiment}/history.tsv",
+        loss=report(
+            "results/models/{experiment}/loss.png",
+            caption="captions/loss.rst",
+            category="5. Training",
+            subcategory="{experiment}",
+        ),
+    log:
+        "results/logs/train/{experiment}.log",
+    benchmark:
+        "results/benchmarks/train/{experiment}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: TRAIN_RES.get("threads", 2)
+    resources:
+        gpu=TRAIN_RES.get("gpu", 0),
+        mem_mb=TRAIN_RES.get("mem_mb", 8000),
+        runtime=TRAIN_RES.get("runtime", 120),
+    params:
+        experiment=lambda wildcards: experiment_cfg(wildcards.experiment),
+        train_data=train_data,
+        val_data=val_data,
+        out_dir="results/models/{experiment}",
+        seed=config["seed"],
+        device=lambda wildcards: EXPERIMENTS[wildcards.experiment].get("device", "auto"),
+    script:
+        "../scripts/train.py"
+
+
+rule predict:
+    input:
+        predict_inputs,
+        model="results/models/{experiment}/model.pt",
+        code=lib("predict", "models", "preprocess"),
+    output:
+        "results/predictions/{experiment}/{case}.nii.gz",
+    log:
+        "results/logs/predict/{experiment}/{case}.log",
+    benchmark:
+        "results/benchmarks/predict/{experiment}/{case}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        inputs=predict_data,
+        device=lambda wildcards: EXPERIMENTS[wildcards.experiment].get("device", "auto"),
+    script:
+        "../scripts/predict.py"

@@ -1,0 +1,14 @@
+"""Rule cube: build one augmentation cube (HDF5) via ctseg.cubes."""
+
+from pathlib import Path
+
+from ctseg.cubes import build_cube
+from ctseg.runlog import job
+
+with job(snakemake.log[0]):
+    build_cube(
+        list(snakemake.params.items),
+        Path(snakemake.output[0]),
+        dict(snakemake.params.recipe),
+        seed=int(snakemake.params.seed),
+    )

@@ -1,0 +1,15 @@
+"""Rule evaluate: metrics, centroid errors and summary of one experiment via ctseg.evaluate."""
+
+from pathlib import Path
+
+from ctseg.evaluate import evaluate_experiment
+from ctseg.runlog import job
+
+with job(snakemake.log[0]):
+    evaluate_experiment(
+        list(snakemake.params.pairs),
+        Path(snakemake.output.metrics),
+        Path(snakemake.output.centroids),
+        Path(snakemake.output.summary),
+        task=snakemake.params.task,
+    )

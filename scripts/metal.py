@@ -1,0 +1,18 @@
+"""Rule metal: metal mask, JSON and QC image of one case via ctseg.metal."""
+
+from pathlib import Path
+
+from ctseg.metal import run_metal
+from ctseg.runlog import job
+
+with job(snakemake.log[0], case=snakemake.wildcards.case):
+    run_metal(
+        Path(snakemake.input.ct),
+        Path(snakemake.output.mask),
+        Path(snakemake.output.json),
+        Path(snakemake.output.qc),
+        threshold_hu=snakemake.params.threshold_hu,
+        min_size=snakemake.params.min_size,
+        dilation_vox=snakemake.params.dilation_vox,
+        slice_png_dir=Path(snakemake.params.slice_png_dir) if snakemake.params.slice_pngs else None,
+    )

@@ -1,0 +1,9 @@
+"""Rule metal_summary: gather per-case metal JSON into metal/summary.tsv."""
+
+from pathlib import Path
+
+from ctseg.metal import write_summary_table
+from ctseg.runlog import job
+
+with job(snakemake.log[0]):
+    write_summary_table([Path(p) for p in snakemake.input.json], Path(snakemake.output[0]))

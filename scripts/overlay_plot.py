@@ -1,0 +1,14 @@
+"""Rule overlay_plot: prediction-vs-truth overlays of one test case."""
+
+from pathlib import Path
+
+from ctseg.report import plot_overlays
+from ctseg.runlog import job
+
+with job(snakemake.log[0]):
+    plot_overlays(
+        Path(snakemake.input.ct),
+        Path(snakemake.input.truth),
+        Path(snakemake.input.pred),
+        Path(snakemake.output[0]),
+    )

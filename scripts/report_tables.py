@@ -1,0 +1,14 @@
+"""Rule report_tables: results/report/summary.md from every stage's tables via ctseg.report."""
+
+from pathlib import Path
+
+from ctseg.report import write_summary_md
+from ctseg.runlog import job
+
+with job(snakemake.log[0]):
+    write_summary_md(
+        Path(snakemake.output[0]),
+        stats_tsv=Path(snakemake.input.stats),
+        metal_tsv=Path(snakemake.input.metal),
+        experiments=dict(snakemake.params.experiments),
+    )

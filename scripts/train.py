@@ -1,0 +1,19 @@
+"""Rule train: train one experiment via ctseg.train."""
+
+from pathlib import Path
+
+import torch
+
+from ctseg.runlog import job
+from ctseg.train import train_experiment
+
+torch.set_num_threads(max(1, snakemake.threads))
+with job(snakemake.log[0]):
+    train_experiment(
+        dict(snakemake.params.experiment),
+        dict(snakemake.params.train_data),
+        dict(snakemake.params.val_data),
+        Path(snakemake.params.out_dir),
+        seed=int(snakemake.params.seed),
+        device=snakemake.params.device,
+    )
