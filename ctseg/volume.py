@@ -1,0 +1,330 @@
+"""Read any raw source (DICOM folder, NIfTI, NRRD) to an HU image, and build the case volume.
+
+One entry point, ``read_image``, serves DICOM folders and single-file volumes alike so that
+stats, metal labelling and conversion see exactly the same voxels and geometry. NIfTI and NRRD
+go through SimpleITK, which converts NIfTI's RAS qform/sform and NRRD's space directions /
+origin to LPS; nothing is reoriented afterwards.
+
+``build_volume`` writes the contract files of a case: ``ct.nii.gz`` (int16 HU),
+``labels.nii.gz`` (uint8 VerSe ids on exactly the CT grid) and ``centroids.json``. A case
+without labels gets an all-zero label map on the CT grid: it is an unannotated case, usable
+for stats, metal and DRR, and evaluation treats it as having no vertebrae.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ctseg.atomic import atomic_path, write_text
+from ctseg.dicomio import read_dicom_series
+from ctseg.errors import InputError
+from ctseg.labels import VERSE_NAMES
+
+#: Grid comparison tolerances: NIfTI stores geometry as float32, so exact equality is too strict.
+GRID_ATOL_MM = 1e-3
+GRID_RTOL = 1e-4
+DIR_ATOL = 1e-4
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def source_kind(path: Path) -> str:
+    """'dicom' for folders, else 'nifti' / 'nrrd' / 'metaimage' by extension."""
+    path = Path(path)
+    if path.is_dir():
+        return "dicom"
+    name = path.name.lower()
+    if name.endswith((".nii.gz", ".nii")):
+        return "nifti"
+    if name.endswith((".nrrd", ".nhdr")):
+        return "nrrd"
+    if name.endswith((".mha", ".mhd")):
+        return "metaimage"
+    return "dicom"  # a single DICOM file
+
+
+def _read_volume_file(path: Path, case: str | None) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path=path, case=case) from exc
+
+
+def read_image(
+    path: Path,
+    *,
+    case: str | None = None,
+    series_uid: str | None = None,
+    ingest: dict | None = None,
+    progress: bool = True,
+) -> tuple[sitk.Image, dict]:
+    """Read a DICOM folder, NIfTI or NRRD as an HU image plus a header metadata dict.
+
+    DICOM is ordered and checked by ``ctseg.dicomio``; ``ingest`` holds the policies
+    (``uneven_spacing``, ``gantry_tilt``: error | resample; ``modality``: expected modality,
+    default CT). Volumes keep exactly the geometry SimpleITK reads. NaN or infinite voxels are
+    an InputError: they would poison every statistic and training batch downstream.
+    """
+    path = Path(path)
+    ingest = ingest or {}
+    if not path.exists():
+        raise InputError("input does not exist", path=path, case=case)
+    kind = source_kind(path)
+    if kind == "dicom":
+        folder = path if path.is_dir() else path.parent
+        return read_dicom_series(
+            folder, case=case, series_uid=series_uid, ingest=ingest,
+            expected_modality=ingest.get("modality", "CT"), progress=progress,
+        )
+    img = _read_volume_file(path, case)
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"expected a scalar image, found {img.GetNumberOfComponentsPerPixel()} components", path=path, case=case)
+    if img.GetDimension() != 3:
+        raise InputError(f"expected a 3D image, found {img.GetDimension()}D", path=path, case=case)
+    arr = sitk.GetArrayViewFromImage(img)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise InputError(f"image holds {bad} NaN/infinite voxels", path=path, case=case)
+    size = img.GetSize()
+    meta = {
+        "source_kind": kind,
+        "modality": "",
+        "manufacturer": "",
+        "model": "",
+        "kvp": None,
+        "kernel": "",
+        "n_slices": int(size[2]),
+        "rows": int(size[1]),
+        "cols": int(size[0]),
+        "slice_spacing_mm": float(img.GetSpacing()[2]),
+        "slice_thickness_mm": None,
+        "warnings": [],
+    }
+    return img, meta
+
+
+def find_raw_source(raw_dir: Path, *, case: str | None = None) -> Path:
+    """The single image source of a raw case folder (``dicom/``, ``image.nii[.gz]`` or ``image.nrrd``)."""
+    raw_dir = Path(raw_dir)
+    found = [raw_dir / n for n in ("dicom", "image.nii.gz", "image.nii", "image.nrrd") if (raw_dir / n).exists()]
+    if not found:
+        raise InputError("raw case holds no dicom/, image.nii.gz, image.nii or image.nrrd", path=raw_dir, case=case)
+    if len(found) > 1:
+        raise InputError(f"raw case holds several image sources: {[p.name for p in found]}", path=raw_dir, case=case)
+    return found[0]
+
+
+def find_raw_labels(raw_dir: Path) -> Path | None:
+    for name in ("labels.nii.gz", "labels.nii", "labels.nrrd"):
+        if (Path(raw_dir) / name).is_file():
+            return Path(raw_dir) / name
+    return None
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> tuple[bool, str]:
+    """Whether two images share size, spacing, origin and direction (within float tolerance)."""
+    if a.GetSize() != b.GetSize():
+        return False, f"size {b.GetSize()} != {a.GetSize()}"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=GRID_RTOL, atol=GRID_ATOL_MM):
+        return False, f"spacing {b.GetSpacing()} != {a.GetSpacing()}"
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=max(GRID_ATOL_MM, 1e-6 * np.abs(a.GetOrigin()).max() * 10)):
+        return False, f"origin {b.GetOrigin()} != {a.GetOrigin()}"
+    if not np.allclose(a.GetDirection(), b.GetDirection(), atol=DIR_ATOL):
+        return False, f"direction {b.GetDirection()} != {a.GetDirection()}"
+    return True, ""
+
+
+def same_lattice(a: sitk.Image, b: sitk.Image) -> bool:
+    """Whether ``b`` holds exactly the voxel centres of ``a`` in another axis order or sense.
+
+    Label maps written by other tools often store the CT's voxels with flipped or permuted
+    axes (e.g. the shared real labels flip y). Mapping them onto the CT grid is then an exact
+    re-indexing, not a resampling, so it is always allowed.
+    """
+    if a.GetDimension() != 3 or b.GetDimension() != 3:
+        return False
+    ma = np.reshape(a.GetDirection(), (3, 3)) @ np.diag(a.GetSpacing())
+    mb = np.reshape(b.GetDirection(), (3, 3)) @ np.diag(b.GetSpacing())
+    perm = np.linalg.solve(mb, ma)  # a index -> b index (linear part)
+    if not np.allclose(perm, np.round(perm), atol=1e-4):
+        return False
+    perm = np.round(perm)
+    if not (np.all(np.abs(perm).sum(axis=0) == 1) and np.all(np.abs(perm).sum(axis=1) == 1)):
+        return False
+    offset = np.linalg.solve(mb, np.subtract(a.GetOrigin(), b.GetOrigin()))
+    if not np.allclose(offset, np.round(offset), atol=1e-3):
+        return False
+    corners = np.array([[i, j, k] for i in (0, a.GetSize()[0] - 1) for j in (0, a.GetSize()[1] - 1) for k in (0, a.GetSize()[2] - 1)])
+    idx = np.round(corners @ perm.T + offset)
+    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    return bool(np.all(lo == 0) and np.all(hi == np.array(b.GetSize()) - 1))
+
+
+def labels_on_grid(
+    labels: sitk.Image, ct: sitk.Image, *, case: str | None, path: Path | None, resample: bool
+) -> sitk.Image:
+    """Labels on exactly the CT grid: checked, or nearest-neighbour resampled when allowed.
+
+    Same grid within tolerance: the CT geometry is copied onto the labels. Same voxel lattice
+    in another axis order (``same_lattice``): exact re-indexing. Otherwise an InputError, or a
+    nearest-neighbour resampling when ``resample`` is true.
+    """
+    ok, why = same_grid(ct, labels)
+    if ok:
+        out = sitk.Image(labels)
+        out.CopyInformation(ct)
+        return out
+    if same_lattice(ct, labels):
+        return sitk.Resample(labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+    if not resample:
+        raise InputError(
+            f"label map is not on the CT grid ({why}); set ingest.resample_labels: true to resample",
+            path=path,
+            case=case,
+        )
+    return sitk.Resample(labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+
+
+def map_labels(arr: np.ndarray, label_map: dict[int, int] | None, *, case: str | None, path: Path | None) -> np.ndarray:
+    """Apply ``label_map`` (ids not in it become 0) and return uint8; unmapped ids must fit uint8."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise InputError("label map holds non-integer values", path=path, case=case)
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise InputError("label map holds negative ids", path=path, case=case)
+    if label_map is not None:
+        lut_size = max(int(arr.max(initial=0)), max(label_map, default=0)) + 1
+        lut = np.zeros(lut_size, np.int64)
+        for src, dst in label_map.items():
+            lut[int(src)] = int(dst)
+        arr = lut[arr]
+    if arr.size and arr.max() > 255:
+        raise InputError(f"label id {int(arr.max())} does not fit uint8 (missing label_map?)", path=path, case=case)
+    return arr.astype(np.uint8)
+
+
+def _centroids_local(img: sitk.Image) -> list[dict]:
+    arr = sitk.GetArrayViewFromImage(img)
+    out = []
+    for label in sorted(int(v) for v in np.unique(arr) if v != 0):
+        zyx = np.argwhere(arr == label).mean(axis=0)
+        x, y, z = img.TransformContinuousIndexToPhysicalPoint([float(zyx[2]), float(zyx[1]), float(zyx[0])])
+        out.append({"label": label, "name": VERSE_NAMES.get(label, str(label)), "x": x, "y": y, "z": z})
+    return out
+
+
+def centroids_from_labels(img: sitk.Image) -> list[dict]:
+    """Centre of mass of each non-zero label in world mm (LPS), sorted by label.
+
+    Uses ``ctseg.centroids.centroids_from_labels`` when that module exists so there is one
+    definition project-wide; the local version is the same computation.
+    """
+    try:
+        from ctseg.centroids import centroids_from_labels as shared
+    except ImportError:
+        return _centroids_local(img)
+    return shared(img)
+
+
+def _load_centroids(path: Path, case: str) -> list[dict]:
+    try:
+        data = json.loads(Path(path).read_text())
+        out = []
+        for item in data:
+            label = int(item["label"])
+            out.append({
+                "label": label,
+                "name": str(item.get("name") or VERSE_NAMES.get(label, str(label))),
+                "x": float(item["x"]), "y": float(item["y"]), "z": float(item["z"]),
+            })
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"invalid centroids.json ({exc})", path=path, case=case) from exc
+    return sorted(out, key=lambda c: c["label"])
+
+
+def build_volume(
+    raw_dir: Path,
+    ct_out: Path,
+    labels_out: Path,
+    centroids_out: Path,
+    *,
+    case: str,
+    label_map: dict[int, int] | None,
+    ingest: dict,
+    series_uid: str | None = None,
+) -> None:
+    """Convert a raw case to ``ct.nii.gz`` (int16 HU), ``labels.nii.gz`` (uint8) and centroids.
+
+    Everything is read and checked before the first output is written, and each output goes
+    through an atomic rename, so a failure leaves none of the three behind.
+    """
+    raw_dir = Path(raw_dir)
+    ingest = ingest or {}
+    src = find_raw_source(raw_dir, case=case)
+    ct, _meta = read_image(src, case=case, series_uid=series_uid, ingest=ingest)
+    ct_arr = sitk.GetArrayFromImage(ct)
+    ct16 = sitk.GetImageFromArray(np.clip(np.round(ct_arr), -32768, 32767).astype(np.int16))
+    ct16.CopyInformation(ct)
+
+    lab_path = find_raw_labels(raw_dir)
+    if lab_path is not None:
+        lab = _read_volume_file(lab_path, case)
+        lab = labels_on_grid(lab, ct16, case=case, path=lab_path, resample=bool(ingest.get("resample_labels", False)))
+        lab_arr = map_labels(sitk.GetArrayViewFromImage(lab), label_map, case=case, path=lab_path)
+    else:
+        lab_arr = np.zeros(ct_arr.shape, np.uint8)
+    lab_img = sitk.GetImageFromArray(lab_arr)
+    lab_img.CopyInformation(ct16)
+
+    cen_path = raw_dir / "centroids.json"
+    centroids = _load_centroids(cen_path, case) if cen_path.is_file() else centroids_from_labels(lab_img)
+
+    with atomic_path(ct_out) as t_ct, atomic_path(labels_out) as t_lab:
+        sitk.WriteImage(ct16, str(t_ct), True)
+        sitk.WriteImage(lab_img, str(t_lab), True)
+        write_text(centroids_out, json.dumps(centroids, indent=1) + "\n")
+
+
+def read_case_list(path: Path) -> list[dict]:
+    """Case-sheet rows from a seed-001 style list file (``image,label`` per line).
+
+    Case id = the image file name without its extension(s); source = nrrd or nifti by
+    extension; split = train. Relative paths are taken relative to the list file's folder.
+    Blank lines and lines starting with ``#`` are skipped.
+    """
+    path = Path(path)
+    rows: list[dict] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise InputError(f"line {lineno}: expected 'image,label', got {line!r}", path=path)
+        image, label = (Path(p) if Path(p).is_absolute() else path.parent / p for p in parts)
+        name = image.name
+        kind = source_kind(image)
+        if kind not in {"nrrd", "nifti"}:
+            raise InputError(f"line {lineno}: image {name!r} is neither NRRD nor NIfTI", path=path)
+        stem = name
+        for suffix in _VOLUME_SUFFIXES:
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        if stem in seen:
+            raise InputError(f"line {lineno}: case id {stem!r} repeats line {seen[stem]}", path=path)
+        seen[stem] = lineno
+        rows.append({
+            "case": stem, "source": kind, "location": str(image), "sha256": "",
+            "labels": str(label), "centroids": "", "label_map": "", "split": "train",
+        })
+    if not rows:
+        raise InputError("case list holds no cases", path=path)
+    return rows
