@@ -50,7 +50,9 @@ def mu(material: str, energy_kev: float) -> float:
         raise ValueError(f"unknown material {material!r}; choose from {sorted(MU_RHO)}")
     e = float(energy_kev)
     if not ENERGIES_KEV[0] <= e <= ENERGIES_KEV[-1]:
-        raise ValueError(f"energy {e} keV outside the tabulated {ENERGIES_KEV[0]}-{ENERGIES_KEV[-1]} keV")
+        raise ValueError(
+            f"energy {e} keV outside the tabulated {ENERGIES_KEV[0]}-{ENERGIES_KEV[-1]} keV"
+        )
     log_mu_rho = np.interp(np.log(e), np.log(ENERGIES_KEV), np.log(MU_RHO[material]))
     return float(np.exp(log_mu_rho) * DENSITY[material] / 10.0)  # 1/cm -> 1/mm
 

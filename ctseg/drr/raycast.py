@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ctseg.drr.geometry import VolumeGeometry, View, pixel_centers, view_frame
+from ctseg.drr.geometry import View, VolumeGeometry, pixel_centers, view_frame
 from ctseg.errors import InputError
 
 
@@ -146,7 +146,9 @@ def raycast(
         else None
     )
     starts = range(0, n_rays, chunk)
-    for s in tqdm(starts, desc=f"drr {view.name}", leave=False, disable=not progress or len(starts) < 4):
+    for s in tqdm(
+        starts, desc=f"drr {view.name}", leave=False, disable=not progress or len(starts) < 4
+    ):
         e = min(s + chunk, n_rays)
         cnt = torch.as_tensor(counts[s:e], device=dev)
         kc = int(counts[s:e].max()) if e > s else 0
@@ -154,9 +156,10 @@ def raycast(
             continue
         k = torch.arange(kc, device=dev, dtype=torch.float32)
         dt_c = torch.as_tensor(dt[s:e], dtype=torch.float32, device=dev)
-        t = torch.as_tensor(t_near[s:e], dtype=torch.float32, device=dev)[:, None] + (
-            k[None, :] + 0.5
-        ) * dt_c[:, None]
+        t = (
+            torch.as_tensor(t_near[s:e], dtype=torch.float32, device=dev)[:, None]
+            + (k[None, :] + 0.5) * dt_c[:, None]
+        )
         valid = k[None, :] < cnt[:, None]
         b_c = torch.as_tensor(b[s:e], dtype=torch.float32, device=dev)
         pos = a_t + t[..., None] * b_c[:, None, :]  # (R, K, 3) continuous (x, y, z) index

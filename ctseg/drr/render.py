@@ -1,0 +1,316 @@
+"""DRR rendering end to end: read a CT, ray-cast, write line integrals, labels and a PNG.
+
+Outputs (the workflow's ``drr`` rule):
+
+* ``{view}.nii.gz``: float32 line integrals of linear attenuation (dimensionless), written as a
+  **2D** NIfTI through SimpleITK from the ``[row, col]`` array, so x = column, y = row, with the
+  pixel spacing ``(sp_col, sp_row)`` (origin 0, identity direction: the detector has no place in
+  patient space that a 2D NIfTI could express).
+* ``{view}_label.nii.gz``: uint8 VerSe ids, longest path per pixel (``ctseg.drr.labels``).
+* ``{view}.png``: side by side, the display image (line integral windowed, bone bright, row 0
+  superior at the top) and the same with the projected labels' outlines in colour.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ctseg.atomic import atomic_path
+from ctseg.drr.attenuation import basis_coefficients, basis_volumes, hu_to_mu
+from ctseg.drr.geometry import View, VolumeGeometry
+from ctseg.drr.labels import ProjectedLabels, projected_from_paths, summed_mask
+from ctseg.drr.raycast import raycast
+from ctseg.errors import InputError
+
+
+def read_volume(path: str | Path, case: str | None = None) -> sitk.Image:
+    """Read a CT (DICOM folder, NIfTI, NRRD); prefers ``ctseg.volume.read_image`` when present."""
+    path = Path(path)
+    try:
+        from ctseg.volume import read_image  # type: ignore[attr-defined]
+    except ImportError:
+        read_image = None
+    if read_image is not None:
+        return read_image(path)
+    if not path.exists():
+        raise InputError("file not found", path=path, case=case)
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            ids = reader.GetGDCMSeriesIDs(str(path))
+            if not ids:
+                raise InputError("no DICOM series in folder", path=path, case=case)
+            if len(ids) > 1:
+                raise InputError(
+                    f"{len(ids)} DICOM series in folder; pick one", path=path, case=case
+                )
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), ids[0]))
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read image: {exc}", path=path, case=case) from exc
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
+    )
+
+
+def intensity(
+    line_integral: np.ndarray,
+    *,
+    i0: float = 1.0,
+    photons: float | None = None,
+    seed: int | None = None,
+) -> np.ndarray:
+    """Beer-Lambert ``I = I0 exp(-L)``; with ``photons``, Poisson noise at that count per pixel.
+
+    The noisy image is ``counts / photons * I0`` with ``counts ~ Poisson(photons exp(-L))`` from
+    ``numpy.random.default_rng(seed)``.
+    """
+    mean = np.exp(-np.asarray(line_integral, dtype=np.float64))
+    if photons is None:
+        return (i0 * mean).astype(np.float32)
+    if seed is None:
+        raise ValueError("Poisson noise needs an explicit seed")
+    counts = np.random.default_rng(seed).poisson(photons * mean)
+    return (i0 * counts / photons).astype(np.float32)
+
+
+def polychromatic_intensity(
+    basis_integrals: np.ndarray,
+    spectrum: Sequence[tuple[float, float]],
+    *,
+    ct_kev: float = 70.0,
+) -> np.ndarray:
+    """``sum_k w_k exp(-integral mu_k)`` (weights normalised) from basis line integrals.
+
+    ``basis_integrals`` is ``(3, rows, cols)``: the line integrals of the energy-independent
+    basis of ``attenuation.basis_volumes``; each bin's integral is their linear combination.
+    """
+    weights = np.array([w for _, w in spectrum], dtype=np.float64)
+    if weights.size == 0 or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError("spectrum needs non-negative weights with a positive sum")
+    weights /= weights.sum()
+    out = np.zeros(basis_integrals.shape[1:], dtype=np.float64)
+    for (energy, _), w in zip(spectrum, weights, strict=True):
+        coef = basis_coefficients(energy, ct_kev)
+        out += w * np.exp(-np.tensordot(coef, basis_integrals.astype(np.float64), axes=1))
+    return out.astype(np.float32)
+
+
+def display_image(
+    line_integral: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.5
+) -> np.ndarray:
+    """8-bit display: ``-log(I/I0)`` (= the line integral) windowed by percentiles, bone bright."""
+    li = np.asarray(line_integral, dtype=np.float64)
+    inside = li[li > 1e-6]
+    if inside.size == 0:
+        return np.zeros(li.shape, np.uint8)
+    lo, hi = np.percentile(inside, [lo_pct, hi_pct])
+    if hi <= lo:
+        hi = lo + 1e-6
+    return (np.clip((li - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _outlines(labels: np.ndarray) -> np.ndarray:
+    """Boolean map of pixels whose 4-neighbourhood holds a different label (label > 0)."""
+    lab = np.asarray(labels)
+    edge = np.zeros(lab.shape, bool)
+    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    return edge & (lab > 0)
+
+
+def overlay_png(
+    display: np.ndarray, labels: np.ndarray, out_png: Path, metal: np.ndarray | None = None
+) -> None:
+    """Write the display image and, beside it, the same with coloured label outlines."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import colormaps
+    from PIL import Image
+
+    gray = np.repeat(display[..., None], 3, axis=2)
+    over = gray.copy()
+    cmap = colormaps["tab20"]
+    edge = _outlines(labels)
+    colors = (np.array([cmap(int(v) % 20)[:3] for v in range(256)]) * 255).astype(np.uint8)
+    over[edge] = colors[np.asarray(labels)[edge].astype(np.int64) % 256]
+    if metal is not None:
+        over[_outlines(metal)] = (255, 0, 0)
+    sep = np.full((display.shape[0], 2, 3), 128, np.uint8)
+    with atomic_path(out_png) as tmp:
+        Image.fromarray(np.concatenate([gray, sep, over], axis=1)).save(tmp, format="PNG")
+
+
+def write_image2d(array: np.ndarray, spacing: tuple[float, float], out: Path) -> None:
+    """Write a ``[row, col]`` array as a 2D NIfTI (x = column, y = row) atomically."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    with atomic_path(out) as tmp:
+        sitk.WriteImage(img, str(tmp))
+
+
+def render_view(
+    ct: sitk.Image,
+    view: dict | View,
+    *,
+    labels: sitk.Image | None = None,
+    metal: sitk.Image | None = None,
+    energy_kev: float = 70.0,
+    ct_kev: float = 70.0,
+    min_path_mm: float = 2.0,
+    device: str = "auto",
+    **raycast_kwargs,
+) -> tuple[np.ndarray, ProjectedLabels | None, np.ndarray | None]:
+    """Line integral ``(rows, cols)`` at ``energy_kev``, projected labels and projected metal."""
+    v = View.from_dict(view)
+    geom = VolumeGeometry.from_image(ct)
+    hu = sitk.GetArrayViewFromImage(ct)
+    metal_arr = None if metal is None else sitk.GetArrayFromImage(metal)
+    mu_vol = hu_to_mu(hu, energy_kev, metal=metal_arr, ct_kev=ct_kev)
+    lab_arr = None if labels is None else sitk.GetArrayFromImage(labels)
+    res = raycast(mu_vol, geom, v, labels=lab_arr, device=device, **raycast_kwargs)
+    proj = None
+    if res.label_paths is not None:
+        proj = projected_from_paths(res.label_paths, res.label_values, min_path_mm)
+    metal2d = None
+    if metal_arr is not None:
+        mres = raycast(
+            np.zeros((1, *metal_arr.shape), np.float32),
+            geom,
+            v,
+            labels=(metal_arr > 0).astype(np.uint8),
+            device=device,
+            **raycast_kwargs,
+        )
+        assert mres.label_paths is not None
+        metal2d = summed_mask(mres.label_paths, mres.label_values, min_path_mm)
+    return res.line_integrals[0], proj, metal2d
+
+
+def render_basis(
+    ct: sitk.Image,
+    view: dict | View,
+    *,
+    metal: sitk.Image | None = None,
+    ct_kev: float = 70.0,
+    device: str = "auto",
+    **raycast_kwargs,
+) -> np.ndarray:
+    """Line integrals ``(3, rows, cols)`` of the attenuation basis (for polychromatic spectra)."""
+    v = View.from_dict(view)
+    geom = VolumeGeometry.from_image(ct)
+    metal_arr = None if metal is None else sitk.GetArrayFromImage(metal)
+    basis = basis_volumes(sitk.GetArrayViewFromImage(ct), metal_arr, ct_kev)
+    return raycast(basis, geom, v, device=device, **raycast_kwargs).line_integrals
+
+
+def run_drr(
+    ct_path: Path,
+    labels_path: Path | None,
+    metal_path: Path | None,
+    view: dict,
+    out_nii: Path,
+    out_label_nii: Path | None,
+    out_png: Path | None,
+    *,
+    energy_kev: float = 70.0,
+    min_path_mm: float = 2.0,
+    device: str = "auto",
+    ct_kev: float = 70.0,
+    case: str | None = None,
+) -> None:
+    """Render one view of a case: line integrals, projected VerSe labels and a display PNG.
+
+    Labels and metal mask must lie on exactly the CT grid (the workflow guarantees it); a
+    mismatch raises InputError naming the file rather than silently resampling.
+    """
+    ct_path = Path(ct_path)
+    ct = read_volume(ct_path, case)
+    if ct.GetDimension() != 3:
+        raise InputError(f"expected a 3D CT, got {ct.GetDimension()}D", path=ct_path, case=case)
+    labels = metal = None
+    if labels_path is not None:
+        labels = read_volume(labels_path, case)
+        if not _same_grid(ct, labels):
+            raise InputError("label map is not on the CT grid", path=labels_path, case=case)
+    if metal_path is not None:
+        metal = read_volume(metal_path, case)
+        if not _same_grid(ct, metal):
+            raise InputError("metal mask is not on the CT grid", path=metal_path, case=case)
+    v = View.from_dict(view)
+    try:
+        li, proj, metal2d = render_view(
+            ct,
+            v,
+            labels=labels,
+            metal=metal,
+            energy_kev=energy_kev,
+            ct_kev=ct_kev,
+            min_path_mm=min_path_mm,
+            device=device,
+        )
+    except InputError as exc:
+        raise InputError(exc.reason, path=ct_path, case=case) from exc
+    write_image2d(li.astype(np.float32), v.spacing_mm, Path(out_nii))
+    lab2d = proj.multiclass if proj is not None else np.zeros(li.shape, np.uint8)
+    if out_label_nii is not None:
+        if lab2d.dtype != np.uint8:
+            raise InputError(
+                "label ids above 255 cannot be written as uint8", path=labels_path, case=case
+            )
+        write_image2d(lab2d, v.spacing_mm, Path(out_label_nii))
+    if out_png is not None:
+        overlay_png(display_image(li), lab2d, Path(out_png), metal2d)
+
+
+def stack_views(paths: list[Path], out: Path) -> None:
+    """Stack 2D DRR NIfTIs (or 3D with one slice) into one 3D NIfTI: z = view index.
+
+    Spacing is ``[sp_col, sp_row, 1]``; all views must share size and pixel type.
+    """
+    if not paths:
+        raise InputError("no views to stack", path=out)
+    arrays = []
+    spacing = None
+    for p in paths:
+        img = sitk.ReadImage(str(p))
+        arr = sitk.GetArrayFromImage(img)
+        if arr.ndim == 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 2:
+            raise InputError(f"expected a 2D view, got shape {arr.shape}", path=p)
+        if arrays and (arr.shape != arrays[0].shape or arr.dtype != arrays[0].dtype):
+            raise InputError(
+                f"view {arr.shape} {arr.dtype} differs from the first {arrays[0].shape} {arrays[0].dtype}",
+                path=p,
+            )
+        if spacing is None:
+            spacing = img.GetSpacing()[:2]
+        arrays.append(arr)
+    stacked = sitk.GetImageFromArray(np.stack(arrays))
+    assert spacing is not None
+    stacked.SetSpacing((float(spacing[0]), float(spacing[1]), 1.0))
+    with atomic_path(out) as tmp:
+        sitk.WriteImage(stacked, str(tmp))
+
+
+def default_spacing_for(ct: sitk.Image, view: View) -> float:
+    """Detector spacing that covers the CT's widest in-plane extent at the detector."""
+    size = np.asarray(ct.GetSize()) * np.asarray(ct.GetSpacing())
+    extent = float(math.hypot(size[0], size[1]))
+    return extent * view.sdd_mm / view.sid_mm / max(view.size_px)
