@@ -51,7 +51,9 @@ DEFAULT_AUGMENT: dict = {
 }
 
 
-def hu_to_float(hu: np.ndarray, window: tuple[float, float] | list[float] = DEFAULT_HU_WINDOW) -> np.ndarray:
+def hu_to_float(
+    hu: np.ndarray, window: tuple[float, float] | list[float] = DEFAULT_HU_WINDOW
+) -> np.ndarray:
     """Clip HU to ``window`` and scale linearly to [0, 1] float32 (air -> 0).
 
     A fixed window (not per-volume z-scoring) keeps intensities comparable across scanners and
@@ -76,7 +78,9 @@ def affine_matrix(angles_deg: tuple[float, float, float], scale: float) -> np.nd
     return np.linalg.inv(forward)
 
 
-def rotate_scale(volume: np.ndarray, matrix: np.ndarray, order: int, cval: float = 0.0) -> np.ndarray:
+def rotate_scale(
+    volume: np.ndarray, matrix: np.ndarray, order: int, cval: float = 0.0
+) -> np.ndarray:
     """Resample ``volume`` once with the inverse affine ``matrix`` about the array centre."""
     centre = (np.asarray(volume.shape, dtype=float) - 1.0) / 2.0
     offset = centre - matrix @ centre
@@ -139,7 +143,9 @@ class AlignedFlip(DualTransform):
 class GaussianBlur(ImageOnlyTransform):
     """Gaussian blur with a random sigma (voxels); replaces volumentations' broken ``Blur``."""
 
-    def __init__(self, sigma: tuple[float, float] = (0.3, 1.0), always_apply: bool = False, p: float = 0.3):
+    def __init__(
+        self, sigma: tuple[float, float] = (0.3, 1.0), always_apply: bool = False, p: float = 0.3
+    ):
         super().__init__(always_apply, p)
         self.sigma = (float(sigma[0]), float(sigma[1]))
 

@@ -40,7 +40,9 @@ def recipe_hash(recipe: dict) -> str:
 
 def sample_seed(seed: int, case_index: int, copy_index: int) -> int:
     """Independent, reproducible seed for one sample (numpy SeedSequence mixing)."""
-    return int(np.random.SeedSequence([int(seed), int(case_index), int(copy_index)]).generate_state(1)[0])
+    return int(
+        np.random.SeedSequence([int(seed), int(case_index), int(copy_index)]).generate_state(1)[0]
+    )
 
 
 def read_image(path: str | Path, case: str | None = None) -> sitk.Image:
@@ -55,7 +57,11 @@ def read_image(path: str | Path, case: str | None = None) -> sitk.Image:
 
 
 def resample_to_spacing(
-    image: sitk.Image, spacing_xyz: list[float] | tuple[float, ...], *, is_label: bool, default: float = 0.0
+    image: sitk.Image,
+    spacing_xyz: list[float] | tuple[float, ...],
+    *,
+    is_label: bool,
+    default: float = 0.0,
 ) -> sitk.Image:
     """Resample to ``spacing_xyz`` (mm) keeping origin and direction and the physical extent.
 
@@ -86,10 +92,14 @@ def load_case_arrays(item: dict, recipe: dict) -> tuple[np.ndarray, np.ndarray]:
     case = item.get("case")
     label_key = "labels" if task == "vertebrae" else "metal"
     if not item.get(label_key):
-        raise InputError(f"task {task!r} needs a {label_key!r} file", case=case, path=item.get("ct"))
+        raise InputError(
+            f"task {task!r} needs a {label_key!r} file", case=case, path=item.get("ct")
+        )
     ct = read_image(item["ct"], case)
     lab = read_image(item[label_key], case)
-    if ct.GetSize() != lab.GetSize() or not np.allclose(ct.GetSpacing(), lab.GetSpacing(), atol=1e-4):
+    if ct.GetSize() != lab.GetSize() or not np.allclose(
+        ct.GetSpacing(), lab.GetSpacing(), atol=1e-4
+    ):
         raise InputError(
             f"{label_key} grid {lab.GetSize()} / {lab.GetSpacing()} differs from the CT grid "
             f"{ct.GetSize()} / {ct.GetSpacing()}",
@@ -98,7 +108,9 @@ def load_case_arrays(item: dict, recipe: dict) -> tuple[np.ndarray, np.ndarray]:
         )
     lab.CopyInformation(ct)
     spacing = recipe.get("spacing_mm", ct.GetSpacing())
-    ct_r = resample_to_spacing(sitk.Cast(ct, sitk.sitkFloat32), spacing, is_label=False, default=-1000.0)
+    ct_r = resample_to_spacing(
+        sitk.Cast(ct, sitk.sitkFloat32), spacing, is_label=False, default=-1000.0
+    )
     lab_r = resample_to_spacing(sitk.Cast(lab, sitk.sitkUInt8), spacing, is_label=True)
     image = hu_to_float(sitk.GetArrayFromImage(ct_r), recipe.get("hu_window", DEFAULT_HU_WINDOW))
     label = sitk.GetArrayFromImage(lab_r).astype(np.uint8)
@@ -107,7 +119,12 @@ def load_case_arrays(item: dict, recipe: dict) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def pad_crop_to(array: np.ndarray, shape: tuple[int, ...], centre: tuple[int, ...] | None = None, cval: float = 0) -> np.ndarray:
+def pad_crop_to(
+    array: np.ndarray,
+    shape: tuple[int, ...],
+    centre: tuple[int, ...] | None = None,
+    cval: float = 0,
+) -> np.ndarray:
     """Window of ``shape`` around ``centre`` (default: the array centre), zero/``cval`` padded."""
     centre = tuple(s // 2 for s in array.shape) if centre is None else centre
     out = np.full(shape, cval, dtype=array.dtype)
@@ -129,7 +146,9 @@ def foreground_centre(label: np.ndarray) -> tuple[int, ...]:
     return tuple(int(v) for v in (idx.min(0) + idx.max(0)) // 2)
 
 
-def choose_crop_centre(label: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator, fg_prob: float) -> tuple[int, ...]:
+def choose_crop_centre(
+    label: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator, fg_prob: float
+) -> tuple[int, ...]:
     """Random crop centre: a random foreground voxel with probability ``fg_prob``, else uniform
     over centres that keep the crop inside the volume where possible."""
     if rng.random() < fg_prob:
@@ -177,8 +196,23 @@ def build_cube(items: list[dict], out_h5: Path, recipe: dict, *, seed: int) -> N
     out_h5 = Path(out_h5)
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w", track_order=False) as h5:
         chunks = (1, *shape)
-        d_img = h5.create_dataset("image", (n_total, *shape), np.float32, chunks=chunks, compression="gzip", compression_opts=4, shuffle=True)
-        d_lab = h5.create_dataset("label", (n_total, *shape), np.uint8, chunks=chunks, compression="gzip", compression_opts=4)
+        d_img = h5.create_dataset(
+            "image",
+            (n_total, *shape),
+            np.float32,
+            chunks=chunks,
+            compression="gzip",
+            compression_opts=4,
+            shuffle=True,
+        )
+        d_lab = h5.create_dataset(
+            "label",
+            (n_total, *shape),
+            np.uint8,
+            chunks=chunks,
+            compression="gzip",
+            compression_opts=4,
+        )
         d_case = h5.create_dataset("case_index", (n_total,), np.int32)
         d_copy = h5.create_dataset("copy_index", (n_total,), np.int32)
         d_seed = h5.create_dataset("seed", (n_total,), np.int64)
@@ -190,9 +224,17 @@ def build_cube(items: list[dict], out_h5: Path, recipe: dict, *, seed: int) -> N
                     s = sample_seed(seed, ci, k)
                     rng = np.random.default_rng(s)
                     if mode == "whole":
-                        centre = foreground_centre(label) if recipe.get("centre_on_foreground", False) else None
+                        centre = (
+                            foreground_centre(label)
+                            if recipe.get("centre_on_foreground", False)
+                            else None
+                        )
                     else:
-                        centre = foreground_centre(label) if k == 0 else choose_crop_centre(label, shape, rng, fg_prob)
+                        centre = (
+                            foreground_centre(label)
+                            if k == 0
+                            else choose_crop_centre(label, shape, rng, fg_prob)
+                        )
                     img = pad_crop_to(image, shape, centre)
                     lab = pad_crop_to(label, shape, centre)
                     if k > 0:
@@ -237,18 +279,34 @@ def check_cube(h5: Path, out_png: Path, out_tsv: Path, *, n_show: int = 4) -> No
             ids, counts = np.unique(lab, return_counts=True)
             case = prov["cases"][int(f["case_index"][i])]
             for lid, cnt in zip(ids, counts, strict=True):
-                rows.append(f"{i}\t{case}\t{int(f['copy_index'][i])}\t{lab.size}\t{int(lid)}\t{int(cnt)}\t{cnt / lab.size:.6f}")
+                rows.append(
+                    f"{i}\t{case}\t{int(f['copy_index'][i])}\t{lab.size}\t{int(lid)}\t{int(cnt)}\t{cnt / lab.size:.6f}"
+                )
         show = sorted(set(np.linspace(0, n - 1, min(n_show, n)).round().astype(int).tolist()))
         fig, axes = plt.subplots(len(show), 3, figsize=(9, 3 * len(show)), squeeze=False)
         for r, i in enumerate(show):
             img, lab = f["image"][i], f["label"][i]
             z, y, x = (s // 2 for s in img.shape)
-            views = [("axial", img[z], lab[z]), ("coronal", img[:, y][::-1], lab[:, y][::-1]), ("sagittal", img[:, :, x][::-1], lab[:, :, x][::-1])]
+            views = [
+                ("axial", img[z], lab[z]),
+                ("coronal", img[:, y][::-1], lab[:, y][::-1]),
+                ("sagittal", img[:, :, x][::-1], lab[:, :, x][::-1]),
+            ]
             for c, (name, im, lb) in enumerate(views):
                 ax = axes[r][c]
                 ax.imshow(im, cmap="gray", vmin=0, vmax=1)
-                ax.imshow(np.ma.masked_equal(lb, 0), cmap="tab20", alpha=0.5, vmin=0, vmax=28, interpolation="nearest")
-                ax.set_title(f"#{i} {prov['cases'][int(f['case_index'][i])]} copy {int(f['copy_index'][i])} {name}", fontsize=7)
+                ax.imshow(
+                    np.ma.masked_equal(lb, 0),
+                    cmap="tab20",
+                    alpha=0.5,
+                    vmin=0,
+                    vmax=28,
+                    interpolation="nearest",
+                )
+                ax.set_title(
+                    f"#{i} {prov['cases'][int(f['case_index'][i])]} copy {int(f['copy_index'][i])} {name}",
+                    fontsize=7,
+                )
                 ax.axis("off")
         fig.tight_layout()
         with atomic_path(out_png) as tmp:

@@ -32,7 +32,9 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5
 class DiceCELoss(nn.Module):
     """``w_dice * soft Dice loss + w_ce * cross entropy`` (defaults 0.5 / 0.5, seed 003)."""
 
-    def __init__(self, w_dice: float = 0.5, w_ce: float = 0.5, class_weights: torch.Tensor | None = None):
+    def __init__(
+        self, w_dice: float = 0.5, w_ce: float = 0.5, class_weights: torch.Tensor | None = None
+    ):
         super().__init__()
         self.w_dice, self.w_ce = float(w_dice), float(w_ce)
         self.register_buffer("class_weights", class_weights if class_weights is not None else None)
@@ -40,13 +42,17 @@ class DiceCELoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros((), dtype=torch.float32)
         if self.w_ce:
-            loss = loss + self.w_ce * F.cross_entropy(logits.float(), target, weight=self.class_weights)
+            loss = loss + self.w_ce * F.cross_entropy(
+                logits.float(), target, weight=self.class_weights
+            )
         if self.w_dice:
             loss = loss + self.w_dice * soft_dice_loss(logits, target)
         return loss
 
 
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: list[int] | range) -> dict[int, float]:
+def dice_per_class(
+    pred: np.ndarray, truth: np.ndarray, classes: list[int] | range
+) -> dict[int, float]:
     """Hard Dice per class value; NaN where the class is absent from both."""
     out = {}
     for c in classes:

@@ -34,7 +34,9 @@ class ConvBlock(nn.Module):
     """Two conv-norm-LeakyReLU layers; with ``residual`` the input (1x1-projected when the
     channel count changes) is added before the last activation."""
 
-    def __init__(self, dim: int, c_in: int, c_out: int, norm: str = "instance", residual: bool = False):
+    def __init__(
+        self, dim: int, c_in: int, c_out: int, norm: str = "instance", residual: bool = False
+    ):
         super().__init__()
         conv = _conv(dim)
         self.conv1 = conv(c_in, c_out, 3, padding=1, bias=False)
