@@ -8,13 +8,26 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# A --configfile on the command line replaces config.yaml instead of merging into it, so that
+# a config (tests/configs/tiny.yaml, config.gpu.yaml) lists exactly its own experiments.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "rules/captions/workflow.rst"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    case=_alternation(CASE_IDS),
+    view=_alternation(VIEWS),
+    experiment=_alternation(EXPERIMENTS),
+    cube=_alternation(CUBES),
+
+
 include: "rules/fetch.smk"
 include: "rules/volume.smk"
 include: "rules/metal.smk"

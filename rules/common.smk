@@ -1,6 +1,6 @@
 """The case sheet, config accessors, input functions and wildcard constraints.
 
-Everything the rules need to wire files together lives here; no rule computes anything.
+Everything the rules need to wire files together lives here; rules compute nothing.
 """
 
 import re
@@ -86,16 +86,9 @@ def _alternation(names):
     )
 
 
-wildcard_constraints:
-    case=_alternation(CASE_IDS),
-    view=_alternation(VIEWS),
-    experiment=_alternation(EXPERIMENTS),
-    cube=_alternation(CUBES),
-
-
 # ---------------------------------------------------------------- library code as input
 def lib(*modules):
-    """Library modules a rule runs, as inputs: editing one reruns the rule (code trigger)."""
+    """Library modules that a job runs, listed as its inputs so that editing one reruns it."""
     root = Path(workflow.basedir) / "ctseg"
     files = []
     for mod in modules:

@@ -15,7 +15,7 @@ rule cube:
         mem_mb=4000,
         runtime=60,
     params:
-        items=cube_items,
+        cases=cube_items,
         recipe=lambda wildcards: CUBES[wildcards.cube],
         seed=config["seed"],
     script:

@@ -7,7 +7,7 @@ from ctseg.runlog import job
 
 with job(snakemake.log[0]):
     build_cube(
-        list(snakemake.params.items),
+        list(snakemake.params.cases),
         Path(snakemake.output[0]),
         dict(snakemake.params.recipe),
         seed=int(snakemake.params.seed),

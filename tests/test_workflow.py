@@ -1,0 +1,232 @@
+"""The workflow as a user runs it: lint, formatting, the DAG, bad input, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+def snakemake(*args: str, cwd: Path = REPO, timeout: float = 900) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(cwd), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def make_workdir(tmp: Path, config: dict | None = None, sheet: str | None = None) -> Path:
+    """A fresh working directory holding a config (tiny by default) and its case sheet."""
+    cfg = yaml.safe_load(TINY.read_text()) if config is None else config
+    sheet_text = sheet if sheet is not None else (REPO / cfg["cases"]).read_text()
+    (tmp / "cases.tsv").write_text(sheet_text)
+    cfg["cases"] = "cases.tsv"
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return tmp
+
+
+def planned_jobs(out: str) -> dict[str, int]:
+    """Job counts per rule from the 'Job stats' table of a dry run."""
+    counts: dict[str, int] = {}
+    lines = out.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith("Job stats")) + 3
+    except StopIteration:
+        return counts
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+# ------------------------------------------------------------------ static checks
+def test_snakemake_lint_is_clean():
+    proc = subprocess.run(
+        [SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_snakefmt_check_is_clean():
+    proc = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "rules"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_default_dag_has_a_job_per_case_and_stage():
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    sheet = pd.read_csv(REPO / cfg["cases"], sep="\t", dtype=str)
+    proc = subprocess.run(
+        [SNAKEMAKE, "-n", "--cores", "2"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    if not jobs:  # results already complete from an earlier `make run`
+        assert "Nothing to be done" in proc.stdout + proc.stderr
+        return
+    n_cases = len(sheet)
+    n_test = int((sheet["split"] == "test").sum())
+    n_exp = len(cfg["experiments"])
+    assert jobs.get("fetch", 0) in (0, n_cases)
+    assert jobs.get("train", 0) in (0, n_exp)
+    assert jobs.get("predict", 0) in (0, n_exp * n_test)
+    assert jobs.get("drr", 0) in (0, n_cases * len(cfg["drr"]["views"]))
+
+
+# ------------------------------------------------------------------ bad case sheets
+def test_missing_column_in_case_sheet_names_the_sheet(tmp_path):
+    work = make_workdir(tmp_path, sheet="case\tsource\tlocation\nx1\tphantom\t1\n")
+    proc = snakemake("-n", cwd=work)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "missing column(s) split" in err and "cases.tsv" in err
+
+
+def test_unknown_source_kind_names_the_case(tmp_path):
+    sheet = "case\tsource\tlocation\tsplit\nok1\tphantom\t1\ttrain\nbad7\tpacs\tfoo\ttest\n"
+    work = make_workdir(tmp_path, sheet=sheet)
+    proc = snakemake("-n", cwd=work)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "'bad7'" in err and "pacs" in err and "cases.tsv" in err
+
+
+def test_unreadable_scan_fails_its_case_alone(tmp_path):
+    """--keep-going finishes the good case; the bad one names case and file, leaves nothing."""
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"this is not a nifti file")
+    sheet = (
+        f"case\tsource\tlocation\tsplit\ngood1\tphantom\t5\ttrain\nbad1\tnifti\t{broken}\ttest\n"
+    )
+    (tmp_path / "w").mkdir()
+    work = make_workdir(tmp_path / "w", sheet=sheet)
+    proc = snakemake(
+        "--cores",
+        "2",
+        "--keep-going",
+        "results/volumes/good1/ct.nii.gz",
+        "results/volumes/bad1/ct.nii.gz",
+        cwd=work,
+    )
+    assert proc.returncode != 0
+    assert (work / "results/volumes/good1/ct.nii.gz").is_file()
+    assert not (work / "results/volumes/bad1/ct.nii.gz").exists()
+    assert not list((work / "results/volumes").glob("bad1/*.nii.gz"))
+    logs = "".join(p.read_text() for p in (work / "results/logs").rglob("*bad1*.log"))
+    assert "bad1" in logs and "broken.nii.gz" in logs, logs[-2000:]
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One run of the whole workflow on the tiny config; later tests inspect its outputs."""
+    work = make_workdir(tmp_path_factory.mktemp("tiny"))
+    proc = snakemake("--cores", "2", "--configfile", "config.yaml", cwd=work, timeout=1500)
+    if proc.returncode != 0:
+        logs = sorted((work / "results" / "logs").rglob("*.log"))
+        tail = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in logs if p.stat().st_size)
+        pytest.fail(f"tiny workflow failed:\n{proc.stderr[-4000:]}\n{tail[-6000:]}")
+    return work
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_every_declared_output(tiny_run):
+    proc = snakemake("-n", "--configfile", "config.yaml", cwd=tiny_run)
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    res = tiny_run / "results"
+    for case in ["t1", "t2", "t3", "t4"]:
+        manifest = json.loads((res / "raw" / f"{case}.manifest.json").read_text())
+        assert manifest["case"] == case and manifest["files"]
+        for v in cfg["drr"]["views"]:
+            assert (res / "drr" / case / f"{v['name']}.png").stat().st_size > 1000
+    for exp in cfg["experiments"]:
+        assert (res / "models" / exp / "model.pt").stat().st_size > 1000
+        hist = pd.read_csv(res / "models" / exp / "history.tsv", sep="\t")
+        assert len(hist) == cfg["experiments"][exp]["epochs"]
+        assert np.isfinite(hist["train_loss"]).all()
+
+
+@pytest.mark.slow
+def test_tiny_run_volumes_match_phantom_truth(tiny_run):
+    res = tiny_run / "results"
+    ct = sitk.ReadImage(str(res / "volumes/t1/ct.nii.gz"))
+    labels = sitk.ReadImage(str(res / "volumes/t1/labels.nii.gz"))
+    assert ct.GetPixelID() == sitk.sitkInt16
+    assert ct.GetSize() == (48, 40, 64)
+    assert np.allclose(ct.GetSpacing(), (7.0, 7.0, 7.0))
+    assert labels.GetSize() == ct.GetSize() and np.allclose(labels.GetOrigin(), ct.GetOrigin())
+    ids = set(np.unique(sitk.GetArrayFromImage(labels)).tolist()) - {0}
+    assert ids == set(range(8, 25))  # T1..L5
+    stats = json.loads((res / "stats/t1.json").read_text())
+    arr = sitk.GetArrayFromImage(ct)
+    assert stats["hu_max"] == pytest.approx(float(arr.max()))
+    assert stats["hu_mean"] == pytest.approx(float(arr.mean()), rel=1e-4)
+    centre = ct.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in ct.GetSize()])
+    assert np.allclose(stats["center_mm"], centre, atol=1e-3)
+    for key in ("PHANTOM", "PatientName", "PatientID"):
+        assert key not in (res / "stats/t1.json").read_text()
+    metal = json.loads((res / "metal/t1.json").read_text())
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(res / "raw/t1/metal_truth.nii.gz")))
+    assert metal["threshold_hu"] == 3000 and metal["voxels"] > 0
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(res / "metal/t1.nii.gz")))
+    assert (arr[mask > 0] > 3000).all()
+    # blur and noise move the boundary a little; the bulk of the implant must be found
+    assert (mask[truth > 0] > 0).mean() > 0.5
+    clean = json.loads((res / "metal/t2.json").read_text())
+    assert clean["voxels"] == 0  # no implants in t2
+
+
+@pytest.mark.slow
+def test_tiny_run_evaluation_is_sane(tiny_run):
+    res = tiny_run / "results"
+    cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    for exp in cfg["experiments"]:
+        metrics = pd.read_csv(res / "eval" / exp / "metrics.tsv", sep="\t")
+        assert set(metrics["case"]) == {"t4"}
+        assert metrics["dice"].between(0, 1).all()
+        summary = pd.read_csv(res / "eval" / exp / "summary.tsv", sep="\t")
+        assert "ALL" in set(summary["case"].astype(str))
+    # vertebrae: chance Dice for a label occupying a few % of the grid is ~0; the model learns more
+    vert = pd.read_csv(res / "eval/vert3d/metrics.tsv", sep="\t")
+    assert vert["dice"].max() > 0.05
+    cents = pd.read_csv(res / "eval/vert3d/centroids.tsv", sep="\t")
+    truth = json.loads((res / "volumes/t4/centroids.json").read_text())
+    assert {c["name"] for c in truth} <= set(cents["vertebra"])
+    finite = cents["error_mm"].dropna()
+    assert (finite >= 0).all() and all(math.isfinite(v) for v in finite)
+    drr = pd.read_csv(res / "eval/drr_local/metrics.tsv", sep="\t")
+    assert drr["dice"].mean() > 0.3  # bone on DRRs is large and high-contrast
+
+
+@pytest.mark.slow
+def test_tiny_run_report(tiny_run):
+    md = (tiny_run / "results/report/summary.md").read_text()
+    for exp in ("vert3d", "metal2d", "drr_local"):
+        assert exp in md
+    assert "Dice" in md and "HD95" in md
+    proc = snakemake(
+        "--configfile", "config.yaml", "--report", "results/report/report.html", cwd=tiny_run
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (tiny_run / "results/report/report.html").read_text(errors="replace")
+    assert len(html) > 10000
