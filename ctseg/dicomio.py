@@ -18,6 +18,7 @@ z along the normal, origin = position of the first slice in normal order.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,22 +132,22 @@ def _check_pixel_data(ds, path: Path, case: str | None) -> None:
     """Missing or truncated pixel data is found from the headers, before any decoding."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError("DICOM file has no pixel data", path=path, case=case)
-    elem = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
-    if elem is None:
-        return
-    tell = getattr(elem, "value_tell", None)
-    length = getattr(elem, "length", None)
     size = path.stat().st_size
-    if tell is None or length is None:
-        return
-    if length == 0xFFFFFFFF:
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if tsyntax is not None and tsyntax.is_compressed:
+        # encapsulated fragments must be closed by a Sequence Delimitation Item
         with open(path, "rb") as fh:
-            fh.seek(max(tell, size - 4096))
+            fh.seek(max(0, size - 4096))
             tail = fh.read()
         if _SEQ_DELIM not in tail:
             raise InputError(
                 "encapsulated pixel data is not terminated (truncated file?)", path=path, case=case
             )
+        return
+    elem = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+    tell = getattr(elem, "value_tell", None)
+    length = getattr(elem, "length", None)
+    if tell is None or length is None or length == 0xFFFFFFFF:
         return
     if tell + length > size:
         raise InputError(
@@ -170,12 +171,27 @@ def _check_pixel_data(ds, path: Path, case: str | None) -> None:
 def _read_header(path: Path, case: str | None):
     """Read one file's header (pixel data deferred); None for files that are not DICOM."""
     try:
-        ds = pydicom.dcmread(path, defer_size=256)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, defer_size=256)
     except InvalidDicomError:
         return None
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"unreadable DICOM file ({type(exc).__name__}: {exc})", path=path, case=case) from exc
-    if "SOPClassUID" not in ds and "ImagePositionPatient" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
+        raise InputError(
+            f"unreadable DICOM file ({type(exc).__name__}: {exc})", path=path, case=case
+        ) from exc
+    for w in caught:
+        if "End of file" in str(w.message) or "truncat" in str(w.message).lower():
+            raise InputError(f"truncated DICOM file ({w.message})", path=path, case=case)
+    if len(ds) == 0 and hasattr(ds, "file_meta") and "MediaStorageSOPClassUID" in ds.file_meta:
+        raise InputError(
+            "DICOM file has a file meta header but no data set (truncated?)", path=path, case=case
+        )
+    if (
+        "SOPClassUID" not in ds
+        and "ImagePositionPatient" not in ds
+        and "PerFrameFunctionalGroupsSequence" not in ds
+    ):
         return None  # DICOMDIR-like or non-image objects carry no slice
     return ds
 
@@ -192,7 +208,9 @@ def _header_facts(ds) -> dict:
         "kvp": _num(ds.get("KVP")),
         "kernel": _str(kernel),
         "series_description": _str(ds.get("SeriesDescription")),
-        "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else "",
+        "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))
+        if hasattr(ds, "file_meta")
+        else "",
     }
 
 
@@ -205,7 +223,11 @@ def _slices_of(ds, path: Path, case: str | None) -> list[SliceRef]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None or str(ds.get("SOPClassUID", "")) == _ENHANCED_CT:
         if not per_frame:
-            raise InputError("enhanced multi-frame image without PerFrameFunctionalGroupsSequence", path=path, case=case)
+            raise InputError(
+                "enhanced multi-frame image without PerFrameFunctionalGroupsSequence",
+                path=path,
+                case=case,
+            )
         out = []
         for i, fg in enumerate(per_frame):
             pos = _seq_item(ds, "PlanePositionSequence", "ImagePositionPatient", fg)
@@ -215,16 +237,29 @@ def _slices_of(ds, path: Path, case: str | None) -> list[SliceRef]:
             slope = _seq_item(ds, "PixelValueTransformationSequence", "RescaleSlope", fg)
             icpt = _seq_item(ds, "PixelValueTransformationSequence", "RescaleIntercept", fg)
             if pos is None or iop is None or ps is None:
-                raise InputError(f"frame {i} lacks position, orientation or pixel spacing", path=path, case=case)
+                raise InputError(
+                    f"frame {i} lacks position, orientation or pixel spacing", path=path, case=case
+                )
             out.append(
                 SliceRef(
-                    path, i, np.asarray(pos, float), np.asarray(iop, float),
-                    (float(ps[0]), float(ps[1])), rows, cols,
-                    _num(slope, 1.0), _num(icpt, 0.0), _num(th),
+                    path,
+                    i,
+                    np.asarray(pos, float),
+                    np.asarray(iop, float),
+                    (float(ps[0]), float(ps[1])),
+                    rows,
+                    cols,
+                    _num(slope, 1.0),
+                    _num(icpt, 0.0),
+                    _num(th),
                 )
             )
         return out
-    pos, iop, ps = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"), ds.get("PixelSpacing")
+    pos, iop, ps = (
+        ds.get("ImagePositionPatient"),
+        ds.get("ImageOrientationPatient"),
+        ds.get("PixelSpacing"),
+    )
     if pos is None or iop is None or ps is None:
         raise InputError(
             "DICOM image lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing",
@@ -233,15 +268,23 @@ def _slices_of(ds, path: Path, case: str | None) -> list[SliceRef]:
         )
     return [
         SliceRef(
-            path, None, np.asarray(pos, float), np.asarray(iop, float),
-            (float(ps[0]), float(ps[1])), rows, cols,
-            _num(ds.get("RescaleSlope"), 1.0), _num(ds.get("RescaleIntercept"), 0.0),
+            path,
+            None,
+            np.asarray(pos, float),
+            np.asarray(iop, float),
+            (float(ps[0]), float(ps[1])),
+            rows,
+            cols,
+            _num(ds.get("RescaleSlope"), 1.0),
+            _num(ds.get("RescaleIntercept"), 0.0),
             _num(ds.get("SliceThickness")),
         )
     ]
 
 
-def discover_series(folder: Path, *, case: str | None = None, progress: bool = False) -> dict[str, SeriesInfo]:
+def discover_series(
+    folder: Path, *, case: str | None = None, progress: bool = False
+) -> dict[str, SeriesInfo]:
     """Read every file's header under ``folder`` and group the images by SeriesInstanceUID.
 
     Files that are not DICOM are ignored; DICOM files that cannot be parsed, lack pixel data or
@@ -253,7 +296,9 @@ def discover_series(folder: Path, *, case: str | None = None, progress: bool = F
         raise InputError("DICOM folder does not exist", path=folder, case=case)
     series: dict[str, SeriesInfo] = {}
     files = _iter_files(folder)
-    for path in tqdm(files, desc="DICOM headers", unit="file", disable=not progress or len(files) < 50):
+    for path in tqdm(
+        files, desc="DICOM headers", unit="file", disable=not progress or len(files) < 50
+    ):
         ds = _read_header(path, case)
         if ds is None:
             continue
@@ -262,7 +307,9 @@ def discover_series(folder: Path, *, case: str | None = None, progress: bool = F
         info = series.get(uid)
         if info is None:
             facts = _header_facts(ds)
-            info = series[uid] = SeriesInfo(uid, facts["series_description"], facts["modality"], header=facts)
+            info = series[uid] = SeriesInfo(
+                uid, facts["series_description"], facts["modality"], header=facts
+            )
         info.files.append(path)
         if hasattr(ds, "file_meta"):
             info.transfer_syntaxes.add(str(ds.file_meta.get("TransferSyntaxUID", "")))
@@ -312,7 +359,11 @@ def _resolve_policy(ingest: dict | None, key: str) -> str:
 
 
 def order_slices(
-    info: SeriesInfo, *, case: str | None = None, ingest: dict | None = None, expected_modality: str | None = "CT"
+    info: SeriesInfo,
+    *,
+    case: str | None = None,
+    ingest: dict | None = None,
+    expected_modality: str | None = "CT",
 ) -> SeriesGeometry:
     """Check a series' consistency and order its slices along the slice normal.
 
@@ -336,7 +387,9 @@ def order_slices(
                 case=case,
             )
         if not np.allclose(s.orientation, first.orientation, atol=COS_TOL):
-            raise InputError("ImageOrientationPatient differs within the series", path=s.path, case=case)
+            raise InputError(
+                "ImageOrientationPatient differs within the series", path=s.path, case=case
+            )
         if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-5):
             raise InputError("PixelSpacing differs within the series", path=s.path, case=case)
     row = first.orientation[:3] / np.linalg.norm(first.orientation[:3])
@@ -352,8 +405,16 @@ def order_slices(
     if len(slices) == 1:
         z = first.thickness or 1.0
         return SeriesGeometry(
-            slices, first.position.copy(), direction, np.array([*spacing_xy, z]), offsets,
-            normal * z, warnings, 0.0, False, 0,
+            slices,
+            first.position.copy(),
+            direction,
+            np.array([*spacing_xy, z]),
+            offsets,
+            normal * z,
+            warnings,
+            0.0,
+            False,
+            0,
         )
     gaps = np.diff(offsets)
     dup = np.nonzero(gaps < DUPLICATE_TOL_MM)[0]
@@ -372,7 +433,9 @@ def order_slices(
     if 1 - cos_tilt > COS_TOL:
         msg = f"gantry tilt / sheared stack: slices advance {tilt_deg:.2f} deg off the slice normal"
         if _resolve_policy(ingest, "gantry_tilt") == "error":
-            raise InputError(msg + " (set ingest.gantry_tilt: resample to accept)", path=first.path, case=case)
+            raise InputError(
+                msg + " (set ingest.gantry_tilt: resample to accept)", path=first.path, case=case
+            )
         warnings.append(msg + "; resampled onto an orthogonal grid")
     median = float(np.median(gaps))
     rel = np.abs(gaps - median) / median
@@ -382,18 +445,34 @@ def order_slices(
         where = int(np.argmax(rel))
         msg = (
             f"uneven slice spacing: gaps {gaps.min():.3f}-{gaps.max():.3f} mm (median {median:.3f})"
-            + (f", about {missing} missing slice(s) after {slices[where].path.name}" if missing else "")
+            + (
+                f", about {missing} missing slice(s) after {slices[where].path.name}"
+                if missing
+                else ""
+            )
         )
         if _resolve_policy(ingest, "uneven_spacing") == "error":
-            raise InputError(msg + " (set ingest.uneven_spacing: resample to accept)", path=slices[where].path, case=case)
+            raise InputError(
+                msg + " (set ingest.uneven_spacing: resample to accept)",
+                path=slices[where].path,
+                case=case,
+            )
         warnings.append(msg + "; resampled to even spacing")
     z_spacing = median if uneven else float((offsets[-1] - offsets[0]) / (len(slices) - 1))
     thick = first.thickness
     if thick is not None and abs(thick - z_spacing) > 0.01 * z_spacing + 1e-3:
         warnings.append(f"slice thickness {thick:g} mm differs from slice spacing {z_spacing:g} mm")
     return SeriesGeometry(
-        slices, slices[0].position.copy(), direction, np.array([*spacing_xy, z_spacing]), offsets,
-        step, warnings, tilt_deg, uneven, missing,
+        slices,
+        slices[0].position.copy(),
+        direction,
+        np.array([*spacing_xy, z_spacing]),
+        offsets,
+        step,
+        warnings,
+        tilt_deg,
+        uneven,
+        missing,
     )
 
 
@@ -408,12 +487,20 @@ def _decode_pydicom(geom: SeriesGeometry, case: str | None, progress: bool) -> n
                 ds = pydicom.dcmread(s.path)
                 arr = ds.pixel_array
             except Exception as exc:  # pydicom raises many types for broken pixel data
-                raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path=s.path, case=case) from exc
+                raise InputError(
+                    f"cannot decode pixel data ({type(exc).__name__}: {exc})",
+                    path=s.path,
+                    case=case,
+                ) from exc
             if s.frame is not None:
                 cache = {s.path: arr}
         frame = arr[s.frame] if s.frame is not None and arr.ndim == 3 else arr
         if frame.shape != (s.rows, s.cols):
-            raise InputError(f"decoded frame has shape {frame.shape}, header says {(s.rows, s.cols)}", path=s.path, case=case)
+            raise InputError(
+                f"decoded frame has shape {frame.shape}, header says {(s.rows, s.cols)}",
+                path=s.path,
+                case=case,
+            )
         out[k] = frame.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
     return out
 
@@ -458,7 +545,9 @@ def _resample_stack(hu: np.ndarray, geom: SeriesGeometry) -> tuple[np.ndarray, n
     out = np.empty((n_out, hu.shape[1], hu.shape[2]), np.float32)
     targets = geom.offsets[0] + np.arange(n_out) * dz
     for k, t in enumerate(targets):
-        j = int(np.clip(np.searchsorted(geom.offsets, t, side="right") - 1, 0, len(geom.offsets) - 2))
+        j = int(
+            np.clip(np.searchsorted(geom.offsets, t, side="right") - 1, 0, len(geom.offsets) - 2)
+        )
         w = float(np.clip((t - geom.offsets[j]) / (geom.offsets[j + 1] - geom.offsets[j]), 0, 1))
         acc = np.zeros(hu.shape[1:], np.float32)
         for idx, weight in ((j, 1 - w), (j + 1, w)):
@@ -516,7 +605,9 @@ def read_dicom_series(
         transfer_syntaxes=sorted(info.transfer_syntaxes),
         warnings=list(geom.warnings),
     )
-    meta["transfer_syntax"] = meta["transfer_syntaxes"][0] if len(meta["transfer_syntaxes"]) == 1 else "mixed"
+    meta["transfer_syntax"] = (
+        meta["transfer_syntaxes"][0] if len(meta["transfer_syntaxes"]) == 1 else "mixed"
+    )
     return img, meta
 
 

@@ -51,7 +51,9 @@ def _read_volume_file(path: Path, case: str | None) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path=path, case=case) from exc
+        raise InputError(
+            f"cannot read image ({str(exc).strip().splitlines()[-1]})", path=path, case=case
+        ) from exc
 
 
 def read_image(
@@ -77,12 +79,20 @@ def read_image(
     if kind == "dicom":
         folder = path if path.is_dir() else path.parent
         return read_dicom_series(
-            folder, case=case, series_uid=series_uid, ingest=ingest,
-            expected_modality=ingest.get("modality", "CT"), progress=progress,
+            folder,
+            case=case,
+            series_uid=series_uid,
+            ingest=ingest,
+            expected_modality=ingest.get("modality", "CT"),
+            progress=progress,
         )
     img = _read_volume_file(path, case)
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"expected a scalar image, found {img.GetNumberOfComponentsPerPixel()} components", path=path, case=case)
+        raise InputError(
+            f"expected a scalar image, found {img.GetNumberOfComponentsPerPixel()} components",
+            path=path,
+            case=case,
+        )
     if img.GetDimension() != 3:
         raise InputError(f"expected a 3D image, found {img.GetDimension()}D", path=path, case=case)
     arr = sitk.GetArrayViewFromImage(img)
@@ -110,11 +120,23 @@ def read_image(
 def find_raw_source(raw_dir: Path, *, case: str | None = None) -> Path:
     """The single image source of a raw case folder (``dicom/``, ``image.nii[.gz]`` or ``image.nrrd``)."""
     raw_dir = Path(raw_dir)
-    found = [raw_dir / n for n in ("dicom", "image.nii.gz", "image.nii", "image.nrrd") if (raw_dir / n).exists()]
+    found = [
+        raw_dir / n
+        for n in ("dicom", "image.nii.gz", "image.nii", "image.nrrd")
+        if (raw_dir / n).exists()
+    ]
     if not found:
-        raise InputError("raw case holds no dicom/, image.nii.gz, image.nii or image.nrrd", path=raw_dir, case=case)
+        raise InputError(
+            "raw case holds no dicom/, image.nii.gz, image.nii or image.nrrd",
+            path=raw_dir,
+            case=case,
+        )
     if len(found) > 1:
-        raise InputError(f"raw case holds several image sources: {[p.name for p in found]}", path=raw_dir, case=case)
+        raise InputError(
+            f"raw case holds several image sources: {[p.name for p in found]}",
+            path=raw_dir,
+            case=case,
+        )
     return found[0]
 
 
@@ -131,7 +153,12 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> tuple[bool, str]:
         return False, f"size {b.GetSize()} != {a.GetSize()}"
     if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=GRID_RTOL, atol=GRID_ATOL_MM):
         return False, f"spacing {b.GetSpacing()} != {a.GetSpacing()}"
-    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=max(GRID_ATOL_MM, 1e-6 * np.abs(a.GetOrigin()).max() * 10)):
+    if not np.allclose(
+        a.GetOrigin(),
+        b.GetOrigin(),
+        rtol=0,
+        atol=max(GRID_ATOL_MM, 1e-6 * np.abs(a.GetOrigin()).max() * 10),
+    ):
         return False, f"origin {b.GetOrigin()} != {a.GetOrigin()}"
     if not np.allclose(a.GetDirection(), b.GetDirection(), atol=DIR_ATOL):
         return False, f"direction {b.GetDirection()} != {a.GetDirection()}"
@@ -158,7 +185,14 @@ def same_lattice(a: sitk.Image, b: sitk.Image) -> bool:
     offset = np.linalg.solve(mb, np.subtract(a.GetOrigin(), b.GetOrigin()))
     if not np.allclose(offset, np.round(offset), atol=1e-3):
         return False
-    corners = np.array([[i, j, k] for i in (0, a.GetSize()[0] - 1) for j in (0, a.GetSize()[1] - 1) for k in (0, a.GetSize()[2] - 1)])
+    corners = np.array(
+        [
+            [i, j, k]
+            for i in (0, a.GetSize()[0] - 1)
+            for j in (0, a.GetSize()[1] - 1)
+            for k in (0, a.GetSize()[2] - 1)
+        ]
+    )
     idx = np.round(corners @ perm.T + offset)
     lo, hi = idx.min(axis=0), idx.max(axis=0)
     return bool(np.all(lo == 0) and np.all(hi == np.array(b.GetSize()) - 1))
@@ -179,17 +213,23 @@ def labels_on_grid(
         out.CopyInformation(ct)
         return out
     if same_lattice(ct, labels):
-        return sitk.Resample(labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+        return sitk.Resample(
+            labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID()
+        )
     if not resample:
         raise InputError(
             f"label map is not on the CT grid ({why}); set ingest.resample_labels: true to resample",
             path=path,
             case=case,
         )
-    return sitk.Resample(labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+    return sitk.Resample(
+        labels, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID()
+    )
 
 
-def map_labels(arr: np.ndarray, label_map: dict[int, int] | None, *, case: str | None, path: Path | None) -> np.ndarray:
+def map_labels(
+    arr: np.ndarray, label_map: dict[int, int] | None, *, case: str | None, path: Path | None
+) -> np.ndarray:
     """Apply ``label_map`` (ids not in it become 0) and return uint8; unmapped ids must fit uint8."""
     arr = np.asarray(arr)
     if arr.dtype.kind == "f":
@@ -205,7 +245,11 @@ def map_labels(arr: np.ndarray, label_map: dict[int, int] | None, *, case: str |
             lut[int(src)] = int(dst)
         arr = lut[arr]
     if arr.size and arr.max() > 255:
-        raise InputError(f"label id {int(arr.max())} does not fit uint8 (missing label_map?)", path=path, case=case)
+        raise InputError(
+            f"label id {int(arr.max())} does not fit uint8 (missing label_map?)",
+            path=path,
+            case=case,
+        )
     return arr.astype(np.uint8)
 
 
@@ -214,8 +258,12 @@ def _centroids_local(img: sitk.Image) -> list[dict]:
     out = []
     for label in sorted(int(v) for v in np.unique(arr) if v != 0):
         zyx = np.argwhere(arr == label).mean(axis=0)
-        x, y, z = img.TransformContinuousIndexToPhysicalPoint([float(zyx[2]), float(zyx[1]), float(zyx[0])])
-        out.append({"label": label, "name": VERSE_NAMES.get(label, str(label)), "x": x, "y": y, "z": z})
+        x, y, z = img.TransformContinuousIndexToPhysicalPoint(
+            [float(zyx[2]), float(zyx[1]), float(zyx[0])]
+        )
+        out.append(
+            {"label": label, "name": VERSE_NAMES.get(label, str(label)), "x": x, "y": y, "z": z}
+        )
     return out
 
 
@@ -238,11 +286,15 @@ def _load_centroids(path: Path, case: str) -> list[dict]:
         out = []
         for item in data:
             label = int(item["label"])
-            out.append({
-                "label": label,
-                "name": str(item.get("name") or VERSE_NAMES.get(label, str(label))),
-                "x": float(item["x"]), "y": float(item["y"]), "z": float(item["z"]),
-            })
+            out.append(
+                {
+                    "label": label,
+                    "name": str(item.get("name") or VERSE_NAMES.get(label, str(label))),
+                    "x": float(item["x"]),
+                    "y": float(item["y"]),
+                    "z": float(item["z"]),
+                }
+            )
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"invalid centroids.json ({exc})", path=path, case=case) from exc
     return sorted(out, key=lambda c: c["label"])
@@ -275,7 +327,9 @@ def build_volume(
     lab_path = find_raw_labels(raw_dir)
     if lab_path is not None:
         lab = _read_volume_file(lab_path, case)
-        lab = labels_on_grid(lab, ct16, case=case, path=lab_path, resample=bool(ingest.get("resample_labels", False)))
+        lab = labels_on_grid(
+            lab, ct16, case=case, path=lab_path, resample=bool(ingest.get("resample_labels", False))
+        )
         lab_arr = map_labels(sitk.GetArrayViewFromImage(lab), label_map, case=case, path=lab_path)
     else:
         lab_arr = np.zeros(ct_arr.shape, np.uint8)
@@ -283,7 +337,9 @@ def build_volume(
     lab_img.CopyInformation(ct16)
 
     cen_path = raw_dir / "centroids.json"
-    centroids = _load_centroids(cen_path, case) if cen_path.is_file() else centroids_from_labels(lab_img)
+    centroids = (
+        _load_centroids(cen_path, case) if cen_path.is_file() else centroids_from_labels(lab_img)
+    )
 
     with atomic_path(ct_out) as t_ct, atomic_path(labels_out) as t_lab:
         sitk.WriteImage(ct16, str(t_ct), True)
@@ -319,12 +375,22 @@ def read_case_list(path: Path) -> list[dict]:
                 stem = stem[: -len(suffix)]
                 break
         if stem in seen:
-            raise InputError(f"line {lineno}: case id {stem!r} repeats line {seen[stem]}", path=path)
+            raise InputError(
+                f"line {lineno}: case id {stem!r} repeats line {seen[stem]}", path=path
+            )
         seen[stem] = lineno
-        rows.append({
-            "case": stem, "source": kind, "location": str(image), "sha256": "",
-            "labels": str(label), "centroids": "", "label_map": "", "split": "train",
-        })
+        rows.append(
+            {
+                "case": stem,
+                "source": kind,
+                "location": str(image),
+                "sha256": "",
+                "labels": str(label),
+                "centroids": "",
+                "label_map": "",
+                "split": "train",
+            }
+        )
     if not rows:
         raise InputError("case list holds no cases", path=path)
     return rows

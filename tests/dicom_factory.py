@@ -137,7 +137,11 @@ def write_enhanced(
     for f, z in enumerate(frame_order):
         fg = Dataset()
         pp = Dataset()
-        pp.ImagePositionPatient = [float(origin[0]), float(origin[1]), float(origin[2] + z * spacing[2])]
+        pp.ImagePositionPatient = [
+            float(origin[0]),
+            float(origin[1]),
+            float(origin[2] + z * spacing[2]),
+        ]
         fg.PlanePositionSequence = Sequence([pp])
         pv = Dataset()
         pv.RescaleSlope = float(slopes[z])
@@ -156,4 +160,6 @@ def write_enhanced(
 def read_stored_hu(path: Path) -> np.ndarray:
     """Independent reference: pydicom pixel array x slope + intercept, float64."""
     ds = pydicom.dcmread(path)
-    return ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+    return ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + float(
+        ds.get("RescaleIntercept", 0)
+    )
