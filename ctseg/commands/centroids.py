@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from ctseg.atomic import write_text
 from ctseg.centroids import centroids_from_labels
+from ctseg.errors import ConfigError
 from ctseg.labels import resolve_label_map
 from ctseg.metrics import read_image, remap_labels
 
@@ -26,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     img = read_image(args.labels)
-    mapping = resolve_label_map(args.label_map)
+    try:
+        mapping = resolve_label_map(args.label_map)
+    except KeyError as exc:
+        raise ConfigError(str(exc)) from exc
     if mapping is not None:
         mapped = sitk.GetImageFromArray(remap_labels(sitk.GetArrayFromImage(img), mapping))
         mapped.CopyInformation(img)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from ctseg.errors import ConfigError
 from ctseg.labels import resolve_label_map
 from ctseg.metrics import (
     METRIC_KEYS,
@@ -39,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     check_same_grid(pred_img, gt_img, args.pred, args.gt)
     pred = sitk.GetArrayFromImage(pred_img)
     gt = sitk.GetArrayFromImage(gt_img)
-    mapping = resolve_label_map(args.label_map)
+    try:
+        mapping = resolve_label_map(args.label_map)
+    except KeyError as exc:
+        raise ConfigError(str(exc)) from exc
     if mapping is not None:
         gt = remap_labels(gt, mapping)
     rows = label_metrics(pred, gt, array_spacing(gt_img))

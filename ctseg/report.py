@@ -1,0 +1,483 @@
+"""The run's report: ``summary.md`` tables reproducing each seed's results, and the report plots.
+
+Every number in ``summary.md`` is read from this run's TSVs (``stats/summary.tsv``,
+``metal/summary.tsv`` and each experiment's ``eval/{experiment}/{summary,metrics,centroids}.tsv``
+written by :mod:`ctseg.evaluate`); nothing is typed in by hand. Numbers are printed with 4
+decimals (counts as integers) and undefined values (NaN, missing file or column) as ``n/a``.
+
+Tables, by seed project:
+
+- 002: DICOM summary statistics (max / mean HU, centre of the volume in scanner coordinates, ...)
+  and metal statistics (metal voxels / volume) - the columns of the two summary TSVs;
+- 000: Dice by DRR pre-processing (mean ± sd) over ``bone_drr`` experiments;
+- 001: UNet2D vs UNet3D over ``vertebrae`` experiments;
+- 003: Dice / Jaccard / ASD / ASSD / HD95 per experiment;
+- 004: per-vertebra centroid error and identification, with the mean error and identification
+  rate of each ``vertebrae`` experiment;
+- and a per-experiment overview with all of the above.
+
+The plot functions use matplotlib's Agg backend and write their PNG atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from ctseg.atomic import atomic_path, write_text  # noqa: E402
+from ctseg.errors import InputError  # noqa: E402
+
+NA = "n/a"
+
+
+# --------------------------------------------------------------------------------------------
+# formatting and reading
+# --------------------------------------------------------------------------------------------
+
+
+def fmt(value: object, digits: int = 4) -> str:
+    """A table cell: floats with ``digits`` decimals, integers as such, NaN/None as ``n/a``."""
+    if value is None:
+        return NA
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        if math.isnan(f):
+            return NA
+        if f.is_integer() and abs(f) < 1e15 and digits == 0:
+            return str(int(f))
+        return f"{f:.{digits}f}"
+    text = str(value)
+    return text if text.strip() else NA
+
+
+def fmt_pm(mean: object, sd: object, digits: int = 4) -> str:
+    """``mean ± sd`` (``n/a`` parts where undefined)."""
+    m = fmt(mean, digits)
+    if m == NA:
+        return NA
+    return f"{m} ± {fmt(sd, digits)}"
+
+
+def _read_tsv(path: str | Path | None) -> pd.DataFrame | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, sep="\t")
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot parse TSV: {exc}", path=path) from exc
+
+
+def _all_row(summary: pd.DataFrame | None) -> dict:
+    if summary is None or summary.empty or "case" not in summary.columns:
+        return {}
+    rows = summary[summary["case"].astype(str) == "ALL"]
+    return rows.iloc[-1].to_dict() if len(rows) else {}
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float | np.floating) and not float(v).is_integer():
+        return fmt(v)
+    if isinstance(v, float | np.floating):
+        return fmt(v, 0) if not math.isnan(float(v)) else NA
+    return fmt(v)
+
+
+#: Columns of the DICOM summary / metal tables that seed 002 reported (matched by pattern).
+_SEED002_PATTERNS = (
+    r"^case$",
+    r"max",
+    r"mean",
+    r"cent(er|re)",
+    r"metal",
+    r"voxel",
+    r"volume",
+    r"n_",
+)
+
+
+def _tsv_table(df: pd.DataFrame | None, what: str) -> str:
+    if df is None:
+        return f"_{what}: not available in this run._"
+    if df.empty:
+        return f"_{what}: no rows._"
+    cols = [c for c in df.columns if any(re.search(p, str(c)) for p in _SEED002_PATTERNS)]
+    if len(cols) <= 1:
+        cols = list(df.columns)
+    return _md_table(cols, [[_cell(r[c]) for c in cols] for _, r in df.iterrows()])
+
+
+# --------------------------------------------------------------------------------------------
+# summary.md
+# --------------------------------------------------------------------------------------------
+
+
+def _per_vertebra(centroids: pd.DataFrame | None) -> list[list[str]]:
+    if centroids is None or centroids.empty:
+        return []
+    truth_rows = centroids[centroids["status"].isin(["found", "missing"])]
+    out = []
+    for (label, vert), g in truth_rows.groupby(["label", "vertebra"], sort=True):
+        err = pd.to_numeric(g["error_mm"], errors="coerce")
+        ident = g["identified"].astype(str).str.lower().isin(["true", "1"])
+        out.append(
+            [
+                str(vert),
+                str(len(g)),
+                fmt(float(err.mean()) if err.notna().any() else float("nan")),
+                fmt(float(err.max()) if err.notna().any() else float("nan")),
+                fmt(float(ident.mean())),
+                str(int((g["status"] == "missing").sum())),
+            ]
+        )
+    n_extra = int((centroids["status"] == "extra").sum())
+    if n_extra:
+        out.append(["extra (no true vertebra)", str(n_extra), NA, NA, NA, "0"])
+    return out
+
+
+def write_summary_md(
+    out_md: Path,
+    *,
+    stats_tsv: str | Path | None,
+    metal_tsv: str | Path | None,
+    experiments: Mapping[str, Mapping],
+) -> None:
+    """Write ``summary.md`` with every seed's table from this run's TSVs (atomically).
+
+    ``experiments`` maps a name to ``{"config": dict, "summary": path, "metrics": path,
+    "centroids": path}``; ``config`` supplies task, model and preprocess.
+    """
+    parts = ["# ctseg run summary", ""]
+    parts += [
+        "Every number below is read from this run's result tables; `n/a` marks values that are "
+        "undefined (e.g. surface distances when a structure is empty) or not produced.",
+        "",
+    ]
+    parts += [
+        "## DICOM summary statistics (seed 002)",
+        "",
+        _tsv_table(_read_tsv(stats_tsv), "DICOM summary"),
+        "",
+    ]
+    parts += [
+        "## Metal statistics (seed 002)",
+        "",
+        _tsv_table(_read_tsv(metal_tsv), "metal statistics"),
+        "",
+    ]
+
+    loaded = {}
+    for name, exp in experiments.items():
+        cfg = dict(exp.get("config") or {})
+        loaded[name] = {
+            "cfg": cfg,
+            "all": _all_row(_read_tsv(exp.get("summary"))),
+            "centroids": _read_tsv(exp.get("centroids")),
+        }
+
+    def by_task(task: str) -> list[str]:
+        return [n for n, e in loaded.items() if e["cfg"].get("task") == task]
+
+    # seed 000
+    rows = []
+    for n in by_task("bone_drr"):
+        a = loaded[n]["all"]
+        rows.append(
+            [
+                n,
+                str(loaded[n]["cfg"].get("preprocess", "none")),
+                fmt_pm(a.get("dice_mean"), a.get("dice_sd")),
+                fmt(a.get("n_dice")),
+            ]
+        )
+    parts += ["## Dice by DRR pre-processing, bone segmentation (seed 000)", ""]
+    parts += [
+        _md_table(["experiment", "pre-processing", "Dice (mean ± sd)", "n"], rows)
+        if rows
+        else "_no bone_drr experiments in this run._",
+        "",
+    ]
+
+    # seed 001
+    rows = []
+    for n in by_task("vertebrae"):
+        a = loaded[n]["all"]
+        rows.append(
+            [
+                n,
+                str(loaded[n]["cfg"].get("model", NA)),
+                fmt_pm(a.get("dice_mean"), a.get("dice_sd")),
+                fmt_pm(a.get("jaccard_mean"), a.get("jaccard_sd")),
+                fmt(a.get("n_dice")),
+            ]
+        )
+    parts += ["## UNet2D vs UNet3D, vertebra segmentation (seed 001)", ""]
+    parts += [
+        _md_table(["experiment", "model", "Dice (mean ± sd)", "Jaccard (mean ± sd)", "n"], rows)
+        if rows
+        else "_no vertebrae experiments in this run._",
+        "",
+    ]
+
+    # seed 003
+    rows = []
+    for n, e in loaded.items():
+        a = e["all"]
+        rows.append(
+            [
+                n,
+                str(e["cfg"].get("task", NA)),
+                str(e["cfg"].get("model", NA)),
+                fmt(a.get("dice_mean")),
+                fmt(a.get("jaccard_mean")),
+                fmt(a.get("asd_mean")),
+                fmt(a.get("assd_mean")),
+                fmt(a.get("hd95_mean")),
+            ]
+        )
+    parts += ["## Dice / Jaccard / ASD / HD95 per experiment (seed 003)", ""]
+    parts += [
+        _md_table(
+            [
+                "experiment",
+                "task",
+                "model",
+                "Dice",
+                "Jaccard",
+                "ASD (mm)",
+                "ASSD (mm)",
+                "HD95 (mm)",
+            ],
+            rows,
+        )
+        if rows
+        else "_no experiments in this run._",
+        "",
+    ]
+
+    # seed 004
+    parts += ["## Vertebra centroids: localisation and identification (seed 004)", ""]
+    vert = by_task("vertebrae")
+    if not vert:
+        parts += ["_no vertebrae experiments in this run._", ""]
+    for n in vert:
+        a = loaded[n]["all"]
+        parts += [
+            f"### {n}",
+            "",
+            f"Mean centroid error: {fmt(a.get('centroid_error_mean_mm'))} mm "
+            f"(median {fmt(a.get('centroid_error_median_mm'))} mm, n = {fmt(a.get('n_centroids'))}); "
+            f"identification rate: {fmt(a.get('id_rate'))} "
+            f"({fmt(a.get('n_identified'))} of {fmt(a.get('n_true_vertebrae'))}); "
+            f"missing: {fmt(a.get('n_missing'))}; extra: {fmt(a.get('n_extra'))}.",
+            "",
+        ]
+        pv = _per_vertebra(loaded[n]["centroids"])
+        parts += [
+            _md_table(
+                [
+                    "vertebra",
+                    "n",
+                    "mean error (mm)",
+                    "max error (mm)",
+                    "identification rate",
+                    "missing",
+                ],
+                pv,
+            )
+            if pv
+            else "_no centroid rows._",
+            "",
+        ]
+
+    # overview
+    rows = []
+    for n, e in loaded.items():
+        a = e["all"]
+        rows.append(
+            [
+                n,
+                fmt_pm(a.get("dice_mean"), a.get("dice_sd")),
+                fmt_pm(a.get("jaccard_mean"), a.get("jaccard_sd")),
+                fmt_pm(a.get("asd_mean"), a.get("asd_sd")),
+                fmt_pm(a.get("hd95_mean"), a.get("hd95_sd")),
+                fmt(a.get("centroid_error_mean_mm")),
+                fmt(a.get("id_rate")),
+            ]
+        )
+    parts += ["## Per experiment", ""]
+    parts += [
+        _md_table(
+            [
+                "experiment",
+                "Dice",
+                "Jaccard",
+                "ASD (mm)",
+                "HD95 (mm)",
+                "centroid error (mm)",
+                "identification rate",
+            ],
+            rows,
+        )
+        if rows
+        else "_no experiments in this run._",
+        "",
+    ]
+    write_text(out_md, "\n".join(parts))
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+
+
+def _save(fig: plt.Figure, out_png: str | Path) -> None:
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def _no_data(ax: plt.Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def plot_dice_box(metrics_tsv: str | Path, out_png: str | Path) -> None:
+    """Box plot of Dice per label (pooled over cases and views) from a ``metrics.tsv``."""
+    df = _read_tsv(metrics_tsv)
+    if df is None:
+        raise InputError("metrics table not found", path=metrics_tsv)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * df.get("label", pd.Series()).nunique() + 2), 4))
+    if df.empty or "dice" not in df.columns:
+        _no_data(ax, "no metric rows")
+    else:
+        groups = []
+        names = []
+        for (_lab, name), g in df.groupby(["label", "name"], sort=True):
+            d = pd.to_numeric(g["dice"], errors="coerce").dropna().to_numpy()
+            if d.size:
+                groups.append(d)
+                names.append(str(name))
+        if groups:
+            ax.boxplot(groups, tick_labels=names)
+            ax.set_ylim(0, 1.02)
+            ax.set_ylabel("Dice")
+            ax.set_title("Dice per label")
+            ax.tick_params(axis="x", rotation=45)
+        else:
+            _no_data(ax, "no defined Dice values")
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def plot_centroid_errors(centroids_tsv: str | Path, out_png: str | Path) -> None:
+    """Centroid error (mm) per vertebra, one point per case, with the 20 mm identification limit."""
+    df = _read_tsv(centroids_tsv)
+    if df is None:
+        raise InputError("centroids table not found", path=centroids_tsv)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    found = df[df["status"] == "found"] if not df.empty and "status" in df.columns else df
+    if found is None or found.empty:
+        _no_data(ax, "no matched vertebrae")
+    else:
+        order = found[["label", "vertebra"]].drop_duplicates().sort_values("label")
+        for i, (lab, _name) in enumerate(order.itertuples(index=False)):
+            g = found[found["label"] == lab]
+            err = pd.to_numeric(g["error_mm"], errors="coerce")
+            ok = g["identified"].astype(str).str.lower().isin(["true", "1"])
+            ax.scatter(
+                np.full(int(ok.sum()), i),
+                err[ok],
+                c="tab:green",
+                s=18,
+                label="identified" if i == 0 else None,
+            )
+            ax.scatter(
+                np.full(int((~ok).sum()), i),
+                err[~ok],
+                c="tab:red",
+                marker="x",
+                s=18,
+                label="not identified" if i == 0 else None,
+            )
+        ax.axhline(20.0, color="grey", ls="--", lw=1, label="20 mm")
+        ax.set_xticks(range(len(order)), [str(v) for v in order["vertebra"]], rotation=45)
+        ax.set_ylabel("centroid error (mm)")
+        ax.set_title("Centroid error per vertebra")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def plot_overlays(
+    ct_path: str | Path, truth_path: str | Path, pred_path: str | Path, out_png: str | Path
+) -> None:
+    """Prediction (red) vs truth (green) contours on mid-sagittal, coronal and axial CT slices.
+
+    The slices pass through the centre of mass of the truth foreground (the spine), or the
+    volume centre when the truth is empty; pixel aspect follows the voxel spacing.
+    """
+    ct_img = sitk.ReadImage(str(ct_path))
+    ct = sitk.GetArrayFromImage(ct_img).astype(np.float32)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path)))
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_path)))
+    if not (ct.shape == truth.shape == pred.shape):
+        raise InputError(
+            f"CT {ct.shape}, truth {truth.shape} and prediction {pred.shape} differ in shape",
+            path=pred_path,
+        )
+    sz, sy, sx = (float(s) for s in reversed(ct_img.GetSpacing()))
+    fg = np.argwhere(truth > 0)
+    zc, yc, xc = fg.mean(axis=0).round().astype(int) if len(fg) else np.array(ct.shape) // 2
+    views = [
+        ("sagittal", (slice(None), slice(None), xc), sz / sy),
+        ("coronal", (slice(None), yc, slice(None)), sz / sx),
+        ("axial", (zc, slice(None), slice(None)), sy / sx),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.5))
+    for ax, (title, sl, aspect) in zip(axes, views, strict=True):
+        origin = "upper" if title == "axial" else "lower"
+        ax.imshow(ct[sl], cmap="gray", vmin=-200, vmax=1200, aspect=aspect, origin=origin)
+        for mask, colour in ((truth[sl] > 0, "lime"), (pred[sl] > 0, "red")):
+            if mask.any() and not mask.all():
+                ax.contour(
+                    mask.astype(np.uint8),
+                    levels=[0.5],
+                    colors=colour,
+                    linewidths=0.8,
+                    origin=origin,
+                )
+        ax.set_title(title)
+        ax.set_axis_off()
+    fig.suptitle("truth (green) vs prediction (red)")
+    fig.tight_layout()
+    _save(fig, out_png)
