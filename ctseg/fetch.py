@@ -1,0 +1,287 @@
+"""Fetch one case's raw scan into ``raw/{case}/`` plus a manifest of what was fetched.
+
+Sources (case-sheet column ``source``):
+
+- ``phantom``: ``location`` is an integer seed; ``ctseg.phantom.write_phantom_case`` writes a
+  synthetic DICOM series with truth (labels, centroids, metal).
+- ``dicom``: a folder; its DICOM files are copied into ``dicom/``. With a ``series_uid``
+  column only that series' files are copied, so the raw case holds exactly one series.
+- ``nifti`` / ``nrrd``: one file copied to ``image.nii.gz`` / ``image.nii`` / ``image.nrrd``.
+- ``url``: downloaded over HTTP(S) with urllib, streamed to disk while hashing; the mandatory
+  ``sha256`` must match (a silently changed remote file would break reproducibility). A
+  ``.zip`` / ``.tar`` / ``.tar.gz`` / ``.tgz`` of DICOM files is unpacked into ``dicom/``; a
+  ``.nii.gz`` / ``.nii`` / ``.nrrd`` becomes the image.
+
+Optional ``labels`` and ``centroids`` columns are copied to ``labels.nii.gz|labels.nrrd`` and
+``centroids.json``. Everything is written to a temporary folder renamed onto ``out_dir`` only on
+success; the manifest (files, sizes, sha256) is written last, so its presence means complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ctseg.atomic import atomic_dir, write_text
+from ctseg.errors import InputError
+
+CHUNK = 1 << 20
+SOURCES = ("phantom", "dicom", "nifti", "nrrd", "url")
+_ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_VOLUMES = {".nii.gz": "image.nii.gz", ".nii": "image.nii", ".nrrd": "image.nrrd"}
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (scans can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _field(case: dict, key: str) -> str:
+    value = case.get(key)
+    if value is None:
+        return ""
+    value = str(value).strip()
+    return "" if value.lower() in {"nan", "none"} else value
+
+
+def _suffix(name: str) -> str:
+    low = name.lower()
+    for suf in (*_ARCHIVES, *_VOLUMES):
+        if low.endswith(suf):
+            return suf
+    return Path(low).suffix
+
+
+def download(url: str, dest: Path, *, sha256: str, case: str, timeout_s: float = 60) -> str:
+    """Stream ``url`` to ``dest`` while hashing; InputError on HTTP failure or checksum mismatch."""
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp, open(dest, "wb") as out:
+            total = resp.headers.get("Content-Length")
+            with tqdm(
+                total=int(total) if total else None,
+                unit="B",
+                unit_scale=True,
+                desc=f"fetch {case}",
+                disable=None,
+            ) as bar:
+                for block in iter(lambda: resp.read(CHUNK), b""):
+                    out.write(block)
+                    h.update(block)
+                    bar.update(len(block))
+    except urllib.error.HTTPError as exc:
+        raise InputError(
+            f"download of {url} failed: HTTP {exc.code} {exc.reason}", path=url, case=case
+        ) from exc
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise InputError(f"download of {url} failed: {exc}", path=url, case=case) from exc
+    got = h.hexdigest()
+    if got != sha256.lower():
+        raise InputError(
+            f"sha256 mismatch for {url}: expected {sha256.lower()}, got {got}", path=url, case=case
+        )
+    return got
+
+
+def _safe_members_zip(zf: zipfile.ZipFile, dest: Path, case: str, src: str) -> None:
+    root = dest.resolve()
+    for info in zf.infolist():
+        target = (dest / info.filename).resolve()
+        if not str(target).startswith(str(root)):
+            raise InputError(
+                f"archive member {info.filename!r} escapes the target folder", path=src, case=case
+            )
+    zf.extractall(dest)
+
+
+def unpack_archive(archive: Path, dest: Path, *, case: str, src: str) -> None:
+    """Unpack a zip / tar(.gz) safely (no member may leave ``dest``)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                _safe_members_zip(zf, dest, case, src)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                tf.extractall(dest, filter="data")
+        else:
+            raise InputError("download is neither a zip nor a tar archive", path=src, case=case)
+    except (zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise InputError(f"cannot unpack archive: {exc}", path=src, case=case) from exc
+
+
+def _copy_dicom(src: Path, dest: Path, *, case: str, series_uid: str) -> None:
+    """Copy the DICOM files of ``src`` (only ``series_uid``'s when given) keeping relative paths."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not src.is_dir():
+        raise InputError("dicom location is not a folder", path=src, case=case)
+    n = 0
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        if series_uid:
+            try:
+                ds = pydicom.dcmread(
+                    path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]
+                )
+            except (InvalidDicomError, EOFError, OSError, ValueError):
+                continue
+            if str(ds.get("SeriesInstanceUID", "")) != series_uid:
+                continue
+        target = dest / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        n += 1
+    if n == 0:
+        what = f"no files of series {series_uid}" if series_uid else "no files"
+        raise InputError(f"dicom folder holds {what}", path=src, case=case)
+
+
+def _copy_file(src: Path, dest: Path, case: str, what: str) -> None:
+    if not src.is_file():
+        raise InputError(f"{what} file does not exist", path=src, case=case)
+    shutil.copy2(src, dest)
+
+
+def _volume_name(name: str, src: str, case: str) -> str:
+    suf = _suffix(name)
+    if suf not in _VOLUMES:
+        raise InputError(
+            f"unsupported image file type {suf!r} (need .nii.gz, .nii or .nrrd)",
+            path=src,
+            case=case,
+        )
+    return _VOLUMES[suf]
+
+
+def _fetch_url(
+    url: str, tmp: Path, *, case: str, sha: str, timeout_s: float, series_uid: str
+) -> None:
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    suf = _suffix(name)
+    download_to = tmp / f".download{suf}"
+    download(url, download_to, sha256=sha, case=case, timeout_s=timeout_s)
+    if suf in _ARCHIVES:
+        unpacked = tmp / ".unpacked"
+        unpack_archive(download_to, unpacked, case=case, src=url)
+        _copy_dicom(unpacked, tmp / "dicom", case=case, series_uid=series_uid)
+        shutil.rmtree(unpacked)
+        download_to.unlink()
+    else:
+        download_to.rename(tmp / _volume_name(name, url, case))
+
+
+def _phantom_params(phantom: dict | None, case: str) -> dict:
+    params = dict(phantom or {})
+    implants = params.get("implants")
+    if isinstance(implants, dict):  # whole-config form {case: [levels]}
+        params["implants"] = list(implants.get(case, []))
+    elif implants is None:
+        params["implants"] = []
+    return params
+
+
+def fetch_case(
+    case: dict, out_dir: Path, manifest: Path, phantom: dict, timeout_s: float = 60
+) -> None:
+    """Fetch one case-sheet row into ``out_dir`` (atomic) and write ``manifest`` last."""
+    out_dir, manifest = Path(out_dir), Path(manifest)
+    name = _field(case, "case")
+    if not name:
+        raise InputError("case-sheet row has no case id")
+    source = _field(case, "source").lower()
+    location = _field(case, "location")
+    if source not in SOURCES:
+        raise InputError(
+            f"unknown source kind {source!r}; choose from {', '.join(SOURCES)}", case=name
+        )
+    if not location:
+        raise InputError(f"source {source} needs a location", case=name)
+    sha = _field(case, "sha256")
+    if source == "url" and not sha:
+        raise InputError(
+            f"url source {location} has no sha256 (mandatory for downloads)",
+            path=location,
+            case=name,
+        )
+    series_uid = _field(case, "series_uid")
+
+    with atomic_dir(out_dir) as tmp:
+        if source == "phantom":
+            try:
+                seed = int(location)
+            except ValueError as exc:
+                raise InputError(
+                    f"phantom location must be an integer seed, not {location!r}", case=name
+                ) from exc
+            from ctseg.phantom import write_phantom_case
+
+            write_phantom_case(tmp, seed, _phantom_params(phantom, name))
+        elif source == "dicom":
+            _copy_dicom(Path(location), tmp / "dicom", case=name, series_uid=series_uid)
+        elif source in {"nifti", "nrrd"}:
+            src = Path(location)
+            target = _volume_name(src.name, location, name)
+            if (source == "nrrd") != (target == "image.nrrd"):
+                raise InputError(
+                    f"source {source} but file type {_suffix(src.name)}", path=src, case=name
+                )
+            _copy_file(src, tmp / target, name, "image")
+        else:
+            _fetch_url(
+                location, tmp, case=name, sha=sha, timeout_s=timeout_s, series_uid=series_uid
+            )
+        if sha and source != "url" and source != "phantom":
+            src = Path(location)
+            if src.is_file() and sha256_file(src) != sha.lower():
+                raise InputError(
+                    f"sha256 mismatch: expected {sha.lower()}, got {sha256_file(src)}",
+                    path=src,
+                    case=name,
+                )
+
+        labels = _field(case, "labels")
+        if labels:
+            lab = Path(labels)
+            suf = _suffix(lab.name)
+            target = {".nii.gz": "labels.nii.gz", ".nii": "labels.nii", ".nrrd": "labels.nrrd"}.get(
+                suf
+            )
+            if target is None:
+                raise InputError(f"unsupported label file type {suf!r}", path=lab, case=name)
+            for old in ("labels.nii.gz", "labels.nii", "labels.nrrd"):
+                (tmp / old).unlink(missing_ok=True)
+            _copy_file(lab, tmp / target, name, "labels")
+        centroids = _field(case, "centroids")
+        if centroids:
+            _copy_file(Path(centroids), tmp / "centroids.json", name, "centroids")
+
+        files = []
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            files.append(
+                {
+                    "path": path.relative_to(tmp).as_posix(),
+                    "size": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                }
+            )
+        if not files:
+            raise InputError("fetch produced no files", path=location, case=name)
+        record = {"case": name, "source": source, "location": location, "files": files}
+        if series_uid:
+            record["series_uid"] = series_uid
+        # the manifest goes last, after the folder is in place: present manifest = complete case
+    write_text(manifest, json.dumps(record, indent=1) + "\n")
