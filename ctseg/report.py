@@ -103,12 +103,15 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _cell(v: object) -> str:
-    if isinstance(v, float | np.floating) and not float(v).is_integer():
-        return fmt(v)
-    if isinstance(v, float | np.floating):
-        return fmt(v, 0) if not math.isnan(float(v)) else NA
-    return fmt(v)
+def _column_formatter(series: pd.Series):
+    """Integers stay integers (counts, voxels); other numeric columns get 4 decimals."""
+    num = pd.to_numeric(series, errors="coerce")
+    if series.dtype.kind in "biuf" and num.notna().any():
+        vals = num.dropna().to_numpy()
+        if np.all(np.mod(vals, 1) == 0) and np.all(np.abs(vals) < 1e15):
+            return lambda v: NA if pd.isna(v) else str(int(v))
+        return lambda v: fmt(float(v))
+    return lambda v: NA if pd.isna(v) else fmt(v)
 
 
 #: Columns of the DICOM summary / metal tables that seed 002 reported (matched by pattern).
@@ -132,7 +135,8 @@ def _tsv_table(df: pd.DataFrame | None, what: str) -> str:
     cols = [c for c in df.columns if any(re.search(p, str(c)) for p in _SEED002_PATTERNS)]
     if len(cols) <= 1:
         cols = list(df.columns)
-    return _md_table(cols, [[_cell(r[c]) for c in cols] for _, r in df.iterrows()])
+    fmts = {c: _column_formatter(df[c]) for c in cols}
+    return _md_table(cols, [[fmts[c](r[c]) for c in cols] for _, r in df.iterrows()])
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +149,7 @@ def _per_vertebra(centroids: pd.DataFrame | None) -> list[list[str]]:
         return []
     truth_rows = centroids[centroids["status"].isin(["found", "missing"])]
     out = []
-    for (label, vert), g in truth_rows.groupby(["label", "vertebra"], sort=True):
+    for (_label, vert), g in truth_rows.groupby(["label", "vertebra"], sort=True):
         err = pd.to_numeric(g["error_mm"], errors="coerce")
         ident = g["identified"].astype(str).str.lower().isin(["true", "1"])
         out.append(
