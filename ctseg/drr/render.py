@@ -29,28 +29,18 @@ from ctseg.errors import InputError
 
 
 def read_volume(path: str | Path, case: str | None = None) -> sitk.Image:
-    """Read a CT (DICOM folder, NIfTI, NRRD); prefers ``ctseg.volume.read_image`` when present."""
+    """Read a CT (DICOM folder, NIfTI, NRRD) through ``ctseg.volume.read_image`` (checked HU)."""
+    from ctseg.volume import read_image
+
+    return read_image(Path(path), case=case, progress=False)[0]
+
+
+def read_mask(path: str | Path, case: str | None = None) -> sitk.Image:
+    """Read a label map or mask file (NIfTI, NRRD) as is."""
     path = Path(path)
-    try:
-        from ctseg.volume import read_image  # type: ignore[attr-defined]
-    except ImportError:
-        read_image = None
-    if read_image is not None:
-        return read_image(path)
-    if not path.exists():
+    if not path.is_file():
         raise InputError("file not found", path=path, case=case)
     try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            ids = reader.GetGDCMSeriesIDs(str(path))
-            if not ids:
-                raise InputError("no DICOM series in folder", path=path, case=case)
-            if len(ids) > 1:
-                raise InputError(
-                    f"{len(ids)} DICOM series in folder; pick one", path=path, case=case
-                )
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), ids[0]))
-            return reader.Execute()
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"cannot read image: {exc}", path=path, case=case) from exc
@@ -245,11 +235,11 @@ def run_drr(
         raise InputError(f"expected a 3D CT, got {ct.GetDimension()}D", path=ct_path, case=case)
     labels = metal = None
     if labels_path is not None:
-        labels = read_volume(labels_path, case)
+        labels = read_mask(labels_path, case)
         if not _same_grid(ct, labels):
             raise InputError("label map is not on the CT grid", path=labels_path, case=case)
     if metal_path is not None:
-        metal = read_volume(metal_path, case)
+        metal = read_mask(metal_path, case)
         if not _same_grid(ct, metal):
             raise InputError("metal mask is not on the CT grid", path=metal_path, case=case)
     v = View.from_dict(view)
