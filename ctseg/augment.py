@@ -156,13 +156,36 @@ class GaussianBlur(ImageOnlyTransform):
         return ndimage.gaussian_filter(img, sigma=sigma, mode="nearest").astype(np.float32)
 
 
-def build_augmentation(cfg: dict | None = None) -> Compose:
-    """Build the volumentations ``Compose`` from an ``augment`` config (see DEFAULT_AUGMENT)."""
+def normalise_augment_config(cfg: dict | None) -> dict:
+    """Fill defaults and accept the short config forms: a scalar ``rotate_deg`` (same limit about
+    every axis), a scalar ``noise_std`` (range [0, value]), a scalar ``blur_sigma`` (range
+    [0, value]), a scalar ``scale`` (range [1 - value, 1 + value]) and ``flip: true/false``
+    (left-right flips on/off)."""
     c = {**DEFAULT_AUGMENT, **(cfg or {})}
+    if np.isscalar(c["rotate_deg"]):
+        c["rotate_deg"] = [float(c["rotate_deg"])] * 3
+    for key in ("noise_std", "blur_sigma"):
+        if np.isscalar(c[key]):
+            c[key] = [0.0, float(c[key])]
+    if np.isscalar(c["scale"]):
+        c["scale"] = [1.0 - float(c["scale"]), 1.0 + float(c["scale"])]
+    if "flip" in c:
+        flip = c.pop("flip")
+        if isinstance(flip, bool):
+            c["flip_axes"] = [2] if flip else []
+        else:
+            c["flip_axes"] = [int(a) for a in flip]
+    return c
+
+
+def build_augmentation(cfg: dict | None = None) -> Compose:
+    """Build the volumentations ``Compose`` from an ``augment`` config (see DEFAULT_AUGMENT and
+    :func:`normalise_augment_config`)."""
+    c = normalise_augment_config(cfg)
     noise = [float(s) ** 2 for s in c["noise_std"]]
     transforms = [
         RotateScale(c["rotate_deg"], c["scale"], p=float(c["p_affine"])),
-        AlignedFlip(tuple(c["flip_axes"]), p=float(c["p_flip"])),
+        AlignedFlip(tuple(c["flip_axes"]), p=float(c["p_flip"]) if c["flip_axes"] else 0.0),
         GaussianBlur(c["blur_sigma"], p=float(c["p_blur"])),
         GaussianNoise(var_limit=(noise[0], noise[1]), mean=0.0, p=float(c["p_noise"])),
     ]

@@ -128,7 +128,7 @@ def model_kwargs(experiment: dict) -> dict:
     """The architecture keys of an experiment with their defaults (stored in model.pt)."""
     return {
         "model": experiment.get("model", "unet3d"),
-        "base_width": int(experiment.get("base_width", 16)),
+        "base_width": int(experiment.get("base_width", experiment.get("base_channels", 16))),
         "depth": int(experiment.get("depth", 4)),
         "norm": experiment.get("norm", "instance"),
     }
@@ -136,7 +136,7 @@ def model_kwargs(experiment: dict) -> dict:
 
 def build_model(experiment: dict, n_classes: int) -> nn.Module:
     """Model named by ``experiment["model"]`` (unet2d | unet3d | resunet3d) with
-    ``base_width`` (16), ``depth`` (4) and ``norm`` (instance | batch) from the experiment."""
+    ``base_width`` (alias ``base_channels``; 16), ``depth`` (4) and ``norm`` (instance | batch) from the experiment."""
     kw = model_kwargs(experiment)
     name = kw.pop("model")
     if name not in MODELS:

@@ -545,12 +545,22 @@ def train_experiment(
         "seed": seed,
         "epochs": epochs,
     }
+    write_history(out_dir / "history.tsv", history)
+    plot_history(out_dir / "loss.png", history, out_dir.name)
+    save_model_pt(out_dir / "model.pt", model, experiment, meta)
+
+
+def save_model_pt(path: Path, model: torch.nn.Module, experiment: dict, meta: dict) -> None:
+    """Write ``model.pt`` atomically: tensors + JSON strings only, so that
+    ``torch.load(weights_only=True)`` can read it (no pickled code from a model file).
+
+    ``meta`` keys used by :func:`ctseg.predict.load_model`: task, dim, n_classes, class_ids,
+    spacing_mm, patch (x, y, z), hu_window, model_kwargs.
+    """
     blob = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "experiment_json": json.dumps(experiment, sort_keys=True, default=str),
         "meta_json": json.dumps(meta, sort_keys=True),
     }
-    write_history(out_dir / "history.tsv", history)
-    plot_history(out_dir / "loss.png", history, out_dir.name)
-    with atomic_path(out_dir / "model.pt") as tmp:
+    with atomic_path(path) as tmp:
         torch.save(blob, tmp)

@@ -1,0 +1,164 @@
+"""Inference: window blending, whole-volume equivalence, CT geometry, spine post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from ctseg.models import build_model
+from ctseg.predict import (
+    gaussian_importance,
+    keep_largest_component,
+    load_model,
+    predict_case,
+    relabel_along_spine,
+    sliding_window_logits,
+    window_starts,
+)
+from ctseg.train import save_model_pt
+
+IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+
+
+def test_window_starts_cover_with_half_overlap():
+    assert window_starts(10, 16, 0.5) == [0]
+    assert window_starts(16, 16, 0.5) == [0]
+    s = window_starts(50, 16, 0.5)
+    assert s[0] == 0 and s[-1] == 34
+    assert max(np.diff(s)) <= 8
+
+
+def test_gaussian_importance_peak_and_symmetry():
+    w = gaussian_importance((9, 8, 7))
+    assert w.max() == pytest.approx(1.0) and w.min() > 0
+    assert w[4, 3, 3] == w.max() and w[4, 4, 3] == w.max()  # even axis: two central voxels
+    np.testing.assert_allclose(w, w[::-1, ::-1, ::-1], rtol=1e-6)
+
+
+def test_single_window_equals_whole_volume_forward():
+    torch.manual_seed(0)
+    net = build_model({"model": "unet3d", "base_width": 4, "depth": 3}, 4).eval()
+    x = np.random.default_rng(0).random((16, 12, 20)).astype(np.float32)
+    got = sliding_window_logits(net, x, (16, 12, 20), 4)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)[None, None])[0].numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # a window larger than the volume: zero-padded, forward, cropped back
+    got_pad = sliding_window_logits(net, x[:, :10, :18], (16, 12, 20), 4)
+    xp = np.zeros((16, 12, 20), np.float32)
+    xp[:, :10, :18] = x[:, :10, :18]
+    with torch.no_grad():
+        ref_pad = net(torch.from_numpy(xp)[None, None])[0, :, :, :10, :18].numpy()
+    np.testing.assert_allclose(got_pad, ref_pad, rtol=1e-5, atol=1e-5)
+
+
+def test_overlapping_windows_blend_to_the_pointwise_result():
+    """A pointwise (1x1x1) network gives the same logits in every window, so the Gaussian-
+    weighted blend of many overlapping windows must equal one whole-volume pass."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv3d(1, 3, 1), nn.Tanh(), nn.Conv3d(3, 3, 1)).eval()
+    x = np.random.default_rng(1).random((20, 17, 23)).astype(np.float32)
+    got = sliding_window_logits(net, x, (8, 8, 8), 3, overlap=0.5, batch_size=3)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)[None, None])[0].numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    got2d = sliding_window_logits(nn.Conv2d(1, 2, 1).eval(), x[0], (8, 8), 2)
+    assert got2d.shape == (2, 17, 23)
+
+
+def test_flip_tta_of_a_flip_equivariant_net_is_unchanged():
+    net = nn.Conv3d(1, 2, 1).eval()
+    x = np.random.default_rng(2).random((8, 8, 8)).astype(np.float32)
+    a = sliding_window_logits(net, x, (8, 8, 8), 2)
+    b = sliding_window_logits(net, x, (8, 8, 8), 2, tta_flip=True)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def spine_boxes(ids=(8, 9, 10, 11, 12), shape=(60, 12, 12)):
+    lab = np.zeros(shape, np.uint8)
+    for k, lid in enumerate(ids):
+        lab[2 + 11 * k : 10 + 11 * k, 3:9, 3:9] = lid
+    return lab
+
+
+def test_relabel_fixes_a_swapped_pair_and_drops_fragments():
+    truth = spine_boxes()
+    # array z increases with world z (identity direction): superior is the end of the array,
+    # so T1 (8) should be the last box; build the truth that way
+    truth = truth[::-1].copy()
+    pred = truth.copy()
+    pred[truth == 10], pred[truth == 11] = 11, 10  # swap two neighbours
+    pred[0:2, 0:2, 0:2] = 9  # stray fragment of 9 far from its vertebra
+    out = relabel_along_spine(pred, IDENTITY, (1.0, 1.0, 1.0), valid_ids=list(range(8, 25)))
+    assert np.array_equal(out, truth)
+
+
+def test_relabel_respects_direction_and_keeps_a_consistent_shift():
+    lab = spine_boxes()  # 8 at array z = 0
+    flipped_dir = (1.0, 0, 0, 0, 1.0, 0, 0, 0, -1.0)  # array z grows towards the feet
+    assert np.array_equal(relabel_along_spine(lab, flipped_dir, (1, 1, 1), list(range(8, 25))), lab)
+    shifted = np.where(lab > 0, lab + 3, 0).astype(np.uint8)  # consistently 11..15: kept
+    assert np.array_equal(relabel_along_spine(shifted, flipped_dir, (1, 1, 1), list(range(8, 25))), shifted)
+    # with identity direction the same array is upside down (8 at the feet): only the middle
+    # box agrees with any consecutive numbering, the lowest start wins, order is reversed
+    out = relabel_along_spine(lab, IDENTITY, (1, 1, 1), list(range(8, 25)))
+    for lid in range(8, 13):
+        assert set(np.unique(out[lab == lid]).tolist()) == {20 - lid}
+
+
+def test_keep_largest_component():
+    lab = np.zeros((10, 10, 10), np.uint8)
+    lab[1:4, 1:4, 1:4] = 5
+    lab[7:9, 7:9, 7:9] = 5
+    out = keep_largest_component(lab, [5])
+    assert (out == 5).sum() == 27 and out[8, 8, 8] == 0
+
+
+@pytest.fixture()
+def tiny_model_pt(tmp_path):
+    torch.manual_seed(0)
+    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2, "labels": [8, 9, 10], "tta_flip": True}
+    net = build_model(exp, 4)
+    # bias the head so the output has several classes
+    meta = {"task": "vertebrae", "dim": 3, "n_classes": 4, "class_ids": [0, 8, 9, 10], "spacing_mm": [4.0, 4.0, 4.0], "patch": [8, 8, 8], "hu_window": [-1000, 2000], "model_kwargs": {"model": "unet3d", "base_width": 4, "depth": 2, "norm": "instance"}}
+    path = tmp_path / "model.pt"
+    save_model_pt(path, net, exp, meta)
+    return path, net
+
+
+def test_model_pt_loads_with_weights_only(tiny_model_pt):
+    path, net = tiny_model_pt
+    blob = torch.load(path, weights_only=True)
+    assert set(blob) == {"state_dict", "experiment_json", "meta_json"}
+    model, meta = load_model(path)
+    assert meta["class_ids"] == [0, 8, 9, 10] and meta["experiment"]["labels"] == [8, 9, 10]
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), net.eval()(x))
+
+
+def test_predict_output_has_exact_ct_geometry(tiny_model_pt, tmp_path):
+    path, _ = tiny_model_pt
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1000, 1500, size=(13, 21, 17)).astype(np.int16)
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing((1.3, 2.1, 3.7))
+    ct.SetOrigin((-40.5, 12.25, 300.0))
+    c, s = np.cos(0.3), np.sin(0.3)
+    ct.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, -1.0))
+    ct_path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(ct, str(ct_path))
+    out = tmp_path / "pred" / "case.nii.gz"
+    predict_case(path, {"ct": str(ct_path), "case": "x"}, out, device="cpu")
+    ref = sitk.ReadImage(str(ct_path))
+    pred = sitk.ReadImage(str(out))
+    assert pred.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(pred.GetSpacing(), ref.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(pred.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(pred.GetDirection(), ref.GetDirection(), atol=1e-5)
+    assert pred.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= {0, 8, 9, 10}
+    assert [p.name for p in out.parent.iterdir()] == ["case.nii.gz"]
