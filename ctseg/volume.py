@@ -56,6 +56,25 @@ def _read_volume_file(path: Path, case: str | None) -> sitk.Image:
         ) from exc
 
 
+def _check_nifti_finite(path: Path, case: str | None) -> None:
+    """NaN/inf in a float NIfTI is an error; checked with nibabel because ITK's NIfTI reader
+    silently turns NaN into 0, which would hide the problem rather than report it."""
+    import nibabel as nib
+
+    try:
+        nimg = nib.load(str(path))
+        if nimg.header.get_data_dtype().kind != "f":
+            return
+        data = np.asanyarray(nimg.dataobj)
+    except Exception as exc:  # nibabel raises several types for corrupt files
+        raise InputError(
+            f"cannot read NIfTI ({type(exc).__name__}: {exc})", path=path, case=case
+        ) from exc
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise InputError(f"image holds {bad} NaN/infinite voxels", path=path, case=case)
+
+
 def read_image(
     path: Path,
     *,
@@ -86,6 +105,8 @@ def read_image(
             expected_modality=ingest.get("modality", "CT"),
             progress=progress,
         )
+    if kind == "nifti":
+        _check_nifti_finite(path, case)
     img = _read_volume_file(path, case)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
