@@ -78,7 +78,9 @@ def test_rotate_scale_keeps_label_on_bright_voxels(seed):
 def test_aligned_flip_flips_image_and_mask_identically(seed):
     img, lab = box_pair()
     random.seed(seed)
-    data = AlignedFlip(axes=(0, 1, 2), always_apply=True)(True, [["image"], ["mask"]], image=img, mask=lab)
+    data = AlignedFlip(axes=(0, 1, 2), always_apply=True)(
+        True, [["image"], ["mask"]], image=img, mask=lab
+    )
     assert np.array_equal(data["image"] > 0.5, data["mask"] == 7)
 
 
@@ -110,7 +112,9 @@ def test_augment_pair_reproducible_and_restores_global_state():
 
 
 def test_short_config_forms():
-    c = normalise_augment_config({"rotate_deg": 8, "noise_std": 0.03, "blur_sigma": 1.0, "scale": [0.9, 1.1], "flip": False})
+    c = normalise_augment_config(
+        {"rotate_deg": 8, "noise_std": 0.03, "blur_sigma": 1.0, "scale": [0.9, 1.1], "flip": False}
+    )
     assert c["rotate_deg"] == [8.0, 8.0, 8.0]
     assert c["noise_std"] == [0.0, 0.03] and c["blur_sigma"] == [0.0, 1.0]
     assert c["flip_axes"] == [] and "flip" not in c

@@ -18,7 +18,9 @@ from ctseg.errors import InputError
 NO_AUG = {"p_affine": 0.0, "p_flip": 0.0, "p_blur": 0.0, "p_noise": 0.0}
 
 
-def write_box_case(d: Path, name: str, shape_zyx=(32, 24, 20), spacing=(2.0, 2.0, 2.0), ids=(8, 9, 10), seed=0) -> dict:
+def write_box_case(
+    d: Path, name: str, shape_zyx=(32, 24, 20), spacing=(2.0, 2.0, 2.0), ids=(8, 9, 10), seed=0
+) -> dict:
     """A synthetic case: soft tissue block with bright labelled boxes stacked along z."""
     rng = np.random.default_rng(seed)
     d.mkdir(parents=True, exist_ok=True)
@@ -29,7 +31,11 @@ def write_box_case(d: Path, name: str, shape_zyx=(32, 24, 20), spacing=(2.0, 2.0
     h = z // (len(ids) + 1)
     for k, i in enumerate(ids):
         z0 = h // 2 + k * h
-        sl = (slice(z0 + 1, z0 + h - 1), slice(y // 2 - 4, y // 2 + 4), slice(x // 2 - 4, x // 2 + 4))
+        sl = (
+            slice(z0 + 1, z0 + h - 1),
+            slice(y // 2 - 4, y // 2 + 4),
+            slice(x // 2 - 4, x // 2 + 4),
+        )
         hu[sl] = 700 + 50 * k
         lab[sl] = i
     hu = (hu + rng.normal(0, 20, hu.shape)).astype(np.int16)
@@ -40,7 +46,12 @@ def write_box_case(d: Path, name: str, shape_zyx=(32, 24, 20), spacing=(2.0, 2.0
     lb.CopyInformation(ct)
     mt = sitk.GetImageFromArray((lab == ids[0]).astype(np.uint8))
     mt.CopyInformation(ct)
-    item = {"case": name, "ct": str(d / f"{name}_ct.nii.gz"), "labels": str(d / f"{name}_labels.nii.gz"), "metal": str(d / f"{name}_metal.nii.gz")}
+    item = {
+        "case": name,
+        "ct": str(d / f"{name}_ct.nii.gz"),
+        "labels": str(d / f"{name}_labels.nii.gz"),
+        "metal": str(d / f"{name}_metal.nii.gz"),
+    }
     sitk.WriteImage(ct, item["ct"])
     sitk.WriteImage(lb, item["labels"])
     sitk.WriteImage(mt, item["metal"])
@@ -75,7 +86,11 @@ def test_cube_layout_and_original_sample(cases, tmp_path):
         assert set(np.unique(h5["label"][1]).tolist()) <= {0, 8, 9, 10}
     prov = read_provenance(out)
     assert prov["cases"] == ["a", "b"] and prov["spacing_mm"] == [2.0, 2.0, 2.0]
-    assert prov["recipe"] == RECIPE and len(prov["sample_seeds"]) == 6 and len(prov["config_hash"]) == 64
+    assert (
+        prov["recipe"] == RECIPE
+        and len(prov["sample_seeds"]) == 6
+        and len(prov["config_hash"]) == 64
+    )
 
 
 def test_same_seed_same_bytes_other_seed_differs(cases, tmp_path):
@@ -92,7 +107,12 @@ def test_same_seed_same_bytes_other_seed_differs(cases, tmp_path):
 
 def test_resampling_to_coarser_spacing(cases, tmp_path):
     out = tmp_path / "c.h5"
-    recipe = {"task": "vertebrae", "spacing_mm": [4.0, 4.0, 4.0], "patch": [10, 12, 16], "copies": 0}
+    recipe = {
+        "task": "vertebrae",
+        "spacing_mm": [4.0, 4.0, 4.0],
+        "patch": [10, 12, 16],
+        "copies": 0,
+    }
     build_cube(cases[:1], out, recipe, seed=0)
     with h5py.File(out) as h5:
         lab = h5["label"][0]
@@ -107,7 +127,15 @@ def test_resampling_to_coarser_spacing(cases, tmp_path):
 
 def test_random_crops_are_foreground_biased(cases, tmp_path):
     out = tmp_path / "c.h5"
-    recipe = {"task": "vertebrae", "spacing_mm": [2.0, 2.0, 2.0], "patch": [8, 8, 8], "copies": 6, "mode": "random", "fg_prob": 1.0, "augment": NO_AUG}
+    recipe = {
+        "task": "vertebrae",
+        "spacing_mm": [2.0, 2.0, 2.0],
+        "patch": [8, 8, 8],
+        "copies": 6,
+        "mode": "random",
+        "fg_prob": 1.0,
+        "augment": NO_AUG,
+    }
     build_cube(cases, out, recipe, seed=1)
     with h5py.File(out) as h5:
         labels = h5["label"][:]

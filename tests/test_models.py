@@ -28,7 +28,12 @@ def test_seed003_widths_and_residual_blocks():
     assert not any(b.residual for b in plain.encoders)
     # residual blocks add exactly the 1x1 projections (conv + norm affine) where widths change
     extra = sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in plain.parameters())
-    proj = sum(p.numel() for b in [*net.encoders, *net.decoders] if b.skip is not None for p in b.skip.parameters())
+    proj = sum(
+        p.numel()
+        for b in [*net.encoders, *net.decoders]
+        if b.skip is not None
+        for p in b.skip.parameters()
+    )
     assert extra == proj > 0
 
 

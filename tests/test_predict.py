@@ -101,7 +101,9 @@ def test_relabel_respects_direction_and_keeps_a_consistent_shift():
     flipped_dir = (1.0, 0, 0, 0, 1.0, 0, 0, 0, -1.0)  # array z grows towards the feet
     assert np.array_equal(relabel_along_spine(lab, flipped_dir, (1, 1, 1), list(range(8, 25))), lab)
     shifted = np.where(lab > 0, lab + 3, 0).astype(np.uint8)  # consistently 11..15: kept
-    assert np.array_equal(relabel_along_spine(shifted, flipped_dir, (1, 1, 1), list(range(8, 25))), shifted)
+    assert np.array_equal(
+        relabel_along_spine(shifted, flipped_dir, (1, 1, 1), list(range(8, 25))), shifted
+    )
     # with identity direction the same array is upside down (8 at the feet): only the middle
     # box agrees with any consecutive numbering, the lowest start wins, order is reversed
     out = relabel_along_spine(lab, IDENTITY, (1, 1, 1), list(range(8, 25)))
@@ -120,10 +122,26 @@ def test_keep_largest_component():
 @pytest.fixture()
 def tiny_model_pt(tmp_path):
     torch.manual_seed(0)
-    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2, "labels": [8, 9, 10], "tta_flip": True}
+    exp = {
+        "task": "vertebrae",
+        "model": "unet3d",
+        "base_width": 4,
+        "depth": 2,
+        "labels": [8, 9, 10],
+        "tta_flip": True,
+    }
     net = build_model(exp, 4)
     # bias the head so the output has several classes
-    meta = {"task": "vertebrae", "dim": 3, "n_classes": 4, "class_ids": [0, 8, 9, 10], "spacing_mm": [4.0, 4.0, 4.0], "patch": [8, 8, 8], "hu_window": [-1000, 2000], "model_kwargs": {"model": "unet3d", "base_width": 4, "depth": 2, "norm": "instance"}}
+    meta = {
+        "task": "vertebrae",
+        "dim": 3,
+        "n_classes": 4,
+        "class_ids": [0, 8, 9, 10],
+        "spacing_mm": [4.0, 4.0, 4.0],
+        "patch": [8, 8, 8],
+        "hu_window": [-1000, 2000],
+        "model_kwargs": {"model": "unet3d", "base_width": 4, "depth": 2, "norm": "instance"},
+    }
     path = tmp_path / "model.pt"
     save_model_pt(path, net, exp, meta)
     return path, net
