@@ -504,3 +504,42 @@ def test_cli_drr(tmp_path):
         cli_main(["drr", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "x.nii.gz")])
         == 1
     )
+
+
+def test_render_view_one_pass_matches_separate_projections():
+    rng = np.random.default_rng(5)
+    lab = np.zeros((30, 32, 34), np.uint8)
+    lab[5:15, 8:20, 6:20] = 20
+    lab[15:25, 10:24, 10:26] = 21
+    metal = np.zeros_like(lab)
+    metal[8:22, 12:16, 12:14] = 1  # a screw crossing both vertebrae
+    hu = np.where(lab > 0, 700, -1000).astype(np.int16) + rng.integers(-5, 5, lab.shape).astype(
+        np.int16
+    )
+    hu[metal > 0] = 3071
+    spacing = (1.5, 1.5, 1.5)
+    ct = make_image(hu, spacing)
+    view = {"angle_deg": 30, "sdd_mm": 1000, "sid_mm": 700, "size_px": 48, "spacing_mm": 1.5}
+    from ctseg.drr import render_view
+
+    li, proj, m2d = render_view(
+        ct, view, labels=make_image(lab, spacing), metal=make_image(metal, spacing), device="cpu"
+    )
+    geom, v = VolumeGeometry.from_image(ct), View.from_dict(view)
+    ref = project_labels(lab, geom, v, min_path_mm=2.0, device="cpu")
+    np.testing.assert_array_equal(proj.multiclass, ref.multiclass)
+    np.testing.assert_allclose(proj.paths, ref.paths, atol=1e-4)
+    np.testing.assert_array_equal(
+        m2d, project_binary(metal, geom, v, min_path_mm=2.0, device="cpu")
+    )
+    assert m2d.sum() > 10
+    # Titanium behind the screw: far more attenuation than the same path of 3071 HU "bone".
+    plain = raycast(hu_to_mu(hu, 70), geom, v, device="cpu").line_integrals[0]
+    assert np.all(li[m2d > 0] > plain[m2d > 0])
+    # Rays that come nowhere near the screw (dilated by the trilinear reach) are unchanged.
+    from scipy import ndimage
+
+    near = ndimage.binary_dilation(metal > 0, iterations=2)
+    far = project_binary(near, geom, v, min_path_mm=1e-6, device="cpu") == 0
+    assert far.sum() > 1000
+    np.testing.assert_allclose(li[far], plain[far], rtol=1e-5, atol=1e-6)

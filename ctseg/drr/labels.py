@@ -64,7 +64,7 @@ def project_labels(
 ) -> ProjectedLabels:
     """Project a ``(Z, Y, X)`` label map; bone = VerSe vertebra ids unless ``bone_labels`` given."""
     res = raycast(
-        np.zeros((1, *labels.shape), np.float32),
+        None,
         geom,
         view,
         labels=labels,
@@ -105,7 +105,7 @@ def project_binary(
     """
     binary = (np.asarray(mask) > 0).astype(np.uint8)
     res = raycast(
-        np.zeros((1, *binary.shape), np.float32),
+        None,
         geom,
         view,
         labels=binary,

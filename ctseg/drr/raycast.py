@@ -74,7 +74,7 @@ def _ray_setup(
 
 
 def raycast(
-    volume: np.ndarray | torch.Tensor,
+    volume: np.ndarray | torch.Tensor | None,
     geom: VolumeGeometry,
     view: View,
     *,
@@ -89,23 +89,25 @@ def raycast(
 
     ``step_mm`` defaults to half the smallest voxel spacing (the Nyquist step for trilinear
     interpolation); ``max_samples`` bounds the samples per chunk (default 2^22 on CPU, 2^24
-    on CUDA). ``labels`` (``(Z, Y, X)`` ints on the same grid) adds per-label path lengths.
+    on CUDA). ``labels`` (``(Z, Y, X)`` non-negative ints on the same grid) adds per-label
+    path lengths; ``volume`` may be None when only labels are wanted.
     """
     dev = resolve_device(device)
-    vol = torch.as_tensor(volume)
-    if vol.ndim == 3:
-        vol = vol[None]
-    if vol.ndim != 4:
-        raise InputError(f"volume must be (Z, Y, X) or (C, Z, Y, X), got shape {tuple(vol.shape)}")
-    nc = vol.shape[0]
-    if tuple(vol.shape[1:]) != tuple(reversed(geom.size)):
-        raise InputError(
-            f"volume shape {tuple(vol.shape[1:])} does not match geometry size (z,y,x) "
-            f"{tuple(reversed(geom.size))}"
-        )
+    zyx = tuple(reversed(geom.size))
     if min(geom.size) < 2:
         raise InputError(f"volume needs at least 2 voxels along each axis, got size {geom.size}")
-    vol = vol.to(device=dev, dtype=torch.float32)[None].contiguous()  # (1, C, Z, Y, X)
+    vol = None
+    nc = 0
+    if volume is not None:
+        vol = torch.as_tensor(volume)
+        if vol.ndim == 3:
+            vol = vol[None]
+        if vol.ndim != 4 or tuple(vol.shape[1:]) != zyx:
+            raise InputError(
+                f"volume shape {tuple(vol.shape)} does not match the geometry (z, y, x) {zyx}"
+            )
+        nc = vol.shape[0]
+        vol = vol.to(device=dev, dtype=torch.float32)[None].contiguous()  # (1, C, Z, Y, X)
 
     step = float(step_mm) if step_mm else 0.5 * min(geom.spacing)
     a, b, t_near, t_far, length = _ray_setup(geom, view, isocenter)
@@ -116,72 +118,75 @@ def raycast(
     dt_mm = dt * length
     n_rays = counts.size
 
-    lab_flat = lut = None
+    lab_vol = None
     label_values = np.zeros(0, dtype=np.int64)
     if labels is not None:
-        lab = torch.as_tensor(np.asarray(labels)).to(torch.int64)
-        if tuple(lab.shape) != tuple(reversed(geom.size)):
-            raise InputError(f"labels shape {tuple(lab.shape)} does not match the volume grid")
-        label_values = np.unique(lab.numpy())
-        label_values = label_values[label_values != 0]
-        # compact ids: 0 = background, 1..L = label_values
-        compact = np.zeros(int(lab.max().item()) + 1 if lab.numel() else 1, dtype=np.int64)
-        compact[label_values] = np.arange(1, label_values.size + 1)
-        if lab.min().item() < 0:
+        lab = np.asarray(labels)
+        if lab.shape != zyx:
+            raise InputError(f"labels shape {lab.shape} does not match the volume grid {zyx}")
+        if lab.size and lab.min() < 0:
             raise InputError("label values must be non-negative")
-        lut = torch.as_tensor(compact, device=dev)
-        lab_flat = lut[lab.to(dev).reshape(-1)]
+        label_values, inverse = np.unique(lab, return_inverse=True)
+        compact = inverse.reshape(zyx).astype(np.float32)  # exact below 2^24 distinct values
+        if label_values.size and label_values[0] == 0:
+            label_values = label_values[1:]
+        else:
+            compact += 1.0  # no background in the volume: id 0 stays "outside"
+        lab_vol = torch.as_tensor(compact, device=dev)[None, None]
 
-    kmax = int(counts.max()) if n_rays else 0
     budget = max_samples or (2**24 if dev.type == "cuda" else 2**22)
-    chunk = max(1, budget // max(kmax, 1))
-    size_xyz = torch.tensor(geom.size, dtype=torch.float32, device=dev)
+    # Rays sorted by sample count (longest first) and cut into chunks of about ``budget``
+    # samples: little padding, and rays that miss the volume are never sampled.
+    order = np.argsort(-counts, kind="stable")
+    order = order[counts[order] > 0]
+    bounds = []
+    s = 0
+    while s < order.size:
+        e = min(order.size, s + max(1, budget // int(counts[order[s]])))
+        bounds.append((s, e))
+        s = e
+    size_xyz = torch.tensor(geom.size, dtype=torch.float64)
     scale = 2.0 / (size_xyz - 1.0)
-    a_t = torch.as_tensor(a, dtype=torch.float32, device=dev)
+    # normalised grid coordinates: g = a_n + t * b_n
+    a_n = (torch.as_tensor(a) * scale - 1.0).to(device=dev, dtype=torch.float32)
+    b_all = torch.as_tensor(b) * scale
 
     out = torch.zeros(nc, n_rays, dtype=torch.float32, device=dev)
+    n_lab = label_values.size + 1
     paths = (
-        torch.zeros(label_values.size + 1, n_rays, dtype=torch.float32, device=dev)
-        if lab_flat is not None
-        else None
+        torch.zeros(n_lab, n_rays, dtype=torch.float32, device=dev) if lab_vol is not None else None
     )
-    starts = range(0, n_rays, chunk)
-    for s in tqdm(
-        starts, desc=f"drr {view.name}", leave=False, disable=not progress or len(starts) < 4
-    ):
-        e = min(s + chunk, n_rays)
-        cnt = torch.as_tensor(counts[s:e], device=dev)
-        kc = int(counts[s:e].max()) if e > s else 0
-        if kc == 0:
-            continue
+    bar = tqdm(
+        bounds, desc=f"drr {view.name}", leave=False, disable=not progress or len(bounds) < 4
+    )
+    for s, e in bar:
+        rays = order[s:e]
+        kc = int(counts[rays[0]])
+        idx = torch.as_tensor(rays, device=dev)
+        cnt = torch.as_tensor(counts[rays], device=dev)
         k = torch.arange(kc, device=dev, dtype=torch.float32)
-        dt_c = torch.as_tensor(dt[s:e], dtype=torch.float32, device=dev)
+        dt_c = torch.as_tensor(dt[rays], dtype=torch.float32, device=dev)
         t = (
-            torch.as_tensor(t_near[s:e], dtype=torch.float32, device=dev)[:, None]
+            torch.as_tensor(t_near[rays], dtype=torch.float32, device=dev)[:, None]
             + (k[None, :] + 0.5) * dt_c[:, None]
         )
-        valid = k[None, :] < cnt[:, None]
-        b_c = torch.as_tensor(b[s:e], dtype=torch.float32, device=dev)
-        pos = a_t + t[..., None] * b_c[:, None, :]  # (R, K, 3) continuous (x, y, z) index
-        grid = pos * scale - 1.0
-        grid = torch.where(valid[..., None], grid, torch.full_like(grid, 4.0))
-        samp = F.grid_sample(
-            vol, grid[None, None], mode="bilinear", padding_mode="zeros", align_corners=True
-        )  # (1, C, 1, R, K)
-        dtm = torch.as_tensor(dt_mm[s:e], dtype=torch.float32, device=dev)
-        out[:, s:e] = samp[0, :, 0].sum(dim=-1) * dtm[None, :]
-        if paths is not None and lab_flat is not None:
-            idx = torch.round(pos).to(torch.int64)
-            inb = valid.clone()
-            for ax in range(3):
-                inb &= (idx[..., ax] >= 0) & (idx[..., ax] < geom.size[ax])
-            idx = idx.clamp_min(0)
-            flat = (idx[..., 2] * geom.size[1] + idx[..., 1]) * geom.size[0] + idx[..., 0]
-            flat = torch.where(inb, flat, torch.zeros_like(flat))
-            ids = torch.where(inb, lab_flat[flat], torch.zeros_like(flat))
-            acc = torch.zeros(e - s, label_values.size + 1, dtype=torch.float32, device=dev)
-            acc.scatter_add_(1, ids, dtm[:, None].expand(-1, kc).contiguous())
-            paths[:, s:e] = acc.T
+        # Samples past a ray's own count go far behind the source, where zero padding applies.
+        t = torch.where(k[None, :] < cnt[:, None], t, torch.full_like(t, -1e3))
+        b_c = b_all[rays].to(device=dev, dtype=torch.float32)
+        grid = (a_n + t[..., None] * b_c[:, None, :])[None, None]  # (1, 1, R, K, 3) as (x, y, z)
+        dtm = torch.as_tensor(dt_mm[rays], dtype=torch.float32, device=dev)
+        if vol is not None:
+            samp = F.grid_sample(
+                vol, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+            )  # (1, C, 1, R, K)
+            out[:, idx] = samp[0, :, 0].sum(dim=-1) * dtm[None, :]
+        if paths is not None and lab_vol is not None:
+            ids = F.grid_sample(
+                lab_vol, grid, mode="nearest", padding_mode="zeros", align_corners=True
+            )[0, 0, 0].to(torch.int64)  # (R, K)
+            acc = torch.zeros(e - s, n_lab, dtype=torch.float32, device=dev)
+            acc.scatter_add_(1, ids, dtm[:, None].expand(-1, kc))
+            paths[:, idx] = acc.T
     shape = (view.rows, view.cols)
     li = out.reshape(nc, *shape).cpu().numpy()
     lp = None if paths is None else paths[1:].reshape(-1, *shape).cpu().numpy()

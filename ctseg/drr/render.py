@@ -27,6 +27,9 @@ from ctseg.drr.labels import ProjectedLabels, projected_from_paths, summed_mask
 from ctseg.drr.raycast import raycast
 from ctseg.errors import InputError
 
+#: metal flag added to label ids when labels and metal are ray-cast in one pass
+METAL_BIT = 1 << 16
+
 
 def read_volume(path: str | Path, case: str | None = None) -> sitk.Image:
     """Read a CT (DICOM folder, NIfTI, NRRD) through ``ctseg.volume.read_image`` (checked HU)."""
@@ -172,23 +175,31 @@ def render_view(
     hu = sitk.GetArrayViewFromImage(ct)
     metal_arr = None if metal is None else sitk.GetArrayFromImage(metal)
     mu_vol = hu_to_mu(hu, energy_kev, metal=metal_arr, ct_kev=ct_kev)
-    lab_arr = None if labels is None else sitk.GetArrayFromImage(labels)
-    res = raycast(mu_vol, geom, v, labels=lab_arr, device=device, **raycast_kwargs)
-    proj = None
+    lab_arr = None if labels is None else sitk.GetArrayFromImage(labels).astype(np.int64)
+    # One pass for labels and metal: ray-cast the combined id ``label + METAL_BIT * metal`` and
+    # split the per-combination path lengths afterwards.
+    combo = None
+    if lab_arr is not None or metal_arr is not None:
+        combo = np.zeros(hu.shape, np.int64) if lab_arr is None else lab_arr.copy()
+        if metal_arr is not None:
+            combo += METAL_BIT * (metal_arr > 0)
+    res = raycast(mu_vol, geom, v, labels=combo, device=device, **raycast_kwargs)
+    proj = metal2d = None
     if res.label_paths is not None:
-        proj = projected_from_paths(res.label_paths, res.label_values, min_path_mm)
-    metal2d = None
-    if metal_arr is not None:
-        mres = raycast(
-            np.zeros((1, *metal_arr.shape), np.float32),
-            geom,
-            v,
-            labels=(metal_arr > 0).astype(np.uint8),
-            device=device,
-            **raycast_kwargs,
-        )
-        assert mres.label_paths is not None
-        metal2d = summed_mask(mres.label_paths, mres.label_values, min_path_mm)
+        vals = res.label_values
+        if lab_arr is not None:
+            lab_vals = np.unique(vals % METAL_BIT)
+            lab_vals = lab_vals[lab_vals > 0]
+            lab_paths = (
+                np.stack([res.label_paths[vals % METAL_BIT == lv].sum(axis=0) for lv in lab_vals])
+                if lab_vals.size
+                else np.zeros((0, v.rows, v.cols), np.float32)
+            )
+            proj = projected_from_paths(lab_paths, lab_vals, min_path_mm)
+        if metal_arr is not None:
+            metal2d = summed_mask(
+                res.label_paths, vals, min_path_mm, include=set(vals[vals >= METAL_BIT].tolist())
+            )
     return res.line_integrals[0], proj, metal2d
 
 
