@@ -57,6 +57,20 @@ class SliceRef:
     slope: float
     intercept: float
     thickness: float | None
+    native: NativeLayout | None = None  # set when the pixels can be read straight from disk
+
+
+@dataclass(frozen=True)
+class NativeLayout:
+    """Where uncompressed little-endian pixels sit in a file, and how to interpret them."""
+
+    offset: int  # byte offset of the first frame's first pixel
+    dtype: str  # numpy dtype of the stored words ("<u2", "<i2", "u1", ...)
+    bits_stored: int
+    signed: bool
+
+
+_NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 
 
 @dataclass
@@ -128,8 +142,12 @@ def _iter_files(folder: Path) -> list[Path]:
     return files
 
 
-def _check_pixel_data(ds, path: Path, case: str | None) -> None:
-    """Missing or truncated pixel data is found from the headers, before any decoding."""
+def _check_pixel_data(ds, path: Path, case: str | None) -> NativeLayout | None:
+    """Missing or truncated pixel data is found from the headers, before any decoding.
+
+    Returns the on-disk layout of uncompressed little-endian grey pixels (so they can be read
+    with one ``np.fromfile`` instead of a full parse), else None.
+    """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError("DICOM file has no pixel data", path=path, case=case)
     size = path.stat().st_size
@@ -143,12 +161,12 @@ def _check_pixel_data(ds, path: Path, case: str | None) -> None:
             raise InputError(
                 "encapsulated pixel data is not terminated (truncated file?)", path=path, case=case
             )
-        return
+        return None
     elem = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
     tell = getattr(elem, "value_tell", None)
     length = getattr(elem, "length", None)
     if tell is None or length is None or length == 0xFFFFFFFF:
-        return
+        return None
     if tell + length > size:
         raise InputError(
             f"pixel data is truncated: header says {length} bytes, file holds {size - tell}",
@@ -166,6 +184,11 @@ def _check_pixel_data(ds, path: Path, case: str | None) -> None:
             path=path,
             case=case,
         )
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    if str(tsyntax) not in _NATIVE_LE or spp != 1 or bits not in (8, 16, 32):
+        return None
+    dtype = ("<i" if signed else "<u") + str(bits // 8) if bits > 8 else ("i1" if signed else "u1")
+    return NativeLayout(int(tell), dtype, int(ds.get("BitsStored", bits)), signed)
 
 
 def _read_header(path: Path, case: str | None):
@@ -302,7 +325,7 @@ def discover_series(
         ds = _read_header(path, case)
         if ds is None:
             continue
-        _check_pixel_data(ds, path, case)
+        native = _check_pixel_data(ds, path, case)
         uid = str(ds.get("SeriesInstanceUID", "")) or "(no SeriesInstanceUID)"
         info = series.get(uid)
         if info is None:
@@ -314,6 +337,15 @@ def discover_series(
         if hasattr(ds, "file_meta"):
             info.transfer_syntaxes.add(str(ds.file_meta.get("TransferSyntaxUID", "")))
         refs = _slices_of(ds, path, case)
+        if native is not None:
+            frame_bytes = refs[0].rows * refs[0].cols * np.dtype(native.dtype).itemsize
+            for r in refs:
+                r.native = NativeLayout(
+                    native.offset + (r.frame or 0) * frame_bytes,
+                    native.dtype,
+                    native.bits_stored,
+                    native.signed,
+                )
         info.multiframe |= refs[0].frame is not None
         info.slices.extend(refs)
     if not series:
@@ -505,19 +537,66 @@ def _decode_pydicom(geom: SeriesGeometry, case: str | None, progress: bool) -> n
     return out
 
 
-def _decode_sitk(geom: SeriesGeometry) -> np.ndarray | None:
-    """Fast path: GDCM decodes a homogeneous single-frame series; None when it cannot."""
+def _decode_native(geom: SeriesGeometry, case: str | None, progress: bool) -> np.ndarray:
+    """Read uncompressed pixels straight from disk and rescale per slice.
+
+    Integral slopes/intercepts are applied in int32 (exact); others in float32. High bits beyond
+    BitsStored are masked (unsigned) or sign-extended (signed), as the standard requires.
+    """
+    s0 = geom.slices[0]
+    integral = all(
+        float(s.slope).is_integer() and float(s.intercept).is_integer() for s in geom.slices
+    )
+    out = np.empty((len(geom.slices), s0.rows, s0.cols), np.int32 if integral else np.float32)
+    count = s0.rows * s0.cols
+    for k, s in enumerate(tqdm(geom.slices, desc="read", unit="slice", disable=not progress)):
+        lay = s.native
+        try:
+            words = np.fromfile(s.path, dtype=lay.dtype, count=count, offset=lay.offset)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read pixel data ({exc})", path=s.path, case=case) from exc
+        if words.size != count:
+            raise InputError(
+                f"pixel data holds {words.size} of {count} pixels", path=s.path, case=case
+            )
+        bits = words.dtype.itemsize * 8
+        if lay.bits_stored < bits:
+            shift = bits - lay.bits_stored
+            if lay.signed:
+                words = (words << shift) >> shift
+            else:
+                words = words & ((1 << lay.bits_stored) - 1)
+        plane = words.reshape(s0.rows, s0.cols)
+        if integral:
+            out[k] = plane.astype(np.int32) * int(s.slope) + int(s.intercept)
+        else:
+            out[k] = plane.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
+    return out
+
+
+def _decode_sitk(geom: SeriesGeometry) -> sitk.Image | None:
+    """Compressed homogeneous single-frame series: GDCM decodes and rescales (in our order).
+
+    The image stays in SimpleITK (no numpy round trip); integer results that fit become int16,
+    anything else float32. None when GDCM fails, so pydicom can name the bad file.
+    """
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(s.path) for s in geom.slices])
-    reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         img = reader.Execute()
     except RuntimeError:
         return None
-    arr = sitk.GetArrayFromImage(img)
-    if arr.shape != (len(geom.slices), geom.slices[0].rows, geom.slices[0].cols):
+    if img.GetSize() != (geom.slices[0].cols, geom.slices[0].rows, len(geom.slices)):
         return None
-    return arr
+    if img.GetPixelID() in (sitk.sitkInt16, sitk.sitkFloat32):
+        return img
+    if img.GetPixelID() in (sitk.sitkFloat64,):
+        return sitk.Cast(img, sitk.sitkFloat32)
+    mm = sitk.MinimumMaximumImageFilter()
+    mm.Execute(img)
+    if -32768 <= mm.GetMinimum() and mm.GetMaximum() <= 32767:
+        return sitk.Cast(img, sitk.sitkInt16)
+    return sitk.Cast(img, sitk.sitkFloat32)
 
 
 def _fast_path_ok(info: SeriesInfo, geom: SeriesGeometry) -> bool:
@@ -534,6 +613,7 @@ def _resample_stack(hu: np.ndarray, geom: SeriesGeometry) -> tuple[np.ndarray, n
     comes from the acquired slices around it, each shifted by the in-plane part of its position
     (so a tilted stack is de-sheared) and blended linearly along the normal.
     """
+    hu = hu.astype(np.float32, copy=False)
     row, col, normal = geom.direction.T
     sx, sy, dz = geom.spacing
     p0 = geom.slices[0].position
@@ -576,15 +656,21 @@ def read_dicom_series(
     series = discover_series(folder, case=case, progress=progress)
     info = choose_series(series, folder, series_uid=series_uid, case=case)
     geom = order_slices(info, case=case, ingest=ingest, expected_modality=expected_modality)
-    hu = None
-    if _fast_path_ok(info, geom):
-        hu = _decode_sitk(geom)
-    if hu is None:
+    hu = img = None
+    resample = geom.uneven or any("tilt" in w for w in geom.warnings)
+    if all(s.native is not None for s in geom.slices):
+        hu = _decode_native(geom, case, progress)
+    elif _fast_path_ok(info, geom):
+        img = _decode_sitk(geom)
+        if img is not None and resample:
+            hu, img = sitk.GetArrayFromImage(img), None
+    if hu is None and img is None:
         hu = _decode_pydicom(geom, case, progress)
     spacing = geom.spacing
-    if geom.tilt_deg > 0 and any("tilt" in w for w in geom.warnings) or geom.uneven:
-        hu, spacing = _resample_stack(hu, geom)
-    img = _to_image(hu, [s.slope for s in geom.slices], [s.intercept for s in geom.slices])
+    if img is None:
+        if resample:
+            hu, spacing = _resample_stack(hu, geom)
+        img = _to_image(hu, [s.slope for s in geom.slices], [s.intercept for s in geom.slices])
     img.SetSpacing(tuple(float(v) for v in spacing))
     img.SetOrigin(tuple(float(v) for v in geom.origin))
     img.SetDirection(tuple(float(v) for v in geom.direction.ravel()))
@@ -616,6 +702,7 @@ def _to_image(hu: np.ndarray, slopes: Iterable[float], intercepts: Iterable[floa
     integral = all(float(v).is_integer() for v in [*slopes, *intercepts])
     if integral:
         lo, hi = (float(hu.min()), float(hu.max())) if hu.size else (0.0, 0.0)
-        if -32768 <= lo and hi <= 32767 and np.array_equal(hu, np.round(hu)):
-            return sitk.GetImageFromArray(hu.astype(np.int16))
+        exact = hu.dtype.kind in "iu" or np.array_equal(hu, np.round(hu))
+        if -32768 <= lo and hi <= 32767 and exact:
+            return sitk.GetImageFromArray(hu.astype(np.int16, copy=False))
     return sitk.GetImageFromArray(hu.astype(np.float32))

@@ -90,6 +90,24 @@ def test_per_slice_rescale(tmp_path):
     assert img.GetPixelID() == sitk.sitkFloat32  # 0.5 slope: not exactly int16
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_bits_stored_below_bits_allocated(tmp_path, signed):
+    """12-bit pixels in 16-bit words: junk above bit 11 is masked (unsigned) or the 12-bit two's
+    complement is sign-extended (signed), exactly as pydicom's decoder does."""
+    files = write_series(tmp_path, np.zeros((2, 4, 5)))
+    rng = np.random.default_rng(3)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+        words = rng.integers(0, 1 << 16, (4, 5), dtype=np.uint32).astype(np.uint16)
+        ds.PixelData = words.astype(np.int16 if signed else np.uint16).tobytes()
+        ds.save_as(f)
+    img, _ = read_dicom_series(tmp_path, progress=False)
+    ref = np.stack([read_stored_hu(f) for f in files])
+    assert np.array_equal(_arr(img), ref)
+    assert ref.min() >= -1024 - (2048 if signed else 0) and ref.max() <= -1024 + 4095
+
+
 @pytest.mark.parametrize("codec", ["rle", "j2k"])
 def test_compressed_transfer_syntaxes(tmp_path, codec):
     hu = _hu((3, 32, 33))
