@@ -310,15 +310,19 @@ def discover_series(
 ) -> dict[str, SeriesInfo]:
     """Read every file's header under ``folder`` and group the images by SeriesInstanceUID.
 
+    ``folder`` may also be a single DICOM file (e.g. one enhanced multi-frame object).
     Files that are not DICOM are ignored; DICOM files that cannot be parsed, lack pixel data or
     hold truncated pixel data raise InputError naming the file, since a silently dropped slice
     would leave a hole in the volume.
     """
     folder = Path(folder)
-    if not folder.is_dir():
+    if folder.is_file():
+        files = [folder]
+    elif folder.is_dir():
+        files = _iter_files(folder)
+    else:
         raise InputError("DICOM folder does not exist", path=folder, case=case)
     series: dict[str, SeriesInfo] = {}
-    files = _iter_files(folder)
     for path in tqdm(
         files, desc="DICOM headers", unit="file", disable=not progress or len(files) < 50
     ):
@@ -651,7 +655,12 @@ def read_dicom_series(
     expected_modality: str | None = "CT",
     progress: bool = True,
 ) -> tuple[sitk.Image, dict]:
-    """Read one CT series from a folder as an HU image (int16 when exact, else float32) + metadata."""
+    """Read one CT series (a folder, or one file) as an HU image + metadata.
+
+    The image is int16 when every value is an exact integer in range, else float32; its
+    geometry follows ``order_slices``. Pixels are read straight from disk for uncompressed
+    little-endian data, by GDCM for homogeneous compressed series, by pydicom otherwise.
+    """
     folder = Path(folder)
     series = discover_series(folder, case=case, progress=progress)
     info = choose_series(series, folder, series_uid=series_uid, case=case)

@@ -96,9 +96,8 @@ def read_image(
         raise InputError("input does not exist", path=path, case=case)
     kind = source_kind(path)
     if kind == "dicom":
-        folder = path if path.is_dir() else path.parent
         return read_dicom_series(
-            folder,
+            path,
             case=case,
             series_uid=series_uid,
             ingest=ingest,

@@ -242,3 +242,23 @@ def test_cli_volume(tmp_path):
     assert (tmp_path / "o" / "labels.nii.gz").exists() and (
         tmp_path / "o" / "centroids.json"
     ).exists()
+
+
+def test_nan_nifti_build_leaves_nothing(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    arr = np.zeros((3, 4, 5), np.float32)
+    arr[2, 1, 1] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(raw / "image.nii.gz"))
+    ct_out, lab_out, cen_out = _outs(tmp_path)
+    with pytest.raises(InputError, match="NaN") as e:
+        build_volume(raw, ct_out, lab_out, cen_out, case="n", label_map=None, ingest={})
+    assert e.value.case == "n" and e.value.path.name == "image.nii.gz"
+    assert not ct_out.exists() and not lab_out.exists() and not cen_out.exists()
+
+
+def test_single_dicom_file_path(tmp_path):
+    files = write_series(tmp_path / "d", np.arange(2 * 3 * 4).reshape(2, 3, 4).astype(float))
+    img, meta = read_image(files[1], case="one")
+    assert img.GetSize() == (4, 3, 1) and meta["n_files"] == 1
+    assert np.array_equal(sitk.GetArrayFromImage(img)[0], np.arange(12, 24).reshape(3, 4))
