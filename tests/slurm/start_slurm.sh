@@ -2,7 +2,7 @@
 # Start a throw-away single-node SLURM cluster on 127.0.0.1, entirely under STATE_DIR:
 #   munged (own key and socket), slurmctld, slurmd (node "ctsegnode", partition "debug").
 # Nothing under /etc is changed; clients find the cluster through the environment printed by
-#   source STATE_DIR/env.sh      (SLURM_CONF=STATE_DIR/slurm.conf)
+#   source STATE_DIR/env.sh      (SLURM_CONF=STATE_DIR/etc/slurm.conf)
 # Daemon process ids are written to STATE_DIR/pids/*.pid; stop_slurm.sh STATE_DIR ends them.
 #
 # Usage: start_slurm.sh STATE_DIR [SLURMCTLD_PORT] [SLURMD_PORT]
@@ -18,6 +18,12 @@
 #   from falling back to sacct.
 # - One fake GPU (GresTypes=gpu, Gres=gpu:1, gres.conf File=/dev/null) so that a rule asking for
 #   `gpu: 1` (sbatch --gpus=1) or `gres: gpu:1` is scheduled as on a real GPU node.
+# - /etc/slurm is neither read nor written. Commands find the configuration through SLURM_CONF,
+#   except the `srun` that snakemake's job step (snakemake-executor-plugin-slurm-jobstep) runs
+#   inside each job: it drops every SLURM_* variable but the job ids, SLURM_CONF too. That srun
+#   falls back to /etc/slurm/slurm.conf and then to /run/slurm/conf/slurm.conf (where a
+#   configless slurmd keeps its copy), so /run/slurm/conf is linked to STATE_DIR/etc. A
+#   configless slurmd itself cannot be used here: it would need the default munge socket.
 # - proctrack/linuxproc + task/none: no cgroups needed inside containers.
 set -euo pipefail
 
@@ -26,10 +32,25 @@ ctld_port=${2:-6817}
 d_port=${3:-6818}
 mkdir -p "$state"
 state=$(cd "$state" && pwd)
-mkdir -p "$state/pids" "$state/munge" "$state/ctld" "$state/spool" "$state/log"
+mkdir -p "$state/etc" "$state/pids" "$state/munge" "$state/ctld" "$state/spool" "$state/log"
 chmod 700 "$state/munge"
 
 host=$(hostname -s)
+
+if [ -e /etc/slurm/slurm.conf ]; then
+    echo "/etc/slurm/slurm.conf exists: jobs' inner srun would talk to that cluster; not starting" >&2
+    exit 1
+fi
+link=/run/slurm/conf
+if [ -e "$link" ] || [ -L "$link" ]; then
+    target=$(readlink "$link" || true)
+    if [ -n "$target" ] && [ -S "$(dirname "$target")/munge/munge.socket" ] \
+        && [ "$target" != "$state/etc" ]; then
+        echo "$link points to a running test cluster ($target); not starting a second one" >&2
+        exit 1
+    fi
+    rm -rf "$link"
+fi
 
 # --- munge: own key, socket, pid, log and seed file -------------------------------------------
 key="$state/munge/munge.key"
@@ -56,7 +77,7 @@ munge --socket="$sock" -n | unmunge --socket="$sock" >/dev/null
 # `slurmd -C` prints "NodeName=<host> CPUs=.. Boards=.. SocketsPerBoard=.. CoresPerSocket=..
 # ThreadsPerCore=.. RealMemory=..": keep everything but the name.
 hw=$(slurmd -C | head -n1 | sed -e 's/^NodeName=[^ ]* //')
-cat > "$state/slurm.conf" <<CONF
+cat > "$state/etc/slurm.conf" <<CONF
 ClusterName=ctsegtest
 SlurmctldHost=${host}(127.0.0.1)
 SlurmctldPort=${ctld_port}
@@ -94,14 +115,17 @@ KillWait=5
 NodeName=ctsegnode NodeHostname=${host} NodeAddr=127.0.0.1 ${hw} Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=ctsegnode Default=YES MaxTime=INFINITE State=UP
 CONF
-cat > "$state/gres.conf" <<CONF
+cat > "$state/etc/gres.conf" <<CONF
 AutoDetect=off
 NodeName=ctsegnode Name=gpu File=/dev/null
 CONF
 cat > "$state/env.sh" <<CONF
-export SLURM_CONF=${state}/slurm.conf
+export SLURM_CONF=${state}/etc/slurm.conf
 CONF
-export SLURM_CONF="$state/slurm.conf"
+export SLURM_CONF="$state/etc/slurm.conf"
+
+mkdir -p /run/slurm
+ln -sfn "$state/etc" "$link"
 
 # --- daemons ---------------------------------------------------------------------------------
 slurmctld -c -f "$SLURM_CONF"     # -c: cold start, ignore any saved state

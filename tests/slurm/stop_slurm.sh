@@ -17,4 +17,11 @@ for name in slurmd slurmctld munged; do
     fi
     rm -f "$pidfile"
 done
+# configless slurmd links /run/slurm/conf to its cache under STATE_DIR: remove the link if it is ours.
+link=/run/slurm/conf
+if [ -L "$link" ]; then
+    case "$(readlink "$link")" in
+        "$(cd "$state" && pwd)"/*) rm -f "$link" ;;
+    esac
+fi
 exit 0
