@@ -417,3 +417,18 @@ def test_full_resolution_512_in_sane_time_and_memory():
     assert ph.hu.shape == (300, 512, 512)
     assert sorted(np.unique(ph.labels).tolist()) == [0, *T1_L5]
     assert elapsed < 240 and peak_gb < 4.0
+
+
+def test_blur_is_a_mass_preserving_psf(clean_no_metal):
+    blurred = generate(7, {**DEFAULT, "noise_hu": 0.0, "blur_mm": 3.0, "body_scale": 1.0})
+    a, b = clean_no_metal.hu.astype(float), blurred.hu.astype(float)
+    assert abs(a.mean() - b.mean()) < 0.5  # a normalised kernel moves HU, never adds it
+    assert (
+        b[clean_no_metal.tissue == Tissue.CORTICAL].mean()
+        < a[clean_no_metal.tissue == Tissue.CORTICAL].mean() - 100
+    )
+    # far (> 3 sigma) from any edge, uniform tissue keeps its value
+    deep = ndimage.binary_erosion(
+        clean_no_metal.tissue == Tissue.MUSCLE, structure=np.ones((3, 3, 3)), iterations=3
+    )
+    assert deep.sum() > 1000 and np.abs(b[deep] - 40).max() <= 1
