@@ -676,6 +676,8 @@ def read_dicom_series(
     if hu is None and img is None:
         hu = _decode_pydicom(geom, case, progress)
     spacing = geom.spacing
+    for key in img.GetMetaDataKeys() if img is not None else ():
+        img.EraseMetaData(key)  # GDCM may attach header fields; identifiers must not travel on
     if img is None:
         if resample:
             hu, spacing = _resample_stack(hu, geom)

@@ -109,12 +109,16 @@ def test_bits_stored_below_bits_allocated(tmp_path, signed):
 
 
 @pytest.mark.parametrize("codec", ["rle", "j2k"])
-def test_compressed_transfer_syntaxes(tmp_path, codec):
+@pytest.mark.parametrize("per_slice", [False, True])
+def test_compressed_transfer_syntaxes(tmp_path, codec, per_slice):
+    """Homogeneous rescale goes through GDCM, per-slice rescale through pydicom: same HU."""
     hu = _hu((3, 32, 33))
-    files = write_series(tmp_path, hu, compress=codec)
+    intercepts = [-1024.0, -1000.0, -2000.0] if per_slice else None
+    files = write_series(tmp_path, hu, compress=codec, intercepts=intercepts)
     assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID.is_compressed
     img, meta = read_dicom_series(tmp_path, progress=False)
     assert np.array_equal(_arr(img), hu)
+    assert img.GetPixelID() == sitk.sitkInt16 and img.GetMetaDataKeys() == ()
     assert meta["transfer_syntax"] != "1.2.840.10008.1.2.1"
 
 
