@@ -150,15 +150,24 @@ def choose_crop_centre(
     label: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator, fg_prob: float
 ) -> tuple[int, ...]:
     """Random crop centre: a random foreground voxel with probability ``fg_prob``, else uniform
-    over centres that keep the crop inside the volume where possible."""
-    if rng.random() < fg_prob:
-        idx = np.flatnonzero(label)
-        if len(idx):
-            return tuple(int(v) for v in np.unravel_index(idx[rng.integers(len(idx))], label.shape))
+    over centres that keep the crop inside the volume.
+
+    Along axes where the crop is at least as large as the volume the crop stays centred on the
+    volume, so e.g. a crop spanning the whole spine keeps every vertebra (identification needs
+    the whole column) instead of being shifted out of the field of view.
+    """
+    fg = rng.random() < fg_prob
+    idx = np.flatnonzero(label) if fg else np.array([], dtype=np.int64)
+    pick = np.unravel_index(idx[rng.integers(len(idx))], label.shape) if len(idx) else None
     centre = []
-    for n, size in zip(label.shape, shape, strict=True):
+    for ax, (n, size) in enumerate(zip(label.shape, shape, strict=True)):
         lo, hi = size // 2, n - (size - size // 2)
-        centre.append(int(rng.integers(lo, hi + 1)) if hi >= lo else n // 2)
+        if hi < lo:
+            centre.append(n // 2)
+        elif pick is not None:
+            centre.append(int(pick[ax]))
+        else:
+            centre.append(int(rng.integers(lo, hi + 1)))
     return tuple(centre)
 
 

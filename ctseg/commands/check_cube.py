@@ -1,0 +1,25 @@
+"""``ctseg check-cube CUBE.h5 [--png QC.png] [--tsv LABELS.tsv]``: QC montage and label table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ctseg.cubes import check_cube
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cube", type=Path)
+    parser.add_argument("--png", type=Path, default=None, help="montage (default: CUBE_qc.png)")
+    parser.add_argument(
+        "--tsv", type=Path, default=None, help="label frequencies (default: CUBE_labels.tsv)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    stem = args.cube.with_suffix("")
+    png = args.png or stem.with_name(stem.name + "_qc.png")
+    tsv = args.tsv or stem.with_name(stem.name + "_labels.tsv")
+    check_cube(args.cube, png, tsv)
+    print(f"{png}\n{tsv}")
+    return 0
