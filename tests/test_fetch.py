@@ -257,24 +257,82 @@ def test_phantom_case_through_volume_stats_and_metal(tmp_path):
     from ctseg.stats import summarize_raw
     from ctseg.volume import build_volume
 
-    params = {"shape": [40, 36, 48], "spacing_mm": [7.0, 7.0, 7.0], "noise_hu": 0.0, "blur_mm": 0.0, "implants": ["L2"]}
+    params = {
+        "shape": [40, 36, 48],
+        "spacing_mm": [7.0, 7.0, 7.0],
+        "noise_hu": 0.0,
+        "blur_mm": 0.0,
+        "implants": ["L2"],
+    }
     out, man = tmp_path / "raw" / "p", tmp_path / "raw" / "p.manifest.json"
     fetch_case(_row(case="p", source="phantom", location="3"), out, man, params)
-    assert (out / "dicom").is_dir() and (out / "labels.nii.gz").is_file() and (out / "metal_truth.nii.gz").is_file()
+    assert (
+        (out / "dicom").is_dir()
+        and (out / "labels.nii.gz").is_file()
+        and (out / "metal_truth.nii.gz").is_file()
+    )
     _check_manifest(man, out, "p", "phantom")
     ph = phantom.generate(3, params, progress=False)
     vol = tmp_path / "vol"
-    build_volume(out, vol / "ct.nii.gz", vol / "labels.nii.gz", vol / "centroids.json", case="p", label_map=None, ingest={})
+    build_volume(
+        out,
+        vol / "ct.nii.gz",
+        vol / "labels.nii.gz",
+        vol / "centroids.json",
+        case="p",
+        label_map=None,
+        ingest={},
+    )
     ct = sitk.ReadImage(str(vol / "ct.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(ct), ph.hu)
-    assert ct.GetSpacing() == pytest.approx(ph.spacing) and ct.GetOrigin() == pytest.approx(ph.origin, abs=1e-3)
-    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(vol / "labels.nii.gz"))), ph.labels)
+    assert ct.GetSpacing() == pytest.approx(ph.spacing) and ct.GetOrigin() == pytest.approx(
+        ph.origin, abs=1e-3
+    )
+    assert np.array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(vol / "labels.nii.gz"))), ph.labels
+    )
     summary = summarize_raw(out, case="p", ingest={})
-    ds = pydicom.dcmread(next(iter(sorted((out / "dicom").rglob("*.dcm")))), stop_before_pixels=True)
+    ds = pydicom.dcmread(
+        next(iter(sorted((out / "dicom").rglob("*.dcm")))), stop_before_pixels=True
+    )
     text = json.dumps(summary)
     for ident in (str(ds.PatientName), str(ds.PatientID)):
         assert ident and ident not in text
     assert summary["hu_max"] == float(ph.hu.max()) and summary["n_slices"] == 48
-    info = run_metal(vol / "ct.nii.gz", tmp_path / "m.nii.gz", tmp_path / "m.json", tmp_path / "m.png", threshold_hu=3000, min_size=1, dilation_vox=0)
+    info = run_metal(
+        vol / "ct.nii.gz",
+        tmp_path / "m.nii.gz",
+        tmp_path / "m.json",
+        tmp_path / "m.png",
+        threshold_hu=3000,
+        min_size=1,
+        dilation_vox=0,
+    )
     assert info["voxels"] == int(ph.metal.sum()) > 0
-    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.nii.gz"))), ph.metal)
+    assert np.array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.nii.gz"))), ph.metal
+    )
+
+
+def test_cli_fetch(tmp_path):
+    from ctseg.cli import main
+
+    src = tmp_path / "a.nrrd"
+    _nifti(src)
+    out = tmp_path / "raw" / "cli"
+    assert main(["fetch", "cli", "nrrd", str(src), "--out", str(out)]) == 0
+    _check_manifest(tmp_path / "raw" / "cli.manifest.json", out, "cli", "nrrd")
+    assert (
+        main(
+            [
+                "fetch",
+                "cli2",
+                "url",
+                "http://127.0.0.1:9/x.nii.gz",
+                "--out",
+                str(tmp_path / "raw" / "cli2"),
+            ]
+        )
+        == 1
+    )
+    assert not (tmp_path / "raw" / "cli2").exists()
