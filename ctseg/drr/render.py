@@ -13,7 +13,6 @@ Outputs (the workflow's ``drr`` rule):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -308,10 +307,3 @@ def stack_views(paths: list[Path], out: Path) -> None:
     stacked.SetSpacing((float(spacing[0]), float(spacing[1]), 1.0))
     with atomic_path(out) as tmp:
         sitk.WriteImage(stacked, str(tmp))
-
-
-def default_spacing_for(ct: sitk.Image, view: View) -> float:
-    """Detector spacing that covers the CT's widest in-plane extent at the detector."""
-    size = np.asarray(ct.GetSize()) * np.asarray(ct.GetSpacing())
-    extent = float(math.hypot(size[0], size[1]))
-    return extent * view.sdd_mm / view.sid_mm / max(view.size_px)
