@@ -14,7 +14,8 @@ in memory; only a few scalars per label are kept for the final ``ALL`` row):
 - ``summary.tsv``: one row per case and a final ``ALL`` row. Mean/sd of Dice, Jaccard, ASD,
   ASSD and HD95 over the labels (and views) of the case, pooled over all label rows of all cases
   for ``ALL``; means are NaN-aware and come with their counts (``n_dice``, ``n_surface``: rows
-  where the value is defined). Centroid mean/median error, identification rate and counts
+  where the value is defined; ``n_labels`` counts metric rows, i.e. label x view for
+  ``bone_drr``). Centroid mean/median error, identification rate and counts
   (vertebrae task; NaN otherwise); ``ALL`` pools the vertebrae of all cases.
 """
 
