@@ -49,8 +49,9 @@ class RayResult:
 
 def _ray_setup(
     geom: VolumeGeometry, view: View, isocenter: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Source (index space), ray vectors, t_near, t_far and world length per ray (float64)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source (index space), ray vectors, t_near, t_far, world length per ray (float64), and
+    whether each ray leaves the box before reaching the detector."""
     frame = view_frame(view, geom.center if isocenter is None else isocenter)
     pix = pixel_centers(view, frame).reshape(-1, 3)
     a = geom.world_to_index(frame.source[None, :])[0]
@@ -67,9 +68,10 @@ def _ray_setup(
     t1 = np.where(par, np.where(inside, -np.inf, np.inf), t1)
     t2 = np.where(par, np.where(inside, np.inf, -np.inf), t2)
     t_near = np.maximum(np.max(np.minimum(t1, t2), axis=1), 0.0)
-    t_far = np.minimum(np.min(np.maximum(t1, t2), axis=1), 1.0)
+    t_exit = np.min(np.maximum(t1, t2), axis=1)
+    t_far = np.minimum(t_exit, 1.0)
     t_far = np.maximum(t_far, t_near)
-    return a, b, t_near, t_far, length
+    return a, b, t_near, t_far, length, t_exit <= 1.0
 
 
 def _compact_labels(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +128,7 @@ def raycast(
         vol = vol.to(device=dev, dtype=torch.float32)[None].contiguous()  # (1, C, Z, Y, X)
 
     step = float(step_mm) if step_mm else 0.5 * min(geom.spacing)
-    a, b, t_near, t_far, length = _ray_setup(geom, view, isocenter)
+    a, b, t_near, t_far, length, exits = _ray_setup(geom, view, isocenter)
     seg_mm = (t_far - t_near) * length
     counts = np.ceil(seg_mm / step - 1e-9).astype(np.int64)
     counts[seg_mm <= 0] = 0
@@ -185,8 +187,11 @@ def raycast(
             torch.as_tensor(t_near[rays], dtype=torch.float32, device=dev)[:, None]
             + (k[None, :] + 0.5) * dt_c[:, None]
         )
-        # Samples past a ray's own count go far behind the source, where zero padding applies.
-        t = torch.where(k[None, :] < cnt[:, None], t, torch.full_like(t, -1e3))
+        # Samples past a ray's own count lie beyond its exit from the [-1, size] box, where
+        # zero padding gives exactly 0; only rays that end inside the box (a detector inside
+        # the volume) need them moved far behind the source.
+        if not exits[rays].all():
+            t = torch.where(k[None, :] < cnt[:, None], t, torch.full_like(t, -1e3))
         b_c = b_all[rays].to(device=dev, dtype=torch.float32)
         # (1, 1, R, K, 3) grid as (x, y, z); one fused multiply-add
         grid = torch.addcmul(a_n, t[..., None], b_c[:, None, :])[None, None]
