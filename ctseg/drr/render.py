@@ -178,6 +178,13 @@ def render_view(
     # One pass for labels and metal: ray-cast the combined id ``label + METAL_BIT * metal`` and
     # split the per-combination path lengths afterwards.
     combo = None
+    if (
+        lab_arr is not None
+        and metal_arr is not None
+        and lab_arr.size
+        and lab_arr.max() >= METAL_BIT
+    ):
+        raise InputError(f"label ids must be below {METAL_BIT} to be projected with a metal mask")
     if lab_arr is not None or metal_arr is not None:
         combo = np.zeros(hu.shape, np.int64) if lab_arr is None else lab_arr.copy()
         if metal_arr is not None:
@@ -266,16 +273,18 @@ def run_drr(
         )
     except InputError as exc:
         raise InputError(exc.reason, path=ct_path, case=case) from exc
-    write_image2d(li.astype(np.float32), v.spacing_mm, Path(out_nii))
     lab2d = proj.multiclass if proj is not None else np.zeros(li.shape, np.uint8)
+    if out_label_nii is not None and lab2d.dtype != np.uint8:
+        raise InputError(
+            "label ids above 255 cannot be written as uint8", path=labels_path, case=case
+        )
+    display = display_image(li)
+    # Everything is computed and checked before the first file is written.
+    write_image2d(li.astype(np.float32), v.spacing_mm, Path(out_nii))
     if out_label_nii is not None:
-        if lab2d.dtype != np.uint8:
-            raise InputError(
-                "label ids above 255 cannot be written as uint8", path=labels_path, case=case
-            )
         write_image2d(lab2d, v.spacing_mm, Path(out_label_nii))
     if out_png is not None:
-        overlay_png(display_image(li), lab2d, Path(out_png), metal2d)
+        overlay_png(display, lab2d, Path(out_png), metal2d)
 
 
 def stack_views(paths: list[Path], out: Path) -> None:
