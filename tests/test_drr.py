@@ -586,3 +586,24 @@ def test_detector_inside_volume_integrates_up_to_the_pixel():
     # from the voxel-box face y = -0.5 to the pixel (y = 14.5), along each ray
     path = 15.0 * np.linalg.norm(d, axis=-1) / d[..., 1]
     np.testing.assert_allclose(li, mu_val * path, rtol=2e-3)
+
+
+def test_view_isocenter_overrides_volume_centre():
+    """A view's own isocentre_mm replaces the volume centre: a bead there lands mid-detector."""
+    arr = np.zeros((24, 26, 28), np.float32)
+    arr[6, 20, 5] = 1.0  # z, y, x
+    img = make_image(arr, (2.0, 2.0, 2.0), origin=(10.0, -20.0, 300.0))
+    bead = np.array(img.TransformIndexToPhysicalPoint((5, 20, 6)))
+    for angle in (0.0, 75.0):
+        view = View.from_dict(
+            {
+                "angle_deg": angle,
+                "sdd_mm": 1000,
+                "sid_mm": 750,
+                "size_px": 33,
+                "spacing_mm": 1.0,
+                "isocenter_mm": bead.tolist(),
+            }
+        )
+        li = raycast(arr, VolumeGeometry.from_image(img), view, device="cpu").line_integrals[0]
+        np.testing.assert_allclose(centroid(li), (16.0, 16.0), atol=0.3)
