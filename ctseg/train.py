@@ -397,7 +397,7 @@ def train_experiment(
     (T1..L5), ``epochs`` (20), ``batch_size`` (2 for 3D, 8 for 2D), ``steps_per_epoch``,
     ``optimizer`` (sgd | adamw), ``lr``, ``momentum``, ``weight_decay``, ``poly_power``,
     ``loss_weights`` ([0.5, 0.5] Dice, CE), ``pos_slice_prob`` (2D on cubes, 0.5), ``threads``,
-    ``preprocess`` (bone_drr), ``tta_flip`` and ``postprocess`` (used by predict).
+    ``val_every`` (1: validate every epoch; the last epoch always), ``preprocess`` (bone_drr), ``tta_flip`` and ``postprocess`` (used by predict).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -488,7 +488,14 @@ def train_experiment(
             t0 = time.perf_counter()
             plan = source.plan_epoch(gen, steps, batch, pos_prob)
             losses, waited = [], 0.0
-            for x, y, w in prefetch(source, plan, dev):
+            steps_bar = tqdm(
+                prefetch(source, plan, dev),
+                total=len(plan),
+                desc=f"epoch {epoch + 1}",
+                unit="step",
+                leave=False,
+            )
+            for x, y, w in steps_bar:
                 waited += w
                 opt.zero_grad(set_to_none=True)
                 with autocast():
@@ -499,8 +506,13 @@ def train_experiment(
                 opt.step()
                 sched.step()
                 losses.append(float(loss.detach()))
+                steps_bar.set_postfix(loss=f"{losses[-1]:.3f}")
             train_seconds = time.perf_counter() - t0
-            val_loss, val_dice = validate(model, val, patch_zyx, n_classes, loss_fn, dev, dim)
+            val_every = int(experiment.get("val_every", 1))
+            if (epoch + 1) % val_every == 0 or epoch + 1 == epochs:
+                val_loss, val_dice = validate(model, val, patch_zyx, n_classes, loss_fn, dev, dim)
+            else:  # validation is whole-volume inference: costly on a CPU, so optionally sparse
+                val_loss, val_dice = float("nan"), float("nan")
             history.append(
                 {
                     "epoch": epoch + 1,
