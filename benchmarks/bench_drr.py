@@ -85,17 +85,24 @@ def resample_cube(img: sitk.Image, n: int = 256) -> sitk.Image:
     )
 
 
-def timed(fn, repeats: int, sync) -> tuple[float, np.ndarray]:
-    out = fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
+def round_robin(runners: dict, repeats: int, sync) -> dict[str, tuple[float, np.ndarray]]:
+    """Best-of-N wall time of each renderer, interleaved round by round.
+
+    The machine is shared: interleaving spreads other load evenly over the renderers, and the
+    minimum is the least disturbed measurement. One warm-up call each first.
+    """
+    images, best = {}, {}
+    for name, fn in runners.items():
+        images[name] = np.asarray(fn(), dtype=np.float64)
         sync()
-        times.append(time.perf_counter() - t0)
-    # best of N: the machine is shared, and the minimum is the least disturbed measurement
-    return min(times), np.asarray(out, dtype=np.float64)
+        best[name] = float("inf")
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: (best[name], images[name]) for name in runners}
 
 
 def rays_in_index_space(geom: VolumeGeometry, view: View) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +117,8 @@ def homog(affine: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return idx @ affine[:3, :3].T + affine[:3, 3]
 
 
-def bench_diffdrr(path: Path, geom: VolumeGeometry, view: View, renderer: str, dev, repeats, sync):
+def setup_diffdrr(path: Path, geom: VolumeGeometry, view: View, renderer: str, dev):
+    """A closure rendering our rays with DiffDRR on our attenuation volume."""
     from diffdrr.data import read
     from diffdrr.drr import DRR
 
@@ -143,10 +151,11 @@ def bench_diffdrr(path: Path, geom: VolumeGeometry, view: View, renderer: str, d
             img = drr.render(drr.density, source, target, **kwargs)
         return img.reshape(view.rows, view.cols).cpu()
 
-    return timed(run, repeats, sync)
+    return run
 
 
-def bench_nanodrr(path: Path, geom: VolumeGeometry, view: View, dev, repeats, sync, n_samples):
+def setup_nanodrr(path: Path, geom: VolumeGeometry, view: View, dev, n_samples: int):
+    """A closure rendering our view with nanodrr (camera pose built from our frame)."""
     from nanodrr.data import Subject
     from nanodrr.drr import DRR
     from torchio import ScalarImage
@@ -178,7 +187,7 @@ def bench_nanodrr(path: Path, geom: VolumeGeometry, view: View, dev, repeats, sy
         with torch.no_grad():
             return drr(subject, rt, n_samples=n_samples)[0, 0].cpu()
 
-    return timed(run, repeats, sync)
+    return run
 
 
 def main() -> None:
@@ -203,30 +212,29 @@ def main() -> None:
             geom = VolumeGeometry.from_image(img)
             mu = sitk.GetArrayFromImage(img)
             print(f"\nvolume {img.GetSize()} voxels at {np.round(img.GetSpacing(), 3).tolist()} mm")
-            t_ours, ours = timed(
-                lambda mu=mu, geom=geom: raycast(
-                    mu, geom, view, device=str(dev), progress=False
-                ).line_integrals[0],
-                args.repeats,
-                sync,
-            )
             step = 0.5 * min(geom.spacing)
             n_samples = int(np.ceil(np.linalg.norm(np.array(geom.size) * geom.spacing) / step))
-            print(f"{'renderer':<20}{'time s':>10}{'ratio':>9}{'pearson r':>12}{'mean ratio':>12}")
-            print(f"{'ctseg':<20}{t_ours:>10.3f}{1.0:>9.2f}{1.0:>12.6f}{1.0:>12.4f}")
-            peers = [
-                ("diffdrr-siddon", bench_diffdrr, ("siddon", dev, args.repeats, sync)),
-                ("diffdrr-trilinear", bench_diffdrr, ("trilinear", dev, args.repeats, sync)),
-                ("nanodrr", bench_nanodrr, (dev, args.repeats, sync, n_samples)),
+            runners = {
+                "ctseg": lambda mu=mu, geom=geom: raycast(
+                    mu, geom, view, device=str(dev), progress=False
+                ).line_integrals[0]
+            }
+            setups = [
+                ("diffdrr-siddon", setup_diffdrr, ("siddon", dev)),
+                ("diffdrr-trilinear", setup_diffdrr, ("trilinear", dev)),
+                ("nanodrr", setup_nanodrr, (dev, n_samples)),
             ]
-            for name, fn, extra in peers:
+            for name, setup, extra in setups:
                 if name.split("-")[-1] in args.skip:
                     continue
                 try:
-                    t, img2 = fn(path, geom, view, *extra)
+                    runners[name] = setup(path, geom, view, *extra)
                 except Exception as exc:  # report and go on: one peer must not hide the others
-                    print(f"{name:<20} failed: {type(exc).__name__}: {exc}")
-                    continue
+                    print(f"{name}: setup failed: {type(exc).__name__}: {exc}")
+            results = round_robin(runners, args.repeats, sync)
+            t_ours, ours = results["ctseg"]
+            print(f"{'renderer':<20}{'best s':>10}{'ratio':>9}{'pearson r':>12}{'mean ratio':>12}")
+            for name, (t, img2) in results.items():
                 r = float(np.corrcoef(ours.ravel(), img2.ravel())[0, 1])
                 print(
                     f"{name:<20}{t:>10.3f}{t / t_ours:>9.2f}{r:>12.6f}{img2.mean() / ours.mean():>12.4f}"
