@@ -299,22 +299,25 @@ def predict_drr_views(
     device: torch.device,
     case: str | None = None,
 ) -> sitk.Image:
-    """Segment each DRR view; stack the 0/1 masks along z (spacing [px, px, 1], z = view order)."""
+    """Segment each DRR view; stack the 0/1 masks along z (z = view order).
+
+    The geometry matches ``ctseg.drr.stack_views`` (the truth stack): spacing
+    ``[col, row, 1]`` of the first view, default origin and direction, so that prediction and
+    truth lie on the same grid.
+    """
     variant = meta["experiment"].get("preprocess", "none")
-    masks, first = [], None
+    masks, spacing = [], None
     for p in drr_paths:
         arr, img = read_drr(p, case)
-        first = first or img
+        if spacing is None:
+            spacing = img.GetSpacing()[:2]
         x = pad_to_multiple(preprocess_drr(arr, variant), model.divisor)
         logits = sliding_window_logits(model, x, x.shape, meta["n_classes"], device=device)
         masks.append(logits.argmax(0)[: arr.shape[0], : arr.shape[1]].astype(np.uint8))
     if len({m.shape for m in masks}) != 1:
         raise InputError("DRR views of one case differ in size", case=case, path=drr_paths[0])
     out = sitk.GetImageFromArray(np.stack(masks))
-    sp = first.GetSpacing()
-    org = first.GetOrigin()
-    out.SetSpacing((float(sp[0]), float(sp[1]), 1.0))
-    out.SetOrigin((float(org[0]), float(org[1]), 0.0))
+    out.SetSpacing((float(spacing[0]), float(spacing[1]), 1.0))
     return out
 
 
