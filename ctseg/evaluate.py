@@ -51,6 +51,7 @@ from ctseg.metrics import (
 
 NAN = float("nan")
 TASKS = ("vertebrae", "metal", "bone_drr")
+BINARY_TASKS = ("metal", "bone_drr")
 
 #: metrics summarised per case: summary column prefix -> metrics.tsv column
 SUMMARY_METRICS: dict[str, str] = {
@@ -151,6 +152,10 @@ def evaluate_case(
     check_same_grid(pred_img, truth_img, pred_path, truth_path, case=case)
     pred = _read_label_array(pred_img, pred_path, case)
     truth = _read_label_array(truth_img, truth_path, case)
+    if task in BINARY_TASKS:
+        # Binary tasks score one foreground class; DRR truth holds the projected vertebra ids,
+        # and "bone" is any of them (the class the bone_drr model is trained on).
+        pred, truth = (pred > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
     spacing = array_spacing(truth_img)
     rows: list[dict] = []
     if task == "bone_drr":

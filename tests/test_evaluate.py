@@ -157,3 +157,22 @@ def test_bone_drr_per_view_2d(tmp_path) -> None:
     assert m[m["view"] == 2].iloc[0]["empty"] == "pred"
     assert s.iloc[0]["dice_mean"] == pytest.approx(m["dice"].mean())
     assert len(c) == 0
+
+
+def test_bone_drr_truth_ids_are_scored_as_bone(tmp_path) -> None:
+    """DRR truth holds projected vertebra ids; the bone task scores any id as bone."""
+    t = np.zeros((2, 20, 20), np.uint8)
+    t[:, 2:8, 5:15] = 8  # T1
+    t[:, 10:18, 5:15] = 20  # L1
+    p = (t > 0).astype(np.uint8)
+    p[1, 10:18, 5:15] = 0  # second view misses L1
+    write(t, tmp_path / "t.nii.gz", spacing=(1.0, 1.0, 1.0))
+    write(p, tmp_path / "p.nii.gz", spacing=(1.0, 1.0, 1.0))
+    m, _, _ = run(
+        tmp_path,
+        [{"case": "x", "pred": tmp_path / "p.nii.gz", "truth": tmp_path / "t.nii.gz"}],
+        "bone_drr",
+    )
+    assert m["label"].tolist() == [1, 1]
+    assert m.iloc[0]["dice"] == pytest.approx(1.0)
+    assert m.iloc[1]["dice"] == pytest.approx(2 * 60 / (60 + 140))

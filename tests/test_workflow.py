@@ -21,8 +21,9 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
 
 def snakemake(*args: str, cwd: Path = REPO, timeout: float = 900) -> subprocess.CompletedProcess:
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(cwd), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    """Run the repository's workflow with ``cwd`` as working directory (its config.yaml, results/)."""
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def make_workdir(tmp: Path, config: dict | None = None, sheet: str | None = None) -> Path:
