@@ -162,7 +162,7 @@ def choose_crop_centre(
     centre = []
     for ax, (n, size) in enumerate(zip(label.shape, shape, strict=True)):
         lo, hi = size // 2, n - (size - size // 2)
-        if hi < lo:
+        if size >= n:
             centre.append(n // 2)
         elif pick is not None:
             centre.append(int(pick[ax]))

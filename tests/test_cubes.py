@@ -199,3 +199,26 @@ def test_provenance_is_json(cases, tmp_path):
     build_cube(cases[:1], out, {**RECIPE, "copies": 0}, seed=0)
     with h5py.File(out) as h5:
         assert json.loads(h5.attrs["provenance"])["task"] == "vertebrae"
+
+
+def test_random_crops_keep_axes_the_crop_spans_centred(cases, tmp_path):
+    """Crops as long as the volume along z (the whole spine) are never shifted along z."""
+    out = tmp_path / "c.h5"
+    recipe = {
+        "task": "vertebrae",
+        "spacing_mm": [2.0, 2.0, 2.0],
+        "patch": [8, 8, 32],
+        "copies": 5,
+        "mode": "random",
+        "fg_prob": 1.0,
+        "augment": NO_AUG,
+    }
+    build_cube(cases[:1], out, recipe, seed=2)
+    src = sitk.GetArrayFromImage(sitk.ReadImage(cases[0]["labels"]))
+    with h5py.File(out) as h5:
+        for lab in h5["label"][:]:
+            # every labelled z range of the source is still there: no z shift
+            assert np.array_equal(
+                np.flatnonzero(lab.reshape(32, -1).max(1)),
+                np.flatnonzero(src.reshape(32, -1).max(1)),
+            )
