@@ -244,6 +244,11 @@ def build_cube(items: list[dict], out_h5: Path, recipe: dict, *, seed: int) -> N
                             if k == 0
                             else choose_crop_centre(label, shape, rng, fg_prob)
                         )
+                    if centre is not None:  # axes the patch spans stay centred (no shift)
+                        centre = tuple(
+                            n // 2 if size >= n else c
+                            for c, n, size in zip(centre, label.shape, shape, strict=True)
+                        )
                     img = pad_crop_to(image, shape, centre)
                     lab = pad_crop_to(label, shape, centre)
                     if k > 0:
