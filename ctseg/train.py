@@ -262,9 +262,16 @@ def load_val_volumes(
 # --------------------------------------------------------------------------- helpers
 
 
-def set_threads(experiment: dict) -> int:
-    """torch intra-op threads: experiment ``threads``, else $CTSEG_THREADS, else all cores."""
-    n = int(experiment.get("threads") or os.environ.get("CTSEG_THREADS") or os.cpu_count() or 1)
+def set_threads(experiment: dict, threads: int | None = None) -> int:
+    """torch intra-op threads: ``threads`` argument (e.g. the workflow rule's threads), else
+    experiment ``threads``, else $CTSEG_THREADS, else all the machine's cores."""
+    n = int(
+        threads
+        or experiment.get("threads")
+        or os.environ.get("CTSEG_THREADS")
+        or os.cpu_count()
+        or 1
+    )
     torch.set_num_threads(max(1, n))
     return n
 
@@ -388,6 +395,7 @@ def train_experiment(
     *,
     seed: int,
     device: str = "auto",
+    threads: int | None = None,
 ) -> None:
     """Train ``experiment`` and write ``model.pt``, ``history.tsv``, ``loss.png`` in ``out_dir``.
 
@@ -402,7 +410,7 @@ def train_experiment(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    set_threads(experiment)
+    set_threads(experiment, threads)
     dev = resolve_device(device)
     task = experiment.get("task", "vertebrae")
     class_ids = class_ids_for(experiment)
