@@ -147,9 +147,12 @@ def _snakemake(work: Path, *args: str, env: dict[str, str] | None = None):
     cmd = [
         "timeout", "-k", "20", str(RUN_TIMEOUT_S),
         SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(work),
-        "--configfile", "config.yaml", *args,
+        # absolute: a relative --configfile is read from the caller's folder, not --directory
+        "--configfile", str(work / "config.yaml"), *args,
     ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S + 60)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=work, timeout=RUN_TIMEOUT_S + 60
+    )
 
 
 def planned_jobs(out: str) -> dict[str, int]:
@@ -170,6 +173,9 @@ def slurm_run(slurm, tmp_path_factory):
     work = _workdir(tmp_path_factory.mktemp("slurm_run"))
     dry = _snakemake(work, "-n", "--cores", "1", env=slurm)
     assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = planned_jobs(dry.stdout + dry.stderr)
+    experiments = yaml.safe_load((work / "config.yaml").read_text())["experiments"]
+    assert planned["train"] == len(experiments), "the run would not use the tiny config"
     proc = _snakemake(
         work,
         "--executor", "slurm",

@@ -105,8 +105,6 @@ SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-# Put the GPU count into the TRES of job records (job-completion log, scontrol show job).
-AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/filetxt
 JobCompLoc=${state}/log/jobcomp.log
 MinJobAge=3600
