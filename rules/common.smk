@@ -3,6 +3,7 @@
 Everything the rules need to wire files together lives here; rules compute nothing.
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -19,12 +20,17 @@ SOURCES = {"phantom", "dicom", "nifti", "nrrd", "url"}
 LIST_SUFFIXES = {".txt", ".csv", ".lst", ".list"}
 
 
+def _relative(path):
+    """Paths relative to the working directory, so a moved project does not look changed."""
+    return os.path.relpath(path, os.getcwd())
+
+
 def _resolve(path, base):
     """Case-sheet paths are relative to the sheet's own folder."""
     if not path or re.match(r"^[a-z]+://", path):
         return path
     p = Path(path).expanduser()
-    return str(p if p.is_absolute() else (base / p))
+    return _relative(p if p.is_absolute() else (base / p))
 
 
 def load_case_sheet(path):
@@ -94,9 +100,9 @@ def lib(*modules):
     for mod in modules:
         p = root / mod
         if p.is_dir():
-            files += sorted(str(f) for f in p.rglob("*.py"))
+            files += sorted(_relative(f) for f in p.rglob("*.py"))
         elif p.with_suffix(".py").is_file():
-            files.append(str(p.with_suffix(".py")))
+            files.append(_relative(p.with_suffix(".py")))
     return files
 
 
