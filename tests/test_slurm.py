@@ -187,12 +187,7 @@ def slurm_run(slurm, tmp_path_factory):
     )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
-    return {
-        "work": work,
-        "log": log,
-        "planned": planned_jobs(dry.stdout + dry.stderr),
-        "env": slurm,
-    }
+    return {"work": work, "log": log, "planned": planned, "env": slurm}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ for bin in slurmctld slurmd sbatch munged; do
     command -v "$bin" >/dev/null 2>&1 || need+=("$bin")
 done
 if [ "${#need[@]}" -eq 0 ]; then
-    echo "slurm and munge already installed: $(sbatch --version)"
+    echo "slurm and munge already installed: $(dpkg-query -W -f '${Package} ${Version}' slurmctld 2>/dev/null || echo "version unknown")"
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -23,4 +23,4 @@ if ! apt-get install -y --no-install-recommends slurmctld slurmd slurm-client mu
     apt-get update
     apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge
 fi
-echo "installed: $(sbatch --version)"
+echo "installed: $(dpkg-query -W -f '${Package} ${Version}' slurmctld 2>/dev/null || echo "version unknown")"
