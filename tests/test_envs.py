@@ -299,34 +299,14 @@ def import_to_dists() -> dict[str, list[str]]:
     return md.packages_distributions()
 
 
-@cache
-def closure(dists: frozenset[str]) -> frozenset[str]:
-    """The named distributions and everything they require, from the installed metadata."""
-    out = set(dists)
-    todo = list(dists)
-    while todo:
-        name = todo.pop()
-        try:
-            reqs = md.requires(name) or []
-        except md.PackageNotFoundError:
-            continue
-        for r in reqs:
-            if "extra ==" in r:
-                continue
-            dep = norm(re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0])
-            if dep not in out:
-                out.add(dep)
-                todo.append(dep)
-    return frozenset(out)
-
-
 def test_each_rule_env_provides_what_its_code_imports():
     rules = rules_or_skip()
     problems = []
     for name, spec in sorted(rules.items()):
         if "script" not in spec or "conda" not in spec:
             continue
-        provided = closure(frozenset(env_dists(Path(spec["conda"]))))
+        # named, not merely pulled in by another package, so that its version is pinned too
+        provided = frozenset(env_dists(Path(spec["conda"])))
         for top in sorted(third_party_imports(Path(spec["script"]))):
             dists = {norm(d) for d in import_to_dists().get(top, [])}
             assert dists, f"rule {name} imports {top}, which no installed distribution provides"

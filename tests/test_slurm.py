@@ -37,8 +37,6 @@ BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 RUN_TIMEOUT_S = 1500
 
-pytestmark = pytest.mark.slow
-
 
 # ------------------------------------------------------------------ cluster
 def _free_ports(n: int) -> list[int]:
@@ -120,6 +118,7 @@ def _meminfo_mb() -> int:
     raise AssertionError("no MemTotal in /proc/meminfo")
 
 
+@pytest.mark.slow
 def test_node_matches_this_machine(slurm):
     out = _run(["scontrol", "show", "node", "ctsegnode"], slurm)
     fields = dict(re.findall(r"(\w+)=(\S+)", out))
@@ -131,6 +130,49 @@ def test_node_matches_this_machine(slurm):
     assert abs(real - _meminfo_mb()) <= 0.02 * _meminfo_mb() + 16, (real, _meminfo_mb())
     assert fields["State"].lower().startswith("idle"), fields["State"]
     assert "gpu:1" in fields["Gres"], fields["Gres"]
+
+
+# ------------------------------------------------------------------ the profiles (fast)
+def _job_resources(dry_run_output: str) -> dict[str, list[dict[str, str]]]:
+    """{rule: [resources of each planned job]} from a dry run's job listing."""
+    jobs: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in dry_run_output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):", line)
+        if m:
+            rule = m.group(1)
+        m = re.match(r"^\s+resources: (.*)$", line)
+        if m and rule:
+            jobs.setdefault(rule, []).append(
+                dict(kv.split("=", 1) for kv in m.group(1).split(", "))
+            )
+            rule = None
+    return jobs
+
+
+@pytest.mark.parametrize("profile", ["slurm", "local"])
+def test_profile_loads_and_fills_default_resources(profile, tmp_path):
+    """The profile parses (plugin settings included) and rules keep their own resources."""
+    work = _workdir(tmp_path)
+    proc = _snakemake(work, "-n", "--profile", str(REPO / "profiles" / profile), "--cores", "2")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    jobs = _job_resources(out)
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    train = cfg["resources"]["train"]
+    assert jobs["train"], out[-3000:]
+    for res in jobs["train"]:
+        assert res["gpu"] == str(train["gpu"]) and res["mem_mb"] == str(train["mem_mb"])
+        assert res["runtime"] == str(train["runtime"])
+        if profile == "slurm":  # cpus_per_task: threads in the profile -> --cpus-per-task
+            assert res["cpus_per_task"] == str(train["threads"]), res
+    for res in jobs["fetch"]:
+        assert res["mem_mb"] == str(cfg["resources"]["default"]["mem_mb"]), res
+    if profile == "slurm":
+        profile_cfg = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+        assert all("cpus_per_task" in r for rs in jobs.values() for r in rs)
+        assert profile_cfg["executor"] == "slurm" and profile_cfg["slurm-requeue"] is True
+        assert profile_cfg["retries"] >= 1 and profile_cfg["latency-wait"] >= 30
 
 
 # ------------------------------------------------------------------ the runs
@@ -211,6 +253,7 @@ def submissions(log: str) -> dict[int, int]:
     return {int(j): int(s) for j, s in pairs}
 
 
+@pytest.mark.slow
 def test_every_job_went_through_slurm(slurm_run):
     log, planned, env = slurm_run["log"], slurm_run["planned"], slurm_run["env"]
     subs = submissions(log)
@@ -248,6 +291,7 @@ def test_every_job_went_through_slurm(slurm_run):
     assert {f["JobState"] for f in comp.values()} == {"COMPLETED"}
 
 
+@pytest.mark.slow
 def test_slurm_jobs_got_the_rules_resources(slurm_run):
     env, work = slurm_run["env"], slurm_run["work"]
     cfg = yaml.safe_load((work / "config.yaml").read_text())
@@ -271,6 +315,7 @@ def _read(path: Path) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
+@pytest.mark.slow
 def test_outputs_equal_a_local_run(slurm_run, local_run):
     a, b = slurm_run["work"] / "results", local_run["work"] / "results"
     compared = 0
