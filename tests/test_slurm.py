@@ -12,6 +12,9 @@ What it asserts:
   those jobs, all COMPLETED, the training jobs holding one GPU;
 - deterministic outputs (CT and label volumes, centroids, DICOM statistics, metal masks) equal
   those of a local run of the same config.
+Those cluster tests are marked slow (about 6 minutes on 2 busy cores). Two fast ones dry-run the
+tiny config through profiles/slurm and profiles/local: the profiles parse, the executor
+plugin's settings are known, and the rules' resources reach the jobs.
 """
 
 from __future__ import annotations
