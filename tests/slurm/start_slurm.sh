@@ -42,14 +42,16 @@ if [ -e /etc/slurm/slurm.conf ]; then
     exit 1
 fi
 link=/run/slurm/conf
-if [ -e "$link" ] || [ -L "$link" ]; then
-    target=$(readlink "$link" || true)
-    if [ -n "$target" ] && [ -S "$(dirname "$target")/munge/munge.socket" ] \
-        && [ "$target" != "$state/etc" ]; then
+if [ -L "$link" ]; then
+    target=$(readlink "$link")
+    if [ -S "$(dirname "$target")/munge/munge.socket" ] && [ "$target" != "$state/etc" ]; then
         echo "$link points to a running test cluster ($target); not starting a second one" >&2
         exit 1
     fi
-    rm -rf "$link"
+    rm -f "$link"    # left behind by a test cluster that is gone
+elif [ -e "$link" ]; then
+    echo "$link exists (a configless slurmd runs here?); not starting" >&2
+    exit 1
 fi
 
 # --- munge: own key, socket, pid, log and seed file -------------------------------------------
