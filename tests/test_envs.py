@@ -148,10 +148,9 @@ def test_env_installs_ctseg_from_the_checkout(path):
     assert CTSEG_LINE in pip, f"{path.name}: pip section must install ctseg with {CTSEG_LINE!r}"
 
 
-def test_ctseg_line_installs_this_checkout():
+def test_ctseg_line_installs_this_checkout(tmp_path):
     """pip itself expands ${CTSEG_ROOT} and resolves the line to the ctseg package here."""
-    req = REPO / ".pytest_cache" / "ctseg-env-line.txt"
-    req.parent.mkdir(exist_ok=True)
+    req = tmp_path / "requirements.txt"
     req.write_text(CTSEG_LINE + "\n")
     env = dict(os.environ, CTSEG_ROOT=str(REPO), PIP_NO_INDEX="1")
     proc = subprocess.run(
