@@ -3,9 +3,14 @@
 Run `snakemake --cores all` (default phantom cohort) or see README.md.
 """
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# envs/*.yaml install ctseg editable from ${CTSEG_ROOT} (pip expands it): this checkout.
+os.environ.setdefault("CTSEG_ROOT", workflow.basedir)
 
 
 # A --configfile on the command line replaces config.yaml instead of merging into it, so that
