@@ -138,6 +138,25 @@ def load_model(
     return model, meta
 
 
+def decode_logits(logits: np.ndarray) -> np.ndarray:
+    """Class map from logits [C, ...], foreground first.
+
+    A voxel is foreground when the summed probability of all foreground classes beats the
+    background's; it then takes the most probable foreground class. With many similar classes
+    (17 vertebrae) a network learns *where* the spine is long before it learns *which*
+    vertebra, and a plain arg-max then returns background for voxels whose foreground mass is
+    split over neighbouring levels; this decoding keeps those voxels and leaves the identity to
+    the per-class arg-max and the spine-order post-processing. For two classes it equals arg-max.
+    """
+    lg = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    probs = torch.softmax(lg, dim=0)
+    if probs.shape[0] <= 2:
+        return probs.argmax(0).numpy()
+    fg = probs[0] < 0.5
+    cls = probs[1:].argmax(0) + 1
+    return torch.where(fg, cls, torch.zeros_like(cls)).numpy()
+
+
 def classes_to_ids(pred: np.ndarray, class_ids: list[int]) -> np.ndarray:
     """Map contiguous class indices back to label ids (VerSe ids or 0/1)."""
     lut = np.asarray(class_ids, dtype=np.uint8)
@@ -180,6 +199,24 @@ def keep_largest_component(labels: np.ndarray, ids: list[int]) -> np.ndarray:
     return out
 
 
+def reassign_fragments(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Give dropped fragments the id of the nearest kept vertebra when they are connected to
+    one through foreground (a piece of a vertebra the network called by its neighbour's id);
+    fragments in foreground islands without any kept vertebra (stray false positives) -> 0."""
+    dropped = (labels > 0) & (kept == 0)
+    if not dropped.any() or not kept.any():
+        return kept
+    structure = np.ones((3,) * labels.ndim, dtype=bool)
+    fg_comp, _ = ndimage.label(labels > 0, structure=structure)
+    anchored = np.unique(fg_comp[kept > 0])
+    _, idx = ndimage.distance_transform_edt(kept == 0, return_indices=True)
+    nearest = kept[tuple(idx)]
+    out = kept.copy()
+    take = dropped & np.isin(fg_comp, anchored)
+    out[take] = nearest[take]
+    return out
+
+
 def relabel_along_spine(
     labels: np.ndarray,
     direction: tuple[float, ...],
@@ -188,8 +225,10 @@ def relabel_along_spine(
 ) -> np.ndarray:
     """Make vertebra ids consistent along the spine.
 
-    1. Each id keeps its largest connected component (stray fragments become background).
-    2. The remaining vertebrae are ordered by centroid from head to feet and renumbered
+    1. Each id keeps its largest connected component; the other fragments of that id are
+       given to the nearest kept vertebra when connected to it through foreground, else
+       dropped (stray false positives) -- see :func:`reassign_fragments`.
+    2. The kept vertebrae are ordered by centroid from head to feet and renumbered
        consecutively (VerSe ids increase caudally), with the starting id chosen as the one whose
        consecutive numbering agrees with the network's own ids on the most voxels. A single
        swapped or mis-identified vertebra is thereby corrected by its neighbours, while a
@@ -201,12 +240,10 @@ def relabel_along_spine(
     ids = [int(v) for v in np.unique(labels) if v != 0]
     if not ids:
         return labels.copy()
-    out = keep_largest_component(labels, ids)
-    keys = spinal_order_keys(out, ids, direction, spacing)
+    kept = keep_largest_component(labels, ids)
+    keys = spinal_order_keys(kept, ids, direction, spacing)
     ordered = sorted(keys, key=keys.get)
-    if not ordered:
-        return out
-    counts = {lid: int((out == lid).sum()) for lid in ordered}
+    counts = {lid: int((kept == lid).sum()) for lid in ordered}
     valid = sorted(valid_ids) if valid_ids else list(range(1, 256))
     lo, hi = valid[0], valid[-1]
     best_start, best_score = None, -1
@@ -214,12 +251,12 @@ def relabel_along_spine(
         score = sum(counts[lid] for k, lid in enumerate(ordered) if lid == start + k)
         if score > best_score:
             best_start, best_score = start, score
-    if best_start is None:  # more vertebrae than valid ids: keep the network's ids
-        return out
-    result = np.zeros_like(out)
-    for k, lid in enumerate(ordered):
-        result[out == lid] = best_start + k
-    return result
+    renumbered = kept
+    if best_start is not None:  # else more vertebrae than valid ids: keep the network's ids
+        renumbered = np.zeros_like(kept)
+        for k, lid in enumerate(ordered):
+            renumbered[kept == lid] = best_start + k
+    return reassign_fragments(labels, renumbered)
 
 
 def _write(image: sitk.Image, out_path: Path) -> None:
@@ -250,12 +287,12 @@ def predict_volume(
             logits = sliding_window_logits(
                 model, image[z], patch[1:], meta["n_classes"], device=device, tta_flip=tta
             )
-            pred[z] = logits.argmax(0)
+            pred[z] = decode_logits(logits)
     else:
         logits = sliding_window_logits(
             model, image, patch, meta["n_classes"], device=device, tta_flip=tta
         )
-        pred = logits.argmax(0)
+        pred = decode_logits(logits)
     ids = classes_to_ids(pred, meta["class_ids"])
     if meta["task"] == "vertebrae" and exp.get("postprocess", True):
         ids = relabel_along_spine(

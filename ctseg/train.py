@@ -49,6 +49,7 @@ from ctseg.errors import InputError
 from ctseg.losses import DiceCELoss, mean_foreground_dice
 from ctseg.models import build_model, model_kwargs
 from ctseg.predict import (
+    decode_logits,
     pad_to_multiple,
     preprocess_drr,
     read_drr,
@@ -379,7 +380,7 @@ def validate(model, val, patch, n_classes, loss_fn, device, dim: int) -> tuple[f
             logits = sliding_window_logits(model, img, patch, n_classes, device=device)
         lt = torch.from_numpy(logits)[None]
         losses.append(float(loss_fn(lt, torch.from_numpy(cls)[None].long())))
-        dices.append(mean_foreground_dice(logits.argmax(0), cls, n_classes))
+        dices.append(mean_foreground_dice(decode_logits(logits), cls, n_classes))
     model.train()
     return float(np.mean(losses)), float(np.mean(dices))
 

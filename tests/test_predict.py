@@ -180,3 +180,24 @@ def test_predict_output_has_exact_ct_geometry(tiny_model_pt, tmp_path):
     assert pred.GetPixelID() == sitk.sitkUInt8
     assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= {0, 8, 9, 10}
     assert [p.name for p in out.parent.iterdir()] == ["case.nii.gz"]
+
+
+def test_decode_logits_foreground_first():
+    # voxel 0: background 0.4 vs two vertebrae 0.3 + 0.3 -> foreground, the likelier vertebra
+    # voxel 1: background 0.6 -> background; voxel 2: binary task = plain arg-max
+    probs = np.array([[0.4, 0.6], [0.35, 0.2], [0.25, 0.2]])
+    from ctseg.predict import decode_logits
+
+    assert decode_logits(np.log(probs)).tolist() == [1, 0]
+    two = np.log(np.array([[0.55, 0.3], [0.45, 0.7]]))
+    assert decode_logits(two).tolist() == [0, 1]
+
+
+def test_relabel_gives_a_connected_fragment_to_its_vertebra():
+    truth = spine_boxes()[::-1].copy()
+    pred = truth.copy()
+    # the lower part of vertebra 10 is called 11 by the network; it touches the 10 box only
+    z10 = np.flatnonzero((truth == 10).reshape(truth.shape[0], -1).any(1))
+    pred[z10[0] : z10[0] + 2][truth[z10[0] : z10[0] + 2] == 10] = 11
+    out = relabel_along_spine(pred, IDENTITY, (1.0, 1.0, 1.0), list(range(8, 25)))
+    assert np.array_equal(out, truth)
