@@ -32,7 +32,7 @@ format: $(STAMP)
 	$(BIN)/snakefmt Snakefile rules
 
 dag: $(STAMP)
-	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg
+	mkdir -p results && $(BIN)/snakemake --rulegraph mermaid-js > results/rulegraph.mmd
 
 clean:
 	rm -rf results .snakemake

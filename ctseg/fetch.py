@@ -156,6 +156,19 @@ def _copy_file(src: Path, dest: Path, case: str, what: str) -> None:
     shutil.copy2(src, dest)
 
 
+def _check_header(src: Path, case: str, what: str) -> None:
+    """Read the image header now, so a corrupt file is reported under the user's own path."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(src))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"unreadable {what} ({first})", path=src, case=case) from exc
+
+
 def _volume_name(name: str, src: str, case: str) -> str:
     suf = _suffix(name)
     if suf not in _VOLUMES:
@@ -240,6 +253,7 @@ def fetch_case(
                     f"source {source} but file type {_suffix(src.name)}", path=src, case=name
                 )
             _copy_file(src, tmp / target, name, "image")
+            _check_header(src, name, "image")
         else:
             _fetch_url(
                 location, tmp, case=name, sha=sha, timeout_s=timeout_s, series_uid=series_uid
@@ -265,6 +279,7 @@ def fetch_case(
             for old in ("labels.nii.gz", "labels.nii", "labels.nrrd"):
                 (tmp / old).unlink(missing_ok=True)
             _copy_file(lab, tmp / target, name, "labels")
+            _check_header(lab, name, "label map")
         centroids = _field(case, "centroids")
         if centroids:
             _copy_file(Path(centroids), tmp / "centroids.json", name, "centroids")

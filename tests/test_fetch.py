@@ -336,3 +336,18 @@ def test_cli_fetch(tmp_path):
         == 1
     )
     assert not (tmp_path / "raw" / "cli2").exists()
+
+
+def test_corrupt_nifti_is_reported_under_the_users_path(tmp_path: Path) -> None:
+    bad = tmp_path / "scan.nii.gz"
+    bad.write_bytes(b"not a nifti at all")
+    out = tmp_path / "raw" / "c9"
+    with pytest.raises(InputError) as err:
+        fetch_case(
+            {"case": "c9", "source": "nifti", "location": str(bad), "split": "test"},
+            out,
+            tmp_path / "raw" / "c9.manifest.json",
+            {},
+        )
+    assert "c9" in str(err.value) and str(bad) in str(err.value) and "unreadable" in str(err.value)
+    assert not out.exists() and not (tmp_path / "raw" / "c9.manifest.json").exists()
