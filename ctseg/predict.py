@@ -217,6 +217,38 @@ def reassign_fragments(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return out
 
 
+def assign_increasing_ids(
+    votes: np.ndarray, sizes: np.ndarray, consecutive_bonus: float = 0.25
+) -> list[int]:
+    """Strictly increasing id index per instance (head to feet) maximising network votes.
+
+    ``votes[k, v]``: voxels of instance ``k`` the network called id index ``v``. Dynamic
+    programming over monotone assignments; a step of exactly one id earns ``consecutive_bonus``
+    times the instance's size, so that numbering stays consecutive unless the votes clearly
+    say a level is missing (e.g. two vertebrae merged into one instance).
+    """
+    n, n_ids = votes.shape
+    if n > n_ids:
+        raise ValueError("more instances than ids")
+    neg = -np.inf
+    best = np.full((n, n_ids), neg)
+    back = np.zeros((n, n_ids), dtype=int)
+    best[0] = votes[0]
+    for k in range(1, n):
+        for v in range(k, n_ids):
+            prev = best[k - 1, :v].copy()
+            prev[v - 1] += consecutive_bonus * sizes[k]
+            u = int(np.argmax(prev))
+            best[k, v] = prev[u] + votes[k, v]
+            back[k, v] = u
+    v = int(np.argmax(best[n - 1]))
+    out = [v]
+    for k in range(n - 1, 0, -1):
+        v = int(back[k, v])
+        out.append(v)
+    return out[::-1]
+
+
 def relabel_along_spine(
     labels: np.ndarray,
     direction: tuple[float, ...],
@@ -225,17 +257,17 @@ def relabel_along_spine(
 ) -> np.ndarray:
     """Make vertebra ids consistent along the spine.
 
-    1. Each id keeps its largest connected component; the other fragments of that id are
-       given to the nearest kept vertebra when connected to it through foreground, else
-       dropped (stray false positives) -- see :func:`reassign_fragments`.
-    2. The kept vertebrae are ordered by centroid from head to feet and renumbered
-       consecutively (VerSe ids increase caudally), with the starting id chosen as the one whose
-       consecutive numbering agrees with the network's own ids on the most voxels. A single
-       swapped or mis-identified vertebra is thereby corrected by its neighbours, while a
-       consistently shifted prediction keeps the network's identification.
+    1. Instances: each id keeps its largest connected component; the other fragments of that
+       id go to the nearest kept vertebra when connected to it through foreground, else are
+       dropped as stray false positives (:func:`reassign_fragments`).
+    2. Identification: the instances are ordered by centroid from head to feet and given
+       strictly increasing ids (VerSe ids increase caudally) that agree with the network's
+       per-voxel ids on the most voxels, preferring consecutive numbering
+       (:func:`assign_increasing_ids`). A swapped or mis-identified vertebra is thereby
+       corrected by its neighbours, a consistently shifted prediction keeps the network's
+       identification, and a merged pair costs one level instead of shifting the rest.
 
-    ``valid_ids`` (e.g. the trained ids) bounds the renumbering: the numbering is never shifted
-    outside it. Assumes the predicted vertebrae are contiguous (no missing level in between).
+    ``valid_ids`` (e.g. the trained ids) bounds the numbering.
     """
     ids = [int(v) for v in np.unique(labels) if v != 0]
     if not ids:
@@ -243,20 +275,25 @@ def relabel_along_spine(
     kept = keep_largest_component(labels, ids)
     keys = spinal_order_keys(kept, ids, direction, spacing)
     ordered = sorted(keys, key=keys.get)
-    counts = {lid: int((kept == lid).sum()) for lid in ordered}
-    valid = sorted(valid_ids) if valid_ids else list(range(1, 256))
-    lo, hi = valid[0], valid[-1]
-    best_start, best_score = None, -1
-    for start in range(lo, hi - len(ordered) + 2):
-        score = sum(counts[lid] for k, lid in enumerate(ordered) if lid == start + k)
-        if score > best_score:
-            best_start, best_score = start, score
-    renumbered = kept
-    if best_start is not None:  # else more vertebrae than valid ids: keep the network's ids
-        renumbered = np.zeros_like(kept)
-        for k, lid in enumerate(ordered):
-            renumbered[kept == lid] = best_start + k
-    return reassign_fragments(labels, renumbered)
+    instances = reassign_fragments(labels, kept)
+    valid = sorted(set(valid_ids) | set(ids)) if valid_ids else list(range(1, 256))
+    if len(ordered) > len(valid):  # more instances than ids: keep the network's ids
+        return instances
+    index = {v: i for i, v in enumerate(valid)}
+    votes = np.zeros((len(ordered), len(valid)))
+    sizes = np.zeros(len(ordered))
+    for k, lid in enumerate(ordered):
+        region = instances == lid
+        sizes[k] = region.sum()
+        vals, counts = np.unique(labels[region], return_counts=True)
+        for v, c in zip(vals.tolist(), counts.tolist(), strict=True):
+            if v in index:
+                votes[k, index[v]] = c
+    chosen = assign_increasing_ids(votes, sizes)
+    result = np.zeros_like(labels)
+    for k, lid in enumerate(ordered):
+        result[instances == lid] = valid[chosen[k]]
+    return result
 
 
 def _write(image: sitk.Image, out_path: Path) -> None:

@@ -201,3 +201,18 @@ def test_relabel_gives_a_connected_fragment_to_its_vertebra():
     pred[z10[0] : z10[0] + 2][truth[z10[0] : z10[0] + 2] == 10] = 11
     out = relabel_along_spine(pred, IDENTITY, (1.0, 1.0, 1.0), list(range(8, 25)))
     assert np.array_equal(out, truth)
+
+
+def test_increasing_ids_skip_a_level_for_a_merged_pair():
+    from ctseg.predict import assign_increasing_ids
+
+    # instance 1 is two vertebrae merged (votes split over ids 1 and 2); 2 and 3 say 3 and 4
+    votes = np.array(
+        [[100, 0, 0, 0, 0, 0], [0, 60, 60, 0, 0, 0], [0, 0, 0, 100, 0, 0], [0, 0, 0, 0, 100, 0]],
+        float,
+    )
+    sizes = votes.sum(1)
+    assert assign_increasing_ids(votes, sizes) == [0, 1, 3, 4]
+    # a single swapped pair is cheaper to renumber consecutively than to skip
+    swapped = np.array([[10, 0, 0, 0], [0, 0, 10, 0], [0, 10, 0, 0], [0, 0, 0, 10]], float)
+    assert assign_increasing_ids(swapped, swapped.sum(1)) == [0, 1, 2, 3]
