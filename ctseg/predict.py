@@ -3,7 +3,8 @@
 Volume tasks: the CT is resampled to the model's spacing, normalised like the cube, segmented
 with overlapping windows of the training patch size (overlap 0.5) whose logits are blended with
 a Gaussian importance map (nnU-Net: centre voxels of a window are more reliable than its border),
-optionally averaged with the left-right flipped prediction (test-time augmentation), arg-maxed,
+optionally averaged with the left-right flipped prediction (test-time augmentation), decoded
+foreground-first (:func:`decode_logits`),
 mapped back to VerSe ids (or 0/1), post-processed (vertebrae) and resampled nearest-neighbour
 onto the exact CT grid.
 
