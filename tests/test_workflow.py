@@ -14,6 +14,8 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
+import report_browser
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
@@ -220,7 +222,7 @@ def test_tiny_run_evaluation_is_sane(tiny_run):
 
 
 @pytest.mark.slow
-def test_tiny_run_report(tiny_run):
+def test_tiny_run_report(tiny_run, tmp_path):
     md = (tiny_run / "results/report/summary.md").read_text()
     for exp in ("vert3d", "metal2d", "drr_local"):
         assert exp in md
@@ -229,5 +231,10 @@ def test_tiny_run_report(tiny_run):
         "--configfile", "config.yaml", "--report", "results/report/report.html", cwd=tiny_run
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    html = (tiny_run / "results/report/report.html").read_text(errors="replace")
-    assert len(html) > 10000
+    if report_browser.ensure_chromium() is None:
+        pytest.skip(f"no headless browser: {report_browser.unavailable_reason}")
+    html = tiny_run / "results/report/report.html"
+    result = report_browser.assert_report_loads(html, out_dir=tmp_path)
+    # every PNG the rules mark with report(): metal QC and DRR per case, cube QC, loss and
+    # evaluation plots per experiment
+    assert result["n_images"] >= 20
