@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import report_browser
 import SimpleITK as sitk
 import yaml
-
-import report_browser
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
