@@ -2,12 +2,9 @@
 
 from pathlib import Path
 
-import torch
-
 from ctseg.runlog import job
 from ctseg.train import train_experiment
 
-torch.set_num_threads(max(1, snakemake.threads))
 with job(snakemake.log[0]):
     train_experiment(
         dict(snakemake.params.experiment),
@@ -16,4 +13,5 @@ with job(snakemake.log[0]):
         Path(snakemake.params.out_dir),
         seed=int(snakemake.params.seed),
         device=snakemake.params.device,
+        threads=snakemake.threads,
     )
