@@ -237,3 +237,14 @@ def test_tiny_run_report(tiny_run, tmp_path):
     # every PNG the rules mark with report(): metal QC and DRR per case, cube QC, loss and
     # evaluation plots per experiment
     assert result["n_images"] >= 20
+
+
+def test_gpu_config_is_valid_and_plans_the_residual_unet(tmp_path):
+    """config.gpu.yaml replaces config.yaml as a whole and adds seed 003's residual 3D U-Net."""
+    cfg = yaml.safe_load((REPO / "config.gpu.yaml").read_text())
+    work = make_workdir(tmp_path, config=cfg, sheet=(REPO / cfg["cases"]).read_text())
+    proc = snakemake("-n", "--configfile", "config.yaml", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs["train"] == len(cfg["experiments"]) and "resunet3d" in cfg["experiments"]
+    assert cfg["resources"]["train"]["gpu"] == 1
