@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ctseg.atomic import atomic_path
 from ctseg.augment import DEFAULT_HU_WINDOW, augment_pair, build_augmentation, hu_to_float
 from ctseg.errors import InputError
+from ctseg.imageio import read_image_file
 
 TASKS = ("vertebrae", "metal")
 
@@ -43,17 +44,6 @@ def sample_seed(seed: int, case_index: int, copy_index: int) -> int:
     return int(
         np.random.SeedSequence([int(seed), int(case_index), int(copy_index)]).generate_state(1)[0]
     )
-
-
-def read_image(path: str | Path, case: str | None = None) -> sitk.Image:
-    """Read an image, turning I/O failures into an InputError naming case and file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path=path, case=case)
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"cannot read image: {exc}", path=path, case=case) from exc
 
 
 def resample_to_spacing(
@@ -95,8 +85,8 @@ def load_case_arrays(item: dict, recipe: dict) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(
             f"task {task!r} needs a {label_key!r} file", case=case, path=item.get("ct")
         )
-    ct = read_image(item["ct"], case)
-    lab = read_image(item[label_key], case)
+    ct = read_image_file(item["ct"], case)
+    lab = read_image_file(item[label_key], case)
     if ct.GetSize() != lab.GetSize() or not np.allclose(
         ct.GetSpacing(), lab.GetSpacing(), atol=1e-4
     ):

@@ -40,13 +40,13 @@ from ctseg.centroids import (
     match_centroids,
 )
 from ctseg.errors import InputError
+from ctseg.imageio import read_image_file
 from ctseg.metrics import (
     METRIC_KEYS,
     array_spacing,
     check_same_grid,
     format_value,
     label_metrics,
-    read_image,
 )
 
 NAN = float("nan")
@@ -147,8 +147,8 @@ def evaluate_case(
     case: str, pred_path: Path, truth_path: Path, *, task: str
 ) -> tuple[list[dict], list[dict] | None]:
     """Metric rows and (vertebrae task) centroid rows of one case; grids must match."""
-    pred_img = read_image(pred_path, case=case)
-    truth_img = read_image(truth_path, case=case)
+    pred_img = read_image_file(pred_path, case=case)
+    truth_img = read_image_file(truth_path, case=case)
     check_same_grid(pred_img, truth_img, pred_path, truth_path, case=case)
     pred = _read_label_array(pred_img, pred_path, case)
     truth = _read_label_array(truth_img, truth_path, case)

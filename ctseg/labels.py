@@ -6,6 +6,8 @@ ctseg speaks VerSe; other conventions (TotalSegmentator, ...) enter only through
 
 from __future__ import annotations
 
+import numpy as np
+
 VERSE_NAMES: dict[int, str] = {
     **{i: f"C{i}" for i in range(1, 8)},
     **{7 + i: f"T{i}" for i in range(1, 13)},
@@ -50,3 +52,19 @@ def resolve_label_map(name: str | None, extra: dict | None = None) -> dict[int, 
     if name not in maps:
         raise KeyError(f"unknown label_map {name!r}; known: {', '.join(sorted(maps))}")
     return maps[name]
+
+
+def apply_label_map(arr: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """Apply ``{source_id: verse_id}``; ids the map does not name become background (0).
+
+    Label maps bring other conventions (e.g. TotalSegmentator, which also labels organs) into
+    VerSe ids, so anything the map does not name is not a vertebra and is dropped.
+    """
+    arr = np.asarray(arr)
+    top = max(int(arr.max()) if arr.size else 0, max(mapping, default=0))
+    lut = np.zeros(top + 1, dtype=np.uint16)
+    for src, dst in mapping.items():
+        if src >= 0:
+            lut[int(src)] = int(dst)
+    out = lut[arr]
+    return out.astype(np.uint8) if out.size == 0 or out.max() < 256 else out

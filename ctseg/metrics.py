@@ -215,17 +215,6 @@ def label_metrics(
 # --------------------------------------------------------------------------------------------
 
 
-def read_image(path: str | Path, *, case: str | None = None) -> sitk.Image:
-    """Read an image with SimpleITK, turning unreadable files into an :class:`InputError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("image file not found", path=path, case=case)
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"cannot read image: {exc}", path=path, case=case) from exc
-
-
 def check_same_grid(
     a: sitk.Image,
     b: sitk.Image,
@@ -261,22 +250,6 @@ def check_same_grid(
 def array_spacing(img: sitk.Image) -> tuple[float, ...]:
     """Voxel spacing in numpy array axis order (reverse of SimpleITK's x, y, z order)."""
     return tuple(float(s) for s in reversed(img.GetSpacing()))
-
-
-def remap_labels(arr: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
-    """Apply a label map ``{source_id: verse_id}``; ids not in the map become background (0).
-
-    Label maps bring other conventions (e.g. TotalSegmentator, which also labels organs) into
-    VerSe ids, so anything the map does not name is not a vertebra and is dropped.
-    """
-    arr = np.asarray(arr)
-    top = max(int(arr.max()) if arr.size else 0, max(mapping, default=0))
-    lut = np.zeros(top + 1, dtype=np.uint16)
-    for src, dst in mapping.items():
-        if src >= 0:
-            lut[int(src)] = int(dst)
-    out = lut[arr]
-    return out.astype(np.uint8) if out.size == 0 or out.max() < 256 else out
 
 
 def format_value(v: object) -> str:

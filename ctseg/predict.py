@@ -24,8 +24,9 @@ from scipy import ndimage
 
 from ctseg.atomic import atomic_path
 from ctseg.augment import hu_to_float
-from ctseg.cubes import read_image, resample_to_spacing
+from ctseg.cubes import resample_to_spacing
 from ctseg.errors import InputError
+from ctseg.imageio import read_image_file
 from ctseg.models import build_model
 
 
@@ -344,7 +345,7 @@ def predict_volume(
 
 def read_drr(path: str | Path, case: str | None = None) -> tuple[np.ndarray, sitk.Image]:
     """A DRR NIfTI as a float32 2D array [rows, cols] plus its image (2D or 3D with one slice)."""
-    img = read_image(path, case)
+    img = read_image_file(path, case)
     arr = sitk.GetArrayFromImage(img).astype(np.float32)
     if arr.ndim == 3:
         if arr.shape[0] != 1:
@@ -419,7 +420,7 @@ def predict_case(
     else:
         if not inputs.get("ct"):
             raise InputError("volume prediction needs a 'ct' path", case=case, path=model_pt)
-        ct = read_image(inputs["ct"], case)
+        ct = read_image_file(inputs["ct"], case)
         if ct.GetDimension() != 3:
             raise InputError(
                 f"CT must be 3D, got {ct.GetDimension()}D", path=inputs["ct"], case=case

@@ -44,8 +44,9 @@ from tqdm import tqdm
 
 from ctseg.atomic import atomic_path
 from ctseg.augment import DEFAULT_HU_WINDOW, hu_to_float
-from ctseg.cubes import read_image, resample_to_spacing
+from ctseg.cubes import resample_to_spacing
 from ctseg.errors import InputError
+from ctseg.imageio import read_image_file
 from ctseg.losses import DiceCELoss, mean_foreground_dice
 from ctseg.models import build_model, model_kwargs
 from ctseg.predict import (
@@ -240,8 +241,8 @@ def load_val_volumes(
     for c in cases:
         if not c.get(key):
             raise InputError(f"validation case needs {key!r}", case=c.get("case"), path=c.get("ct"))
-        ct = read_image(c["ct"], c.get("case"))
-        lab = read_image(c[key], c.get("case"))
+        ct = read_image_file(c["ct"], c.get("case"))
+        lab = read_image_file(c[key], c.get("case"))
         lab.CopyInformation(ct)
         img = hu_to_float(
             sitk.GetArrayFromImage(

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from ctseg.atomic import atomic_path, write_text
 from ctseg.dicomio import read_dicom_series
 from ctseg.errors import InputError
-from ctseg.labels import VERSE_NAMES
+from ctseg.labels import VERSE_NAMES, apply_label_map
 
 #: Grid comparison tolerances: NIfTI stores geometry as float32, so exact equality is too strict.
 GRID_ATOL_MM = 1e-3
@@ -259,11 +259,7 @@ def map_labels(
     if arr.size and arr.min() < 0:
         raise InputError("label map holds negative ids", path=path, case=case)
     if label_map is not None:
-        lut_size = max(int(arr.max(initial=0)), max(label_map, default=0)) + 1
-        lut = np.zeros(lut_size, np.int64)
-        for src, dst in label_map.items():
-            lut[int(src)] = int(dst)
-        arr = lut[arr]
+        arr = apply_label_map(arr, label_map)
     if arr.size and arr.max() > 255:
         raise InputError(
             f"label id {int(arr.max())} does not fit uint8 (missing label_map?)",

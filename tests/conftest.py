@@ -21,12 +21,16 @@ def repo_dir() -> Path:
 @pytest.fixture(scope="session")
 def real_series_dir() -> Path:
     if not REAL_SERIES.is_dir():
-        pytest.skip(f"shared real CT series not found at {REAL_SERIES} (it is not part of the repository)")
+        pytest.skip(
+            f"shared real CT series not found at {REAL_SERIES} (it is not part of the repository)"
+        )
     return REAL_SERIES
 
 
 @pytest.fixture(scope="session")
 def real_labels_path() -> Path:
     if not REAL_LABELS.is_file():
-        pytest.skip(f"shared real label map not found at {REAL_LABELS} (it is not part of the repository)")
+        pytest.skip(
+            f"shared real label map not found at {REAL_LABELS} (it is not part of the repository)"
+        )
     return REAL_LABELS

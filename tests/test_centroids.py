@@ -11,8 +11,7 @@ import SimpleITK as sitk
 
 from ctseg.centroids import centroids_from_labels, identification_summary, match_centroids
 from ctseg.cli import main as cli_main
-from ctseg.labels import TOTALSEG_V2_TO_VERSE
-from ctseg.metrics import remap_labels
+from ctseg.labels import TOTALSEG_V2_TO_VERSE, apply_label_map
 
 SPACING = (0.8, 1.3, 2.5)  # x, y, z
 ORIGIN = (10.0, -20.0, 30.0)
@@ -122,7 +121,7 @@ def test_missing_and_extra_counted() -> None:
 def test_real_labels_centroids_numpy(real_labels_path, tmp_path) -> None:
     img = sitk.ReadImage(str(real_labels_path))
     arr = sitk.GetArrayFromImage(img)
-    mapped = remap_labels(arr, TOTALSEG_V2_TO_VERSE)
+    mapped = apply_label_map(arr, TOTALSEG_V2_TO_VERSE)
     mimg = sitk.GetImageFromArray(mapped)
     mimg.CopyInformation(img)
     cents = centroids_from_labels(mimg)

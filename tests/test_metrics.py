@@ -11,12 +11,12 @@ from medpy.metric import binary as mb
 
 from ctseg.cli import main as cli_main
 from ctseg.errors import InputError
+from ctseg.labels import apply_label_map
 from ctseg.metrics import (
     array_spacing,
     binary_metrics,
     check_same_grid,
     label_metrics,
-    remap_labels,
     surface_distances,
 )
 
@@ -176,7 +176,7 @@ def test_real_labels_match_medpy(real_crop, perturb: str) -> None:
 
 def test_remap_labels_drops_unmapped() -> None:
     a = np.array([[0, 32, 33, 5]], dtype=np.uint8)
-    assert remap_labels(a, {32: 19, 33: 18}).tolist() == [[0, 19, 18, 0]]
+    assert apply_label_map(a, {32: 19, 33: 18}).tolist() == [[0, 19, 18, 0]]
 
 
 def _write(arr: np.ndarray, path, spacing=(0.7, 1.5, 2.0), origin=(0.0, 0.0, 0.0)) -> None:

@@ -15,8 +15,8 @@ import SimpleITK as sitk
 from ctseg.atomic import write_text
 from ctseg.centroids import centroids_from_labels
 from ctseg.errors import ConfigError
-from ctseg.labels import resolve_label_map
-from ctseg.metrics import read_image, remap_labels
+from ctseg.imageio import read_image_file
+from ctseg.labels import apply_label_map, resolve_label_map
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    img = read_image(args.labels)
+    img = read_image_file(args.labels)
     try:
         mapping = resolve_label_map(args.label_map)
     except KeyError as exc:
         raise ConfigError(str(exc)) from exc
     if mapping is not None:
-        mapped = sitk.GetImageFromArray(remap_labels(sitk.GetArrayFromImage(img), mapping))
+        mapped = sitk.GetImageFromArray(apply_label_map(sitk.GetArrayFromImage(img), mapping))
         mapped.CopyInformation(img)
         img = mapped
     cents = centroids_from_labels(img)

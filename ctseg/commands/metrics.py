@@ -13,14 +13,13 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ctseg.errors import ConfigError
-from ctseg.labels import resolve_label_map
+from ctseg.imageio import read_image_file
+from ctseg.labels import apply_label_map, resolve_label_map
 from ctseg.metrics import (
     METRIC_KEYS,
     array_spacing,
     check_same_grid,
     label_metrics,
-    read_image,
-    remap_labels,
     write_tsv,
 )
 
@@ -35,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pred_img = read_image(args.pred)
-    gt_img = read_image(args.gt)
+    pred_img = read_image_file(args.pred)
+    gt_img = read_image_file(args.gt)
     check_same_grid(pred_img, gt_img, args.pred, args.gt)
     pred = sitk.GetArrayFromImage(pred_img)
     gt = sitk.GetArrayFromImage(gt_img)
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as exc:
         raise ConfigError(str(exc)) from exc
     if mapping is not None:
-        gt = remap_labels(gt, mapping)
+        gt = apply_label_map(gt, mapping)
     rows = label_metrics(pred, gt, array_spacing(gt_img))
     from ctseg.centroids import label_name
 

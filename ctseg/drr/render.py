@@ -25,6 +25,7 @@ from ctseg.drr.geometry import View, VolumeGeometry
 from ctseg.drr.labels import ProjectedLabels, projected_from_paths, summed_mask
 from ctseg.drr.raycast import raycast
 from ctseg.errors import InputError
+from ctseg.imageio import read_image_file
 
 #: metal flag added to label ids when labels and metal are ray-cast in one pass
 METAL_BIT = 1 << 16
@@ -35,17 +36,6 @@ def read_volume(path: str | Path, case: str | None = None) -> sitk.Image:
     from ctseg.volume import read_image
 
     return read_image(Path(path), case=case, progress=False)[0]
-
-
-def read_mask(path: str | Path, case: str | None = None) -> sitk.Image:
-    """Read a label map or mask file (NIfTI, NRRD) as is."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path=path, case=case)
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"cannot read image: {exc}", path=path, case=case) from exc
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
@@ -252,11 +242,11 @@ def run_drr(
         raise InputError(f"expected a 3D CT, got {ct.GetDimension()}D", path=ct_path, case=case)
     labels = metal = None
     if labels_path is not None:
-        labels = read_mask(labels_path, case)
+        labels = read_image_file(labels_path, case)
         if not _same_grid(ct, labels):
             raise InputError("label map is not on the CT grid", path=labels_path, case=case)
     if metal_path is not None:
-        metal = read_mask(metal_path, case)
+        metal = read_image_file(metal_path, case)
         if not _same_grid(ct, metal):
             raise InputError("metal mask is not on the CT grid", path=metal_path, case=case)
     v = View.from_dict(view)
