@@ -12,6 +12,13 @@ Design choices (and why):
 * A checkpoint (model, optimizer, scheduler, torch/numpy/python/generator RNG states, epoch,
   history) is written atomically after every epoch to ``checkpoints/last.pt``; a rerun with the
   same experiment resumes from it and, on CPU, ends bit-for-bit where an uninterrupted run ends.
+  It holds only tensors, numbers, strings and containers (RNG states as tensors / JSON), so the
+  resume loads it with ``torch.load(weights_only=True)``: no arbitrary unpickling.
+* Several GPUs (``torch.cuda.device_count() > 1``, i.e. CUDA_VISIBLE_DEVICES / SLURM's
+  allocation) train data-parallel: one spawned process per GPU, DistributedDataParallel, each
+  rank a disjoint shard of every planned batch and a loss over the whole batch
+  (:mod:`ctseg.distributed`), so a step equals the single-process step; only rank 0 writes
+  checkpoints, history and ``model.pt``.
 * 2D models on 3D cubes train on axial slices drawn from the cube (seed 001 compared 2D vs 3D
   on the same cube); ``pos_slice_prob`` of the slices are drawn among slices containing
   foreground (seed 002's positive-slice sampling against the metal class imbalance).
@@ -40,11 +47,23 @@ import h5py
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ctseg.atomic import atomic_path
 from ctseg.augment import DEFAULT_HU_WINDOW, hu_to_float
 from ctseg.cubes import resample_to_spacing
+from ctseg.distributed import (
+    GlobalBatchDiceCELoss,
+    all_reduce_sum,
+    die_with_parent,
+    free_port,
+    resolve_backend,
+    resolve_world_size,
+    shard_plan,
+    spawn_ranks,
+)
 from ctseg.errors import InputError
 from ctseg.imageio import read_image_file
 from ctseg.losses import DiceCELoss, mean_foreground_dice
@@ -309,20 +328,49 @@ def make_optimizer(experiment: dict, params, total_steps: int):
     return opt, sched
 
 
-def rng_states(gen: torch.Generator) -> dict:
-    return {
+def rng_states(gen: torch.Generator, device: torch.device | None = None) -> dict:
+    """Every RNG state a run draws from, as tensors and JSON strings only, so the checkpoint
+    loads with ``torch.load(weights_only=True)`` (no unpickling of arbitrary objects): python's
+    ``random`` state (version, 625 ints, gauss_next) and numpy's legacy MT19937 state are JSON,
+    torch's CPU/CUDA and the plan generator's states are byte tensors."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    out = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy_json": json.dumps([name, keys.tolist(), int(pos), int(has_gauss), float(cached)]),
+        "python_json": json.dumps([version, list(internal), gauss_next]),
         "generator": gen.get_state(),
     }
+    if device is not None and device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
 
 
-def restore_rng_states(states: dict, gen: torch.Generator) -> None:
+def restore_rng_states(
+    states: dict, gen: torch.Generator, device: torch.device | None = None
+) -> None:
+    """Inverse of :func:`rng_states`."""
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = json.loads(states["numpy_json"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = json.loads(states["python_json"])
+    random.setstate((version, tuple(internal), gauss_next))
     gen.set_state(states["generator"])
+    if device is not None and device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at ``path`` loaded with ``weights_only=True``; None when absent or not
+    loadable that way (e.g. written by an older ctseg with pickled RNG states): training then
+    starts afresh rather than unpickling arbitrary objects."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means a fresh start
+        tqdm.write(f"ignoring checkpoint {path} (not loadable with weights_only=True: {exc})")
+        return None
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -363,11 +411,10 @@ def plot_history(path: Path, history: list[dict], title: str) -> None:
 
 
 @torch.no_grad()
-def validate(model, val, patch, n_classes, loss_fn, device, dim: int) -> tuple[float, float]:
-    """Mean validation loss and mean foreground Dice over whole validation volumes/images."""
-    if not val:
-        return float("nan"), float("nan")
-    losses, dices = [], []
+def validate_sums(model, val, patch, n_classes, loss_fn, device, dim: int) -> list[float]:
+    """[loss sum, foreground Dice sum, number of cases] over whole validation volumes/images
+    (sums, so that ranks validating disjoint shares of the cases can be all-reduced)."""
+    loss_sum, dice_sum = 0.0, 0.0
     for _case, img, cls in val:
         if dim == 2 and img.ndim == 3:
             logits = np.stack(
@@ -380,10 +427,16 @@ def validate(model, val, patch, n_classes, loss_fn, device, dim: int) -> tuple[f
         else:
             logits = sliding_window_logits(model, img, patch, n_classes, device=device)
         lt = torch.from_numpy(logits)[None]
-        losses.append(float(loss_fn(lt, torch.from_numpy(cls)[None].long())))
-        dices.append(mean_foreground_dice(decode_logits(logits), cls, n_classes))
+        loss_sum += float(loss_fn(lt, torch.from_numpy(cls)[None].long()))
+        dice_sum += mean_foreground_dice(decode_logits(logits), cls, n_classes)
     model.train()
-    return float(np.mean(losses)), float(np.mean(dices))
+    return [loss_sum, dice_sum, float(len(val))]
+
+
+def validate(model, val, patch, n_classes, loss_fn, device, dim: int) -> tuple[float, float]:
+    """Mean validation loss and mean foreground Dice over whole validation volumes/images."""
+    loss_sum, dice_sum, n = validate_sums(model, val, patch, n_classes, loss_fn, device, dim)
+    return (loss_sum / n, dice_sum / n) if n else (float("nan"), float("nan"))
 
 
 # --------------------------------------------------------------------------- main entry
@@ -407,13 +460,75 @@ def train_experiment(
     (T1..L5), ``epochs`` (20), ``batch_size`` (2 for 3D, 8 for 2D), ``steps_per_epoch``,
     ``optimizer`` (sgd | adamw), ``lr``, ``momentum``, ``weight_decay``, ``poly_power``,
     ``loss_weights`` ([0.5, 0.5] Dice, CE), ``pos_slice_prob`` (2D on cubes, 0.5), ``threads``,
-    ``val_every`` (1: validate every epoch; the last epoch always), ``preprocess`` (bone_drr), ``tta_flip`` and ``postprocess`` (used by predict).
+    ``val_every`` (1: validate every epoch; the last epoch always), ``preprocess`` (bone_drr), ``tta_flip`` and ``postprocess`` (used by predict),
+    ``world_size`` (data-parallel processes; default ``$CTSEG_WORLD_SIZE``, else the visible GPU
+    count on CUDA, else 1; ``batch_size`` must be divisible by it) and ``dist_backend`` (nccl on
+    CUDA, gloo on CPU; default ``$CTSEG_DIST_BACKEND``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    set_threads(experiment, threads)
     dev = resolve_device(device)
+    if dist.is_available() and dist.is_initialized():  # launched by torchrun or a caller
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if dev.type == "cuda" and world > 1:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        _train(experiment, train_data, val_data, out_dir, seed, dev, threads, rank, world)
+        return
+    world = resolve_world_size(experiment, dev)
+    if world == 1:
+        _train(experiment, train_data, val_data, out_dir, seed, dev, threads, 0, 1)
+        return
+    dim = 2 if model_kwargs(experiment)["model"] == "unet2d" else 3
+    batch = int(experiment.get("batch_size", 8 if dim == 2 else 2))
+    if batch % world:  # equal shards: DDP's gradient average is then the full-batch gradient
+        raise ValueError(f"batch_size {batch} must be divisible by world_size {world}")
+    backend = resolve_backend(experiment, dev)
+    n_threads = set_threads(experiment, threads)
+    if dev.type == "cpu" and not (threads or experiment.get("threads")):
+        n_threads = max(1, n_threads // world)  # ranks share the cores
+    spawn_ranks(
+        _spawned_rank,
+        (
+            world,
+            backend,
+            free_port(),
+            (experiment, train_data, val_data, str(out_dir), seed, dev.type, n_threads),
+        ),
+        world,
+    )
+
+
+def _spawned_rank(rank: int, world: int, backend: str, port: int, job: tuple) -> None:
+    """Entry point of one spawned data-parallel rank (module level: spawn pickles it)."""
+    die_with_parent()
+    experiment, train_data, val_data, out_dir, seed, dev_type, threads = job
+    dev = torch.device("cuda", rank) if dev_type == "cuda" else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        _train(experiment, train_data, val_data, Path(out_dir), seed, dev, threads, rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(
+    experiment: dict,
+    train_data: dict,
+    val_data: dict,
+    out_dir: Path,
+    seed: int,
+    dev: torch.device,
+    threads: int | None,
+    rank: int,
+    world: int,
+) -> None:
+    """The training loop of one process; ``rank``/``world`` > 1: one DDP rank of ``world``."""
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    main = rank == 0
+    set_threads(experiment, threads)
     task = experiment.get("task", "vertebrae")
     class_ids = class_ids_for(experiment)
     n_classes = len(class_ids)
@@ -467,19 +582,31 @@ def train_experiment(
     w_dice, w_ce = experiment.get("loss_weights", [0.5, 0.5])
     loss_fn = DiceCELoss(w_dice, w_ce).to(dev)
     opt, sched = make_optimizer(experiment, model.parameters(), epochs * steps)
-    run_id = experiment_hash(experiment, seed, {"n": source.n, "shape": list(source.shape)})
+    # the world size is not part of the run's identity: the global-batch loss makes a step the
+    # same under any world size, so a checkpoint resumes on a different number of GPUs
+    identity = {k: v for k, v in experiment.items() if k not in ("world_size", "dist_backend")}
+    run_id = experiment_hash(identity, seed, {"n": source.n, "shape": list(source.shape)})
 
     history: list[dict] = []
     start_epoch = 0
-    if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("run_id") == run_id:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            restore_rng_states(ck["rng"], gen)
-            history, start_epoch = ck["history"], int(ck["epoch"])
+    ck = load_checkpoint(ckpt_path)
+    if ck is not None and ck.get("run_id") == run_id:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        restore_rng_states(ck["rng"], gen, dev)
+        history, start_epoch = ck["history"], int(ck["epoch"])
+        if main:
             tqdm.write(f"resuming {out_dir.name} from epoch {start_epoch}")
+    raw = model  # checkpoints and model.pt hold the unwrapped module's state dict
+    if world > 1:
+        if dev.type == "cuda" and mk.get("norm") == "batch":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            raw = model
+        model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        step_loss = GlobalBatchDiceCELoss(w_dice, w_ce, world)
+    else:
+        step_loss = None
 
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
@@ -494,9 +621,12 @@ def train_experiment(
             unit="epoch",
             initial=start_epoch,
             total=epochs,
+            disable=not main,
         ):
             t0 = time.perf_counter()
-            plan = source.plan_epoch(gen, steps, batch, pos_prob)
+            plan = source.plan_epoch(gen, steps, batch, pos_prob)  # identical on every rank
+            if world > 1:
+                plan = shard_plan(plan, rank, world)
             losses, waited = [], 0.0
             steps_bar = tqdm(
                 prefetch(source, plan, dev),
@@ -504,23 +634,31 @@ def train_experiment(
                 desc=f"epoch {epoch + 1}",
                 unit="step",
                 leave=False,
+                disable=not main,
             )
             for x, y, w in steps_bar:
                 waited += w
                 opt.zero_grad(set_to_none=True)
                 with autocast():
                     logits = model(x)
-                loss = loss_fn(logits.float(), y)
-                loss.backward()
+                if step_loss is None:
+                    loss = value = loss_fn(logits.float(), y)
+                else:  # DDP: Dice over the whole batch of all ranks
+                    loss, value = step_loss(logits.float(), y)
+                loss.backward()  # DDP all-reduces (averages) the gradients here
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
                 opt.step()
                 sched.step()
-                losses.append(float(loss.detach()))
+                losses.append(float(value.detach()))
                 steps_bar.set_postfix(loss=f"{losses[-1]:.3f}")
             train_seconds = time.perf_counter() - t0
             val_every = int(experiment.get("val_every", 1))
             if (epoch + 1) % val_every == 0 or epoch + 1 == epochs:
-                val_loss, val_dice = validate(model, val, patch_zyx, n_classes, loss_fn, dev, dim)
+                # each rank validates its share of the cases; the sums are all-reduced
+                sums = validate_sums(raw, val[rank::world], patch_zyx, n_classes, loss_fn, dev, dim)
+                loss_sum, dice_sum, n_val = all_reduce_sum(sums, dev) if world > 1 else sums
+                val_loss = loss_sum / n_val if n_val else float("nan")
+                val_dice = dice_sum / n_val if n_val else float("nan")
             else:  # validation is whole-volume inference: costly on a CPU, so optionally sparse
                 val_loss, val_dice = float("nan"), float("nan")
             history.append(
@@ -534,15 +672,17 @@ def train_experiment(
                     "data_wait_fraction": waited / max(train_seconds, 1e-9),
                 }
             )
+            if not main:
+                continue  # only rank 0 writes the log, checkpoint and history
             tqdm.write(
                 f"epoch {epoch + 1}/{epochs} loss {history[-1]['train_loss']:.4f} val_loss {val_loss:.4f} val_dice {val_dice:.4f}"
             )
             ck = {
                 "run_id": run_id,
-                "model": model.state_dict(),
+                "model": raw.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
-                "rng": rng_states(gen),
+                "rng": rng_states(gen, dev),
                 "epoch": epoch + 1,
                 "history": history,
             }
@@ -551,6 +691,8 @@ def train_experiment(
             write_history(out_dir / "history.tsv", history)
     finally:
         source.close()
+    if not main:
+        return
 
     meta = {
         "task": task,
@@ -569,7 +711,7 @@ def train_experiment(
     }
     write_history(out_dir / "history.tsv", history)
     plot_history(out_dir / "loss.png", history, out_dir.name)
-    save_model_pt(out_dir / "model.pt", model, experiment, meta)
+    save_model_pt(out_dir / "model.pt", raw, experiment, meta)
 
 
 def save_model_pt(path: Path, model: torch.nn.Module, experiment: dict, meta: dict) -> None:

@@ -209,10 +209,14 @@ train_experiment(exp, {"cube": cube}, {"cases": [case]}, out, seed=5, device="cp
 """
 
 
-def _run(args, **kw):
+def _run(args, script: Path | None = None, **kw):
+    """Run DRIVER with ``python -c``, or as the unguarded script file ``script`` (how Snakemake's
+    ``script:`` rules run scripts/train.py)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if script is not None:
+        script.write_text(DRIVER)
     return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, *args],
+        [sys.executable, *(["-c", DRIVER] if script is None else [str(script)]), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -242,7 +246,7 @@ def test_kill9_then_rerun_resumes_and_matches_uninterrupted_run(tiny, tmp_path, 
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "model.pt").exists()
-    epoch_at_kill = torch.load(ckpt, weights_only=False)["epoch"]
+    epoch_at_kill = torch.load(ckpt, weights_only=True)["epoch"]
     assert 1 <= epoch_at_kill < 6
     # the rerun resumes from the checkpoint and finishes
     capsys.readouterr()
@@ -252,11 +256,11 @@ def test_kill9_then_rerun_resumes_and_matches_uninterrupted_run(tiny, tmp_path, 
     assert "epoch 1/6 loss" not in log  # epoch 1 was not trained again
     assert "epoch 6/6 loss" in log
     assert (out / "model.pt").is_file()
-    final = torch.load(ckpt, weights_only=False)
+    final = torch.load(ckpt, weights_only=True)
     assert final["epoch"] == 6
     # uninterrupted reference run
     train_experiment(exp, train_data, val_data, tmp_path / "ref", seed=5, device="cpu")
-    ref_ck = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=False)
+    ref_ck = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)
     # optimizer state continued: SGD momentum buffers match the uninterrupted run
     for a, b in zip(
         final["optimizer"]["state"].values(), ref_ck["optimizer"]["state"].values(), strict=True
@@ -329,3 +333,192 @@ def test_bone_drr_training_and_stacked_prediction(tmp_path):
         and t.GetOrigin() == pred.GetOrigin()
         and t.GetSpacing() == pred.GetSpacing()
     )
+
+
+def test_checkpoint_rng_states_round_trip_with_weights_only(tmp_path):
+    """RNG states survive torch.save -> torch.load(weights_only=True) and continue the streams."""
+    import random
+
+    from ctseg.train import restore_rng_states, rng_states
+
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    np.random.normal()  # a cached gaussian in numpy's state
+    random.gauss(0, 1)  # and in python's
+    gen = torch.Generator().manual_seed(4)
+    torch.save({"rng": rng_states(gen)}, tmp_path / "r.pt")
+    expected = (
+        torch.rand(3),
+        np.random.normal(size=3),
+        [random.random(), random.gauss(0, 1)],
+        torch.rand(3, generator=gen),
+    )
+    torch.manual_seed(0), np.random.seed(0), random.seed(0), gen.manual_seed(0)
+    restore_rng_states(torch.load(tmp_path / "r.pt", weights_only=True)["rng"], gen)
+    got = (
+        torch.rand(3),
+        np.random.normal(size=3),
+        [random.random(), random.gauss(0, 1)],
+        torch.rand(3, generator=gen),
+    )
+    torch.testing.assert_close(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+    torch.testing.assert_close(got[3], expected[3])
+
+
+def test_shard_plan_is_disjoint_and_covers_each_batch():
+    from ctseg.distributed import shard_plan
+
+    plan = [[(0, -1), (1, -1), (2, -1), (3, -1)], [(4, 5), (6, 7), (8, 9), (1, 2)]]
+    shards = [shard_plan(plan, r, 2) for r in range(2)]
+    assert shards[0] == [[(0, -1), (1, -1)], [(4, 5), (6, 7)]]
+    assert shards[1] == [[(2, -1), (3, -1)], [(8, 9), (1, 2)]]
+    with pytest.raises(ValueError, match="divisible"):
+        shard_plan(plan, 0, 3)
+
+
+def test_global_batch_loss_equals_dice_ce_on_one_rank():
+    """World size 1: GlobalBatchDiceCELoss has DiceCELoss's value and gradient."""
+    from ctseg.distributed import GlobalBatchDiceCELoss
+    from ctseg.losses import DiceCELoss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 6, 5, 3, generator=g, requires_grad=True)
+    target = torch.randint(4, (2, 6, 5, 3), generator=g)
+    ref = DiceCELoss(0.5, 0.5)(logits, target)
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    bwd, value = GlobalBatchDiceCELoss(0.5, 0.5, 1)(logits, target)
+    (grad,) = torch.autograd.grad(bwd, logits)
+    torch.testing.assert_close(value, ref.detach())
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_ddp_two_gloo_ranks_match_single_process_training(tiny, tmp_path, capsys):
+    """world_size=2 on CPU runs the real torch.distributed path (2 spawned processes, gloo,
+    DistributedDataParallel, sharded batches, all-reduced Dice sums) and must end where a
+    single-process run with the same batch ends; its checkpoint then resumes single-process."""
+    exp = {
+        **EXP,
+        "base_width": 4,
+        "batch_size": 2,
+        "epochs": 2,
+        "steps_per_epoch": 2,
+        "optimizer": "sgd",
+        "val_every": 2,
+    }
+    train_data, val_data = {"cube": str(tiny["cube"])}, {"cases": [tiny["case"]]}
+    t0 = time.perf_counter()
+    train_experiment(exp, train_data, val_data, tmp_path / "single", seed=7, device="cpu")
+    t1 = time.perf_counter()
+    ddp_out = tmp_path / "ddp"
+    train_experiment({**exp, "world_size": 2}, train_data, val_data, ddp_out, seed=7, device="cpu")
+    t2 = time.perf_counter()
+    print(f"single {t1 - t0:.1f} s, ddp x2 {t2 - t1:.1f} s")
+    ref = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=True)
+    got = torch.load(ddp_out / "checkpoints" / "last.pt", weights_only=True)
+    assert got["epoch"] == ref["epoch"] == 2
+    # same number of optimizer steps (SGD state and scheduler count) as the single run
+    assert got["scheduler"]["last_epoch"] == ref["scheduler"]["last_epoch"] == 4
+    assert set(got["model"]) == set(ref["model"])  # unwrapped names, no "module." prefix
+    for k, v in ref["model"].items():
+        torch.testing.assert_close(got["model"][k], v, rtol=1e-5, atol=1e-7)
+    for a, b in zip(
+        got["optimizer"]["state"].values(), ref["optimizer"]["state"].values(), strict=True
+    ):
+        torch.testing.assert_close(a["momentum_buffer"], b["momentum_buffer"], rtol=1e-5, atol=1e-7)
+    rows = (ddp_out / "history.tsv").read_text().splitlines()
+    assert len(rows) == 3
+    np.testing.assert_allclose(
+        [[h["train_loss"], h["lr"]] for h in got["history"]],
+        [[h["train_loss"], h["lr"]] for h in ref["history"]],
+        rtol=1e-5,
+    )
+    assert got["history"][-1]["val_dice"] == pytest.approx(ref["history"][-1]["val_dice"], 1e-5)
+    model, meta = load_model(ddp_out / "model.pt")
+    blob = torch.load(ddp_out / "model.pt", weights_only=True)
+    assert json.loads(blob["experiment_json"])["world_size"] == 2
+    for k, v in ref["model"].items():
+        torch.testing.assert_close(blob["state_dict"][k], v, rtol=1e-5, atol=1e-7)
+    # the world size is not part of the run identity: a single-process rerun resumes the DDP run
+    capsys.readouterr()
+    train_experiment(exp, train_data, val_data, ddp_out, seed=7, device="cpu")
+    log = capsys.readouterr().out
+    assert "resuming ddp from epoch 2" in log and "epoch 1/2 loss" not in log
+
+
+def test_ddp_kill9_takes_the_ranks_down_and_resumes_exactly(tiny, tmp_path, capsys):
+    """kill -9 of a 2-rank gloo job's launcher also ends its ranks (nothing writes on), and a
+    2-rank rerun resumes from the weights_only checkpoint and ends where an uninterrupted
+    single-process run ends."""
+    exp = {
+        **EXP,
+        "base_width": 4,
+        "batch_size": 2,
+        "epochs": 5,
+        "steps_per_epoch": 2,
+        "optimizer": "sgd",
+        "val_every": 5,
+        "world_size": 2,
+    }
+    out = tmp_path / "killed"
+    ckpt = out / "checkpoints" / "last.pt"
+    # an unguarded script as __main__: spawned ranks must not re-run it
+    args = [json.dumps(exp), str(tiny["cube"]), json.dumps(tiny["case"]), str(out)]
+    proc = _run(args, script=tmp_path / "driver.py")
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    output = proc.communicate()[0]
+    assert proc.returncode == -signal.SIGKILL, output
+    epoch_at_kill = torch.load(ckpt, weights_only=True)["epoch"]
+    time.sleep(2.0)  # orphaned ranks would finish the remaining epochs in well under that
+    assert torch.load(ckpt, weights_only=True)["epoch"] == epoch_at_kill < 5
+    assert not (out / "model.pt").exists()
+    train_data, val_data = {"cube": str(tiny["cube"])}, {"cases": [tiny["case"]]}
+    capsys.readouterr()
+    train_experiment(exp, train_data, val_data, out, seed=5, device="cpu")
+    assert (out / "model.pt").is_file()
+    single = {k: v for k, v in exp.items() if k != "world_size"}
+    train_experiment(single, train_data, val_data, tmp_path / "ref", seed=5, device="cpu")
+    got = torch.load(ckpt, weights_only=True)
+    ref = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)
+    assert [h["epoch"] for h in got["history"]] == [1, 2, 3, 4, 5]
+    for k, v in ref["model"].items():
+        torch.testing.assert_close(got["model"][k], v, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in got["history"]],
+        [h["train_loss"] for h in ref["history"]],
+        rtol=1e-5,
+    )
+
+
+def test_legacy_pickled_checkpoint_is_ignored_not_unpickled(tmp_path):
+    """A checkpoint that needs full unpickling (older ctseg: numpy/python RNG tuples) is not
+    loaded: training starts afresh instead of executing arbitrary pickled code."""
+    import random
+
+    from ctseg.train import load_checkpoint
+
+    path = tmp_path / "last.pt"
+    torch.save({"epoch": 3, "rng": {"numpy": np.random.get_state(), "py": random.getstate()}}, path)
+    assert load_checkpoint(path) is None
+    torch.save({"epoch": 3, "rng": {"torch": torch.get_rng_state()}}, path)
+    assert load_checkpoint(path)["epoch"] == 3
+    assert load_checkpoint(tmp_path / "absent.pt") is None
+
+
+def test_world_size_must_divide_the_batch(tiny, tmp_path, monkeypatch):
+    """Unequal shards would weight samples unequally under DDP's gradient average: rejected
+    before any process is spawned; $CTSEG_WORLD_SIZE is the injectable default."""
+    data = ({"cube": str(tiny["cube"])}, {"cases": []})
+    with pytest.raises(ValueError, match="divisible by world_size 3"):
+        train_experiment(
+            {**EXP, "batch_size": 2, "world_size": 3}, *data, tmp_path, seed=0, device="cpu"
+        )
+    monkeypatch.setenv("CTSEG_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="divisible by world_size 2"):
+        train_experiment({**EXP, "batch_size": 3}, *data, tmp_path, seed=0, device="cpu")
+    assert not (tmp_path / "checkpoints").exists()
