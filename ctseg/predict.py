@@ -321,12 +321,16 @@ def predict_volume(
     image = hu_to_float(sitk.GetArrayFromImage(ct_r), meta["hu_window"])
     patch = tuple(reversed(meta["patch"]))  # [z, y, x]
     if meta["dim"] == 2:
-        pred = np.zeros(image.shape, dtype=np.int64)
-        for z in range(image.shape[0]):
+        axis = int(meta.get("slice_axis", 0))  # [z, y, x] axis the model's slices cut along
+        stack = np.moveaxis(image, axis, 0)
+        patch2d = tuple(p for k, p in enumerate(patch) if k != axis)
+        pred = np.zeros(stack.shape, dtype=np.int64)
+        for k in range(stack.shape[0]):
             logits = sliding_window_logits(
-                model, image[z], patch[1:], meta["n_classes"], device=device, tta_flip=tta
+                model, stack[k], patch2d, meta["n_classes"], device=device, tta_flip=tta
             )
-            pred[z] = decode_logits(logits)
+            pred[k] = decode_logits(logits)
+        pred = np.moveaxis(pred, 0, axis)
     else:
         logits = sliding_window_logits(
             model, image, patch, meta["n_classes"], device=device, tta_flip=tta

@@ -117,21 +117,40 @@ def ids_to_classes(label: np.ndarray, class_ids: list[int]) -> np.ndarray:
 # --------------------------------------------------------------------------- data
 
 
-class CubeSource:
-    """Samples of an augmentation cube, as 3D volumes or as 2D axial slices."""
+#: 2D models slice volumes [z, y, x] along one of these axes. Sagittal slices hold the whole
+#: spine, so a 2D network sees the vertebra order it needs to tell the levels apart; axial
+#: slices (the default) suit structures recognisable in-plane, such as metal.
+SLICE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 
-    def __init__(self, cube: str | Path, class_ids: list[int], dim: int):
+
+def slice_axis(experiment: dict) -> int:
+    """Array axis ([z, y, x]) a 2D experiment slices along (``slice_axis``, default axial)."""
+    name = experiment.get("slice_axis", "axial")
+    if name not in SLICE_AXES:
+        raise ValueError(f"slice_axis must be one of {', '.join(SLICE_AXES)}, not {name!r}")
+    return SLICE_AXES[name]
+
+
+def slice_patch(patch_zyx: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """The 2D patch of a 3D patch seen along ``axis``."""
+    return tuple(p for k, p in enumerate(patch_zyx) if k != axis)
+
+
+class CubeSource:
+    """Samples of an augmentation cube, as 3D volumes or as 2D slices along one axis."""
+
+    def __init__(self, cube: str | Path, class_ids: list[int], dim: int, axis: int = 0):
         self.path = Path(cube)
         if not self.path.is_file():
             raise InputError("cube not found", path=self.path)
-        self.class_ids, self.dim = class_ids, dim
+        self.class_ids, self.dim, self.axis = class_ids, dim, axis
         with h5py.File(self.path, "r") as h5:
             self.provenance = json.loads(h5.attrs["provenance"])
             self.n, *self.shape = h5["image"].shape
             self.pos_slices = []
             if dim == 2:
                 for i in range(self.n):
-                    lab = h5["label"][i]
+                    lab = np.moveaxis(h5["label"][i], axis, 0)
                     self.pos_slices.append(np.flatnonzero(lab.reshape(lab.shape[0], -1).max(1) > 0))
         self._h5: h5py.File | None = None
 
@@ -148,7 +167,7 @@ class CubeSource:
                     if len(pos) and torch.rand((), generator=gen).item() < pos_prob:
                         z = int(pos[torch.randint(len(pos), (), generator=gen).item()])
                     else:
-                        z = int(torch.randint(self.shape[0], (), generator=gen).item())
+                        z = int(torch.randint(self.shape[self.axis], (), generator=gen).item())
                 picks.append((i, z))
         picks = picks[: steps * batch]
         return [picks[k : k + batch] for k in range(0, len(picks), batch)]
@@ -160,7 +179,7 @@ class CubeSource:
         for i, z in batch:
             img, lab = self._h5["image"][i], self._h5["label"][i]
             if z >= 0:
-                img, lab = img[z], lab[z]
+                img, lab = np.take(img, z, axis=self.axis), np.take(lab, z, axis=self.axis)
             imgs.append(img)
             labs.append(ids_to_classes(lab, self.class_ids))
         return torch.from_numpy(np.stack(imgs)[:, None]), torch.from_numpy(np.stack(labs))
@@ -411,7 +430,9 @@ def plot_history(path: Path, history: list[dict], title: str) -> None:
 
 
 @torch.no_grad()
-def validate_sums(model, val, patch, n_classes, loss_fn, device, dim: int) -> list[float]:
+def validate_sums(
+    model, val, patch, n_classes, loss_fn, device, dim: int, axis: int = 0
+) -> list[float]:
     """[loss sum, foreground Dice sum, number of cases] over whole validation volumes/images
     (sums, so that ranks validating disjoint shares of the cases can be all-reduced)."""
     loss_sum, dice_sum = 0.0, 0.0
@@ -419,10 +440,16 @@ def validate_sums(model, val, patch, n_classes, loss_fn, device, dim: int) -> li
         if dim == 2 and img.ndim == 3:
             logits = np.stack(
                 [
-                    sliding_window_logits(model, img[z], patch[-2:], n_classes, device=device)
-                    for z in range(img.shape[0])
+                    sliding_window_logits(
+                        model,
+                        np.take(img, k, axis=axis),
+                        slice_patch(patch, axis),
+                        n_classes,
+                        device=device,
+                    )
+                    for k in range(img.shape[axis])
                 ],
-                axis=1,
+                axis=1 + axis,
             )
         else:
             logits = sliding_window_logits(model, img, patch, n_classes, device=device)
@@ -558,7 +585,7 @@ def _train(
         patch_zyx = tuple(source.shape)
         patch_xyz = list(reversed(source.shape))
     else:
-        source = CubeSource(train_data["cube"], class_ids, dim)
+        source = CubeSource(train_data["cube"], class_ids, dim, axis=slice_axis(experiment))
         prov = source.provenance
         if prov.get("task", task) != task:
             raise InputError(
@@ -568,7 +595,8 @@ def _train(
         spacing, hu_window = prov["spacing_mm"], prov.get("hu_window", list(DEFAULT_HU_WINDOW))
         patch_zyx = tuple(source.shape)
         patch_xyz = list(reversed(source.shape))
-        if any(p % model.divisor for p in (patch_zyx[-2:] if dim == 2 else patch_zyx)):
+        checked = slice_patch(patch_zyx, source.axis) if dim == 2 else patch_zyx
+        if any(p % model.divisor for p in checked):
             raise ValueError(
                 f"cube patch {patch_xyz} must be divisible by {model.divisor} for depth {mk['depth']}"
             )
@@ -655,7 +683,16 @@ def _train(
             val_every = int(experiment.get("val_every", 1))
             if (epoch + 1) % val_every == 0 or epoch + 1 == epochs:
                 # each rank validates its share of the cases; the sums are all-reduced
-                sums = validate_sums(raw, val[rank::world], patch_zyx, n_classes, loss_fn, dev, dim)
+                sums = validate_sums(
+                    raw,
+                    val[rank::world],
+                    patch_zyx,
+                    n_classes,
+                    loss_fn,
+                    dev,
+                    dim,
+                    slice_axis(experiment),
+                )
                 loss_sum, dice_sum, n_val = all_reduce_sum(sums, dev) if world > 1 else sums
                 val_loss = loss_sum / n_val if n_val else float("nan")
                 val_dice = dice_sum / n_val if n_val else float("nan")
@@ -697,6 +734,7 @@ def _train(
     meta = {
         "task": task,
         "dim": dim,
+        "slice_axis": slice_axis(experiment),
         "n_classes": n_classes,
         "class_ids": class_ids,
         "spacing_mm": spacing,

@@ -522,3 +522,42 @@ def test_world_size_must_divide_the_batch(tiny, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="divisible by world_size 2"):
         train_experiment({**EXP, "batch_size": 3}, *data, tmp_path, seed=0, device="cpu")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sagittal_slices_of_the_cube(tiny):
+    """slice_axis picks which [z, y, x] axis a 2D model cuts the cube along."""
+    import h5py
+
+    from ctseg.train import SLICE_AXES, slice_axis
+
+    assert slice_axis({"slice_axis": "sagittal"}) == SLICE_AXES["sagittal"] == 2
+    with pytest.raises(ValueError):
+        slice_axis({"slice_axis": "oblique"})
+    src = CubeSource(tiny["cube"], [0, 8, 9, 10], dim=2, axis=2)
+    with h5py.File(tiny["cube"], "r") as h5:
+        img, lab = h5["image"][0], h5["label"][0]
+    x, y = src.load([(0, 5), (0, 8)])
+    assert x.shape == (2, 1, 32, 16)  # [z, y] planes of a (32, 16, 16) cube
+    assert np.array_equal(x[0, 0].numpy(), img[:, :, 5])
+    assert np.array_equal(y[1].numpy(), ids_to_classes(lab[:, :, 8], [0, 8, 9, 10]))
+    gen = torch.Generator().manual_seed(0)
+    plan = src.plan_epoch(gen, steps=5, batch=2, pos_prob=1.0)
+    # positive slices along x are those crossing the boxes (x in 4..11)
+    assert all(4 <= k < 12 for batch in plan for _, k in batch)
+    src.close()
+
+
+def test_sagittal_2d_vertebra_model_predicts_on_the_ct_grid(tiny, tmp_path):
+    exp = {**EXP, "model": "unet2d", "slice_axis": "sagittal", "epochs": 2, "steps_per_epoch": 2}
+    exp["batch_size"] = 2
+    out = tmp_path / "sag"
+    train_experiment(
+        exp, {"cube": str(tiny["cube"])}, {"cases": [tiny["case"]]}, out, seed=0, device="cpu"
+    )
+    _model, meta = load_model(out / "model.pt")
+    assert meta["dim"] == 2 and meta["slice_axis"] == 2
+    pred_path = tmp_path / "sag.nii.gz"
+    predict_case(out / "model.pt", {"ct": tiny["case"]["ct"]}, pred_path, device="cpu")
+    pred, ct = sitk.ReadImage(str(pred_path)), sitk.ReadImage(tiny["case"]["ct"])
+    assert pred.GetSize() == ct.GetSize() and pred.GetSpacing() == ct.GetSpacing()
+    assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= {0, 8, 9, 10}
