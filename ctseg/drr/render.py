@@ -26,6 +26,7 @@ from ctseg.drr.labels import ProjectedLabels, projected_from_paths, summed_mask
 from ctseg.drr.raycast import raycast
 from ctseg.errors import InputError
 from ctseg.imageio import read_image_file
+from ctseg.volume import same_grid
 
 #: metal flag added to label ids when labels and metal are ray-cast in one pass
 METAL_BIT = 1 << 16
@@ -36,15 +37,6 @@ def read_volume(path: str | Path, case: str | None = None) -> sitk.Image:
     from ctseg.volume import read_image
 
     return read_image(Path(path), case=case, progress=False)[0]
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
-    )
 
 
 def intensity(
@@ -243,12 +235,18 @@ def run_drr(
     labels = metal = None
     if labels_path is not None:
         labels = read_image_file(labels_path, case)
-        if not _same_grid(ct, labels):
-            raise InputError("label map is not on the CT grid", path=labels_path, case=case)
+        on_grid, why = same_grid(ct, labels)
+        if not on_grid:
+            raise InputError(
+                f"label map is not on the CT grid ({why})", path=labels_path, case=case
+            )
     if metal_path is not None:
         metal = read_image_file(metal_path, case)
-        if not _same_grid(ct, metal):
-            raise InputError("metal mask is not on the CT grid", path=metal_path, case=case)
+        on_grid, why = same_grid(ct, metal)
+        if not on_grid:
+            raise InputError(
+                f"metal mask is not on the CT grid ({why})", path=metal_path, case=case
+            )
     v = View.from_dict(view)
     try:
         li, proj, metal2d = render_view(
