@@ -9,6 +9,9 @@ volumentations-3D's own pipeline needs its workarounds to run at all: ``RandomSc
 ``[H, W, D, 1]`` array and a pad + centre-crop back to the input shape, and its ``Blur`` (which
 raises NameError) is replaced by ctseg's ``GaussianBlur``.
 
+A last line times ``ctseg.cubes.build_cube`` end to end on the same pair written as NIfTI (read,
+crop, augment, gzip-compressed chunked HDF5 write), for the rate a ``cube`` job actually gets.
+
 Usage: ``python benchmarks/bench_cubes.py [--n 6] [--shape 112 64 64]``
 """
 
@@ -16,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from ctseg.augment import GaussianBlur, augment_pair, build_augmentation
+from ctseg.cubes import build_cube
 
 
 def phantom_pair(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +146,29 @@ def main() -> None:
     base = rates["ctseg (fused affine)"]
     for name, r in rates.items():
         print(f"{name:28s} {r:7.2f} samples/s   ctseg / this = {base / r:5.2f}x")
+    print(f"ctseg build_cube end to end  {cube_rate(img, lab, args.n):7.2f} samples/s")
+
+
+def cube_rate(img: np.ndarray, lab: np.ndarray, n: int) -> float:
+    """Samples/s of a whole ``build_cube`` (NIfTI read, crops, augmentation, HDF5 gzip)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ct = sitk.GetImageFromArray((img * 3000 - 1000).astype(np.float32))
+        ct_path, lab_path = Path(tmp, "ct.nii.gz"), Path(tmp, "labels.nii.gz")
+        sitk.WriteImage(ct, str(ct_path))
+        lab_img = sitk.GetImageFromArray(lab)
+        lab_img.CopyInformation(ct)
+        sitk.WriteImage(lab_img, str(lab_path))
+        item = {"case": "bench", "ct": str(ct_path), "labels": str(lab_path)}
+        recipe = {
+            "task": "vertebrae",
+            "spacing_mm": [1.0, 1.0, 1.0],
+            "patch": list(reversed(img.shape)),
+            "copies": n - 1,
+            "augment": {"p_affine": 1, "p_flip": 1, "p_blur": 1, "p_noise": 1},
+        }
+        t = time.perf_counter()
+        build_cube([item], Path(tmp, "cube.h5"), recipe, seed=0)
+        return n / (time.perf_counter() - t)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from ctseg.cubes import build_cube
 from ctseg.runlog import job
 
+sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, snakemake.threads))
 with job(snakemake.log[0]):
     build_cube(
         list(snakemake.params.cases),

@@ -120,3 +120,29 @@ def test_short_config_forms():
     assert c["flip_axes"] == [] and "flip" not in c
     assert normalise_augment_config({"flip": True})["flip_axes"] == [2]
     assert normalise_augment_config({"scale": 0.1})["scale"] == pytest.approx([0.9, 1.1])
+
+
+@pytest.mark.parametrize("angles,scale", [((8.0, -5.0, 3.0), 1.07), ((0.0, 20.0, 0.0), 0.9)])
+def test_rotate_scale_matches_scipy_affine_transform_inside_the_volume(angles, scale):
+    """Independent reference: scipy's affine_transform with the same inverse matrix and centre."""
+    rng = np.random.default_rng(3)
+    img = ndimage.gaussian_filter(rng.random((40, 36, 32)), 2).astype(np.float32)
+    m = affine_matrix(angles, scale)
+    centre = (np.asarray(img.shape, float) - 1) / 2
+    ref = ndimage.affine_transform(img, m, offset=centre - m @ centre, order=1, mode="nearest")
+    out = rotate_scale(img, m, order=1)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    inner = (slice(8, -8),) * 3  # away from the border, where the two treat outside differently
+    np.testing.assert_allclose(out[inner], ref[inner], atol=1e-5)
+
+
+def test_float32_noise_has_the_requested_spread_and_dtype():
+    from ctseg.augment import Float32GaussianNoise
+
+    t = Float32GaussianNoise(var_limit=(0.02**2, 0.02**2), always_apply=True)
+    img = np.full((40, 40, 40), 0.5, np.float32)
+    random.seed(0)
+    out = t(True, [["image"], ["mask"]], image=img)["image"]
+    assert out.dtype == np.float32
+    assert abs(float(out.mean()) - 0.5) < 1e-3
+    assert abs(float(out.std()) - 0.02) < 5e-4
