@@ -5,10 +5,14 @@ Design choices (and why):
 * Loss 0.5 soft Dice + 0.5 cross entropy (seed 003); SGD with Nesterov momentum 0.99 and poly
   learning-rate decay ``lr0 * (1 - step / total) ** 0.9`` per step (nnU-Net), or AdamW
   (``optimizer: adamw``), which converges faster on short CPU budgets.
-* Every random choice (batch order, 2D slice choice) is drawn in the main thread from one
-  ``torch.Generator`` seeded from ``seed``; a background thread only *loads* the batches of that
-  plan (prefetch, so the accelerator does not wait on HDF5 reads), so threading never changes
-  the result. The fraction of step time spent waiting for data is logged per epoch.
+* Every random choice (batch order, 2D slice choice) is drawn in the main process from one
+  ``torch.Generator`` seeded from ``seed``; loaders only *read* the batches of that plan, ahead
+  of the step, so how they are loaded never changes the result. ``num_workers: 0`` (the CPU
+  default: workers would take cores from the training itself) loads in one background thread;
+  ``num_workers: N`` loads in N worker processes (a ``torch.utils.data.DataLoader`` over the
+  planned batches, each worker with its own HDF5 handle, pinned memory on CUDA), which keeps a
+  GPU fed when decompression is the bottleneck. The fraction of step time spent waiting for
+  data is logged per epoch (``data_wait_fraction`` in history.tsv).
 * A checkpoint (model, optimizer, scheduler, torch/numpy/python/generator RNG states, epoch,
   history) is written atomically after every epoch to ``checkpoints/last.pt``; a rerun with the
   same experiment resumes from it and, on CPU, ends bit-for-bit where an uninterrupted run ends.
@@ -189,6 +193,10 @@ class CubeSource:
             self._h5.close()
             self._h5 = None
 
+    def __getstate__(self) -> dict:
+        """Picklable for spawned loader workers: an open HDF5 handle is reopened there."""
+        return {**self.__dict__, "_h5": None}
+
 
 class DrrSource:
     """All DRR views of the given cases, pre-processed, padded to the network divisor."""
@@ -226,6 +234,54 @@ class DrrSource:
 
     def close(self) -> None:
         pass
+
+
+class PlannedBatches(torch.utils.data.Dataset):
+    """The batches of one epoch's plan as a map-style dataset: item ``k`` is batch ``k``."""
+
+    def __init__(self, source, plan: list):
+        self.source, self.plan = source, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source.load(self.plan[k])
+
+
+def worker_batches(
+    source, plan: list, device: torch.device, workers: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Yield (image, label, seconds waited) for ``plan``, loaded by ``workers`` processes in
+    plan order (a DataLoader keeps each worker ``prefetch_factor`` batches ahead)."""
+    source.close()  # no open HDF5 handle crosses the fork
+    loader = torch.utils.data.DataLoader(
+        PlannedBatches(source, plan),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2,
+    )
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            return
+        waited = time.perf_counter() - t0
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), waited
+
+
+def load_batches(
+    source, plan: list, device: torch.device, workers: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    """The batches of ``plan`` with the time the step waited for each: worker processes when
+    ``workers`` > 0, else one background thread."""
+    if workers > 0:
+        return worker_batches(source, plan, device, workers)
+    return prefetch(source, plan, device)
 
 
 def prefetch(
@@ -487,7 +543,8 @@ def train_experiment(
     (T1..L5), ``epochs`` (20), ``batch_size`` (2 for 3D, 8 for 2D), ``steps_per_epoch``,
     ``optimizer`` (sgd | adamw), ``lr``, ``momentum``, ``weight_decay``, ``poly_power``,
     ``loss_weights`` ([0.5, 0.5] Dice, CE), ``pos_slice_prob`` (2D on cubes, 0.5), ``threads``,
-    ``val_every`` (1: validate every epoch; the last epoch always), ``preprocess`` (bone_drr), ``tta_flip`` and ``postprocess`` (used by predict),
+    ``val_every`` (1: validate every epoch; the last epoch always), ``num_workers`` (0: load
+    in a background thread; N: in N worker processes), ``preprocess`` (bone_drr), ``tta_flip`` and ``postprocess`` (used by predict),
     ``world_size`` (data-parallel processes; default ``$CTSEG_WORLD_SIZE``, else the visible GPU
     count on CUDA, else 1; ``batch_size`` must be divisible by it) and ``dist_backend`` (nccl on
     CUDA, gloo on CPU; default ``$CTSEG_DIST_BACKEND``).
@@ -607,12 +664,18 @@ def _train(
     default_steps = math.ceil(source.n * (8 if (dim == 2 and task != "bone_drr") else 1) / batch)
     steps = int(experiment.get("steps_per_epoch", default_steps))
     pos_prob = float(experiment.get("pos_slice_prob", 0.5))
+    workers = int(experiment.get("num_workers", 0))
     w_dice, w_ce = experiment.get("loss_weights", [0.5, 0.5])
     loss_fn = DiceCELoss(w_dice, w_ce).to(dev)
     opt, sched = make_optimizer(experiment, model.parameters(), epochs * steps)
     # the world size is not part of the run's identity: the global-batch loss makes a step the
     # same under any world size, so a checkpoint resumes on a different number of GPUs
-    identity = {k: v for k, v in experiment.items() if k not in ("world_size", "dist_backend")}
+    # nor is how batches are loaded (the plan fixes every random choice)
+    identity = {
+        k: v
+        for k, v in experiment.items()
+        if k not in ("world_size", "dist_backend", "num_workers")
+    }
     run_id = experiment_hash(identity, seed, {"n": source.n, "shape": list(source.shape)})
 
     history: list[dict] = []
@@ -657,7 +720,7 @@ def _train(
                 plan = shard_plan(plan, rank, world)
             losses, waited = [], 0.0
             steps_bar = tqdm(
-                prefetch(source, plan, dev),
+                load_batches(source, plan, dev, workers),
                 total=len(plan),
                 desc=f"epoch {epoch + 1}",
                 unit="step",

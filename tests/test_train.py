@@ -561,3 +561,32 @@ def test_sagittal_2d_vertebra_model_predicts_on_the_ct_grid(tiny, tmp_path):
     pred, ct = sitk.ReadImage(str(pred_path)), sitk.ReadImage(tiny["case"]["ct"])
     assert pred.GetSize() == ct.GetSize() and pred.GetSpacing() == ct.GetSpacing()
     assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= {0, 8, 9, 10}
+
+
+def test_worker_process_loading_gives_the_thread_loaders_batches_and_result(tiny, tmp_path):
+    """num_workers > 0 loads the planned batches in worker processes: the same tensors in the
+    same order as the background thread, hence the same trained weights, bit for bit on CPU."""
+    from ctseg.train import load_batches
+
+    src = CubeSource(tiny["metal_cube"], [0, 1], dim=2)
+    plan = src.plan_epoch(torch.Generator().manual_seed(3), steps=6, batch=3, pos_prob=0.5)
+    threaded = list(load_batches(src, plan, torch.device("cpu"), workers=0))
+    forked = list(load_batches(src, plan, torch.device("cpu"), workers=2))
+    assert len(threaded) == len(forked) == 6
+    for (xa, ya, _), (xb, yb, wb) in zip(threaded, forked, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and wb >= 0
+    src.close()
+
+    exp = {**EXP, "base_width": 4, "epochs": 2, "steps_per_epoch": 3, "val_every": 2}
+    train_data, val_data = {"cube": str(tiny["cube"])}, {"cases": [tiny["case"]]}
+    train_experiment(exp, train_data, val_data, tmp_path / "thread", seed=5, device="cpu")
+    train_experiment(
+        {**exp, "num_workers": 2}, train_data, val_data, tmp_path / "workers", seed=5, device="cpu"
+    )
+    ref = torch.load(tmp_path / "thread" / "checkpoints" / "last.pt", weights_only=True)
+    got = torch.load(tmp_path / "workers" / "checkpoints" / "last.pt", weights_only=True)
+    assert got["run_id"] == ref["run_id"]  # loading is not part of the run identity
+    for k, v in ref["model"].items():
+        assert torch.equal(got["model"][k], v), k
+    waits = [h["data_wait_fraction"] for h in got["history"]]
+    assert all(0 <= w <= 1 for w in waits)
