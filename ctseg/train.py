@@ -544,7 +544,8 @@ def train_experiment(
     ``optimizer`` (sgd | adamw), ``lr``, ``momentum``, ``weight_decay``, ``poly_power``,
     ``loss_weights`` ([0.5, 0.5] Dice, CE), ``pos_slice_prob`` (2D on cubes, 0.5), ``threads``,
     ``val_every`` (1: validate every epoch; the last epoch always), ``num_workers`` (0: load
-    in a background thread; N: in N worker processes), ``preprocess`` (bone_drr), ``tta_flip`` and ``postprocess`` (used by predict),
+    in a background thread; N: in N worker processes), ``preprocess`` (bone_drr), ``tta_flip``
+    and ``postprocess`` (used by predict),
     ``world_size`` (data-parallel processes; default ``$CTSEG_WORLD_SIZE``, else the visible GPU
     count on CUDA, else 1; ``batch_size`` must be divisible by it) and ``dist_backend`` (nccl on
     CUDA, gloo on CPU; default ``$CTSEG_DIST_BACKEND``).
