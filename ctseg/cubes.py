@@ -12,8 +12,9 @@ Intensities: HU clipped to ``recipe["hu_window"]`` (default [-1000, 2000]) and s
 File layout: ``image`` float32 [N, D, H, W], ``label`` uint8 [N, D, H, W] (chunked per sample,
 gzip level 1 with byte shuffle: readable by any HDF5 tool, the same size as level 4 on these
 float volumes and 25 % faster to write), ``case_index`` int32 [N], ``copy_index`` int32 [N],
-``seed`` int64 [N]; attribute ``provenance`` (JSON: recipe, config hash, cases, seeds, spacing, patch, hu_window). Samples are
-written one at a time, so memory holds one case, whatever the cohort size.
+``seed`` int64 [N]; attribute ``provenance`` (JSON: recipe, config hash, cases, seeds, spacing,
+patch, hu_window). Samples are written one at a time, so memory holds one case, whatever the
+cohort size.
 """
 
 from __future__ import annotations
