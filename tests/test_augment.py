@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from ctseg.augment import (
     AlignedFlip,
+    Float32GaussianNoise,
     GaussianBlur,
     RotateScale,
     affine_matrix,
@@ -137,8 +138,6 @@ def test_rotate_scale_matches_scipy_affine_transform_inside_the_volume(angles, s
 
 
 def test_float32_noise_has_the_requested_spread_and_dtype():
-    from ctseg.augment import Float32GaussianNoise
-
     t = Float32GaussianNoise(var_limit=(0.02**2, 0.02**2), always_apply=True)
     img = np.full((40, 40, 40), 0.5, np.float32)
     random.seed(0)

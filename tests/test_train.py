@@ -17,7 +17,13 @@ import torch
 
 from ctseg.cubes import build_cube
 from ctseg.predict import load_model, predict_case
-from ctseg.train import CubeSource, class_ids_for, ids_to_classes, train_experiment
+from ctseg.train import (
+    CubeSource,
+    class_ids_for,
+    ids_to_classes,
+    load_batches,
+    train_experiment,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -566,8 +572,6 @@ def test_sagittal_2d_vertebra_model_predicts_on_the_ct_grid(tiny, tmp_path):
 def test_worker_process_loading_gives_the_thread_loaders_batches_and_result(tiny, tmp_path):
     """num_workers > 0 loads the planned batches in worker processes: the same tensors in the
     same order as the background thread, hence the same trained weights, bit for bit on CPU."""
-    from ctseg.train import load_batches
-
     src = CubeSource(tiny["metal_cube"], [0, 1], dim=2)
     plan = src.plan_epoch(torch.Generator().manual_seed(3), steps=6, batch=3, pos_prob=0.5)
     threaded = list(load_batches(src, plan, torch.device("cpu"), workers=0))
