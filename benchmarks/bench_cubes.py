@@ -9,7 +9,7 @@ volumentations-3D's own pipeline needs its workarounds to run at all: ``RandomSc
 ``[H, W, D, 1]`` array and a pad + centre-crop back to the input shape, and its ``Blur`` (which
 raises NameError) is replaced by ctseg's ``GaussianBlur``.
 
-A last line times ``ctseg.cubes.build_cube`` end to end on the same pair written as NIfTI (read,
+A last line times ``ctseg.training.cubes.build_cube`` end to end on the same pair written as NIfTI (read,
 crop, augment, gzip-compressed chunked HDF5 write), for the rate a ``cube`` job actually gets.
 
 Usage: ``python benchmarks/bench_cubes.py [--n 6] [--shape 112 64 64]``
@@ -27,8 +27,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ctseg.augment import GaussianBlur, augment_pair, build_augmentation
-from ctseg.cubes import build_cube
+from ctseg.training.augment import GaussianBlur, augment_pair, build_augmentation
+from ctseg.training.cubes import build_cube
 
 
 def phantom_pair(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:

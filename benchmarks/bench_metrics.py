@@ -1,4 +1,4 @@
-"""Time all per-label metrics of one case: ctseg.metrics.label_metrics vs medpy, same run.
+"""Time all per-label metrics of one case: ctseg.evaluation.metrics.label_metrics vs medpy, same run.
 
 medpy is the reference implementation (its definitions are what ctseg reproduces), so the
 peer is "medpy called per label the usual way": one boolean mask per label on the full grid,
@@ -18,7 +18,7 @@ import time
 import numpy as np
 from medpy.metric import binary as mb
 
-from ctseg.metrics import label_metrics
+from ctseg.evaluation.metrics import label_metrics
 
 KEYS = ("dice", "jaccard", "asd_mm", "assd_mm", "hd95_mm", "precision", "recall")
 

@@ -1,4 +1,4 @@
-"""Benchmark: ``ctseg.volume.read_image`` vs SimpleITK's ImageSeriesReader on the same series.
+"""Benchmark: ``ctseg.ingest.volume.read_image`` vs SimpleITK's ImageSeriesReader on the same series.
 
 Reads the shared real series (20 JPEG 2000 slices, 512x512) and a 300-slice phantom series
 (uncompressed, written to a temp dir) with both readers in the same run, several repeats each,
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ctseg.volume import read_image
+from ctseg.ingest.volume import read_image
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ct_dicom_series"
 
@@ -76,7 +76,7 @@ def main() -> int:
         ratios.append(compare("real (JPEG 2000, 20 slices)", REAL, args.repeats))
     else:
         print(f"skipping real series: {REAL} not found")
-    from ctseg.dicomwrite import write_dicom_series
+    from ctseg.ingest.dicomwrite import write_dicom_series
     from ctseg.phantom import generate
 
     ph = generate(

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from ctseg.errors import CtsegError
+from ctseg.core.errors import CtsegError
 
 #: verb -> (module under ctseg.commands, one-line help)
 VERBS: dict[str, tuple[str, str]] = {

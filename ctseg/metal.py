@@ -19,8 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.atomic import atomic_dir, atomic_path, write_text
-from ctseg.errors import InputError
+from ctseg.core.atomic import atomic_dir, atomic_path, write_text
+from ctseg.core.errors import InputError
 
 BODY_HU = -500.0
 _FULL = np.ones((3, 3, 3), bool)  # 26-connectivity
@@ -169,7 +169,7 @@ def run_metal(
     case: str | None = None,
 ) -> dict:
     """Label metal in one CT (NIfTI, NRRD or DICOM folder) and write mask, JSON, QC PNG(s)."""
-    from ctseg.volume import read_image
+    from ctseg.ingest.volume import read_image
 
     json_out = Path(json_out)
     case = case or json_out.stem

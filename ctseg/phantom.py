@@ -56,9 +56,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
-from ctseg.atomic import atomic_dir
-from ctseg.dicomwrite import write_dicom_series
-from ctseg.labels import VERSE_IDS, VERSE_NAMES, level_range
+from ctseg.core.atomic import atomic_dir
+from ctseg.core.labels import VERSE_IDS, VERSE_NAMES, level_range
+from ctseg.ingest.dicomwrite import write_dicom_series
 
 __all__ = [
     "Phantom",

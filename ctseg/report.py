@@ -2,7 +2,7 @@
 
 Every number in ``summary.md`` is read from this run's TSVs (``stats/summary.tsv``,
 ``metal/summary.tsv`` and each experiment's ``eval/{experiment}/{summary,metrics,centroids}.tsv``
-written by :mod:`ctseg.evaluate`); nothing is typed in by hand. Numbers are printed with 4
+written by :mod:`ctseg.evaluation.evaluate`); nothing is typed in by hand. Numbers are printed with 4
 decimals (counts as integers) and undefined values (NaN, missing file or column) as ``n/a``.
 
 Tables, by seed project:
@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from ctseg.atomic import atomic_path, write_text  # noqa: E402
-from ctseg.errors import InputError  # noqa: E402
+from ctseg.core.atomic import atomic_path, write_text  # noqa: E402
+from ctseg.core.errors import InputError  # noqa: E402
 
 NA = "n/a"
 

@@ -3,6 +3,7 @@
 Everything the rules need to wire files together lives here; rules compute nothing.
 """
 
+import ast
 import os
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-from ctseg.labels import resolve_label_map
+from ctseg.core.labels import resolve_label_map
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -39,7 +40,7 @@ def load_case_sheet(path):
     if not path.is_file():
         raise ValueError(f"case sheet {path} does not exist (config key 'cases')")
     if path.suffix.lower() in LIST_SUFFIXES:
-        from ctseg.volume import read_case_list
+        from ctseg.ingest.volume import read_case_list
 
         sheet = pd.DataFrame(read_case_list(path))
     else:
@@ -93,17 +94,67 @@ def _alternation(names):
 
 
 # ---------------------------------------------------------------- library code as input
-def lib(*modules):
-    """Library modules that a job runs, listed as its inputs so that editing one reruns it."""
-    root = Path(workflow.basedir) / "ctseg"
-    files = []
-    for mod in modules:
-        p = root / mod
-        if p.is_dir():
-            files += sorted(_relative(f) for f in p.rglob("*.py"))
-        elif p.with_suffix(".py").is_file():
-            files.append(_relative(p.with_suffix(".py")))
-    return files
+# The workflow's own folder, taken from this file's path rather than workflow.basedir, so that
+# the paths stay right when the workflow is used as a module of another Snakefile.
+WORKFLOW_ROOT = Path(workflow.current_basedir).parent
+
+
+def _module_file(module):
+    """The source file of a ctseg module name ('ctseg.drr.render'), or None if not ctseg's."""
+    parts = module.split(".")
+    if parts[0] != "ctseg":
+        return None
+    base = WORKFLOW_ROOT.joinpath(*parts)
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _imported_modules(path):
+    """ctseg modules a file imports (absolute, relative and function-level imports alike)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = path.relative_to(WORKFLOW_ROOT).with_suffix("").parts
+    package = here[:-1] if here[-1] != "__init__" else here[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                mod = ".".join(base + ((node.module,) if node.module else ()))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)
+    return {m for m in found if m.split(".")[0] == "ctseg"}
+
+
+def import_closure(script):
+    """Every ctseg source file that a script reaches through its imports, parents included."""
+    todo, seen = [WORKFLOW_ROOT / script], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for mod in _imported_modules(path):
+            parts = mod.split(".")
+            for i in range(1, len(parts) + 1):
+                f = _module_file(".".join(parts[:i]))
+                if f is not None and f not in seen:
+                    todo.append(f)
+    return sorted(p for p in seen if p.relative_to(WORKFLOW_ROOT).parts[0] == "ctseg")
+
+
+def code_of(script):
+    """The library files a rule's script runs, as inputs: editing any of them reruns the rule."""
+    path = WORKFLOW_ROOT / "scripts" / f"{script}.py"
+    if not path.is_file():
+        raise ValueError(f"code_of({script!r}): no script {path}")
+    return [_relative(p) for p in import_closure(path.relative_to(WORKFLOW_ROOT))]
 
 
 # ---------------------------------------------------------------- case accessors

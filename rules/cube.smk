@@ -1,7 +1,7 @@
 rule cube:
     input:
         cube_inputs,
-        code=lib("cubes", "augment"),
+        code=code_of("cube"),
     output:
         "results/cubes/{cube}.h5",
     log:
@@ -25,7 +25,7 @@ rule cube:
 rule check_cube:
     input:
         h5="results/cubes/{cube}.h5",
-        code=lib("cubes"),
+        code=code_of("check_cube"),
     output:
         png=report(
             "results/cubes/{cube}_qc.png",

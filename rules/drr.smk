@@ -3,7 +3,7 @@ rule drr:
         ct="results/volumes/{case}/ct.nii.gz",
         labels="results/volumes/{case}/labels.nii.gz",
         metal="results/metal/{case}.nii.gz",
-        code=lib("drr", "preprocess"),
+        code=code_of("drr"),
     output:
         nii="results/drr/{case}/{view}.nii.gz",
         label="results/drr/{case}/{view}_label.nii.gz",
@@ -35,7 +35,7 @@ rule drr:
 rule drr_stack:
     input:
         labels=lambda wildcards: drr_item(wildcards.case)["drr_labels"],
-        code=lib("drr"),
+        code=code_of("drr_stack"),
     output:
         "results/drr/{case}/labels_stack.nii.gz",
     log:

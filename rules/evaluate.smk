@@ -1,7 +1,7 @@
 rule evaluate:
     input:
         eval_inputs,
-        code=lib("evaluate", "metrics", "centroids"),
+        code=code_of("evaluate"),
     output:
         metrics=report(
             "results/eval/{experiment}/metrics.tsv",
@@ -41,7 +41,7 @@ rule evaluate:
 rule dice_plot:
     input:
         metrics="results/eval/{experiment}/metrics.tsv",
-        code=lib("report"),
+        code=code_of("dice_plot"),
     output:
         report(
             "results/report/{experiment}/dice_box.png",
@@ -64,7 +64,7 @@ rule dice_plot:
 rule centroid_plot:
     input:
         centroids="results/eval/{experiment}/centroids.tsv",
-        code=lib("report"),
+        code=code_of("centroid_plot"),
     output:
         report(
             "results/report/{experiment}/centroid_errors.png",
@@ -87,7 +87,7 @@ rule centroid_plot:
 rule overlay_plot:
     input:
         unpack(overlay_inputs),
-        code=lib("report"),
+        code=code_of("overlay_plot"),
     output:
         report(
             "results/report/{experiment}/overlay.png",
@@ -112,7 +112,7 @@ rule report_tables:
         report_inputs,
         stats="results/stats/summary.tsv",
         metal="results/metal/summary.tsv",
-        code=lib("report"),
+        code=code_of("report_tables"),
     output:
         report(
             "results/report/summary.md",

@@ -1,7 +1,7 @@
 rule fetch:
     input:
         fetch_inputs,
-        code=lib("fetch", "phantom", "dicomwrite"),
+        code=code_of("fetch"),
     output:
         raw=directory("results/raw/{case}"),
         manifest="results/raw/{case}.manifest.json",

@@ -1,7 +1,7 @@
 rule metal:
     input:
         ct="results/volumes/{case}/ct.nii.gz",
-        code=lib("metal"),
+        code=code_of("metal"),
     output:
         mask="results/metal/{case}.nii.gz",
         json="results/metal/{case}.json",
@@ -34,7 +34,7 @@ rule metal:
 rule metal_summary:
     input:
         json=expand("results/metal/{case}.json", case=CASE_IDS),
-        code=lib("metal"),
+        code=code_of("metal_summary"),
     output:
         report(
             "results/metal/summary.tsv",

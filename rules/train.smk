@@ -1,7 +1,7 @@
 rule train:
     input:
         train_inputs,
-        code=lib("train", "training", "models", "losses", "cubes", "preprocess"),
+        code=code_of("train"),
     output:
         model="results/models/{experiment}/model.pt",
         history="results/models/{experiment}/history.tsv",
@@ -37,7 +37,7 @@ rule predict:
     input:
         predict_inputs,
         model="results/models/{experiment}/model.pt",
-        code=lib("predict", "models", "preprocess"),
+        code=code_of("predict"),
     output:
         "results/predictions/{experiment}/{case}.nii.gz",
     log:

@@ -2,7 +2,7 @@ rule to_volume:
     input:
         raw="results/raw/{case}",
         manifest="results/raw/{case}.manifest.json",
-        code=lib("volume", "dicomio"),
+        code=code_of("to_volume"),
     output:
         ct="results/volumes/{case}/ct.nii.gz",
         labels="results/volumes/{case}/labels.nii.gz",
@@ -28,7 +28,7 @@ rule dicom_summary:
     input:
         raw="results/raw/{case}",
         manifest="results/raw/{case}.manifest.json",
-        code=lib("stats", "dicomio"),
+        code=code_of("dicom_summary"),
     output:
         "results/stats/{case}.json",
     log:
@@ -50,7 +50,7 @@ rule dicom_summary:
 rule summary_table:
     input:
         stats=expand("results/stats/{case}.json", case=CASE_IDS),
-        code=lib("stats"),
+        code=code_of("summary_table"),
     output:
         report(
             "results/stats/summary.tsv",

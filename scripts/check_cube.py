@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from ctseg.cubes import check_cube
-from ctseg.runlog import job
+from ctseg.core.runlog import job
+from ctseg.training.cubes import check_cube
 
 with job(snakemake.log[0]):
     check_cube(Path(snakemake.input.h5), Path(snakemake.output.png), Path(snakemake.output.tsv))

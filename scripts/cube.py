@@ -1,11 +1,11 @@
-"""Rule cube: build one augmentation cube (HDF5) via ctseg.cubes."""
+"""Rule cube: build one augmentation cube (HDF5) via ctseg.training.cubes."""
 
 from pathlib import Path
 
 import SimpleITK as sitk
 
-from ctseg.cubes import build_cube
-from ctseg.runlog import job
+from ctseg.core.runlog import job
+from ctseg.training.cubes import build_cube
 
 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, snakemake.threads))
 with job(snakemake.log[0]):

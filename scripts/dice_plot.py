@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from ctseg.core.runlog import job
 from ctseg.report import plot_dice_box
-from ctseg.runlog import job
 
 with job(snakemake.log[0]):
     plot_dice_box(Path(snakemake.input.metrics), Path(snakemake.output[0]))

@@ -1,11 +1,11 @@
-"""Rule dicom_summary: summary statistics of one raw case as JSON via ctseg.stats."""
+"""Rule dicom_summary: summary statistics of one raw case as JSON via ctseg.ingest.stats."""
 
 import json
 from pathlib import Path
 
-from ctseg.atomic import write_text
-from ctseg.runlog import job
-from ctseg.stats import summarize_raw
+from ctseg.core.atomic import write_text
+from ctseg.core.runlog import job
+from ctseg.ingest.stats import summarize_raw
 
 with job(snakemake.log[0], case=snakemake.wildcards.case):
     summary = summarize_raw(

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from ctseg.core.runlog import job
 from ctseg.drr import run_drr
-from ctseg.runlog import job
 
 with job(snakemake.log[0], case=snakemake.wildcards.case):
     run_drr(

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from ctseg.core.runlog import job
 from ctseg.drr import stack_views
-from ctseg.runlog import job
 
 with job(snakemake.log[0], case=snakemake.wildcards.case):
     stack_views([Path(p) for p in snakemake.input.labels], Path(snakemake.output[0]))

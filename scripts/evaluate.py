@@ -1,9 +1,9 @@
-"""Rule evaluate: metrics, centroid errors and summary of one experiment via ctseg.evaluate."""
+"""Rule evaluate: metrics, centroid errors and summary of one experiment via ctseg.evaluation.evaluate."""
 
 from pathlib import Path
 
-from ctseg.evaluate import evaluate_experiment
-from ctseg.runlog import job
+from ctseg.core.runlog import job
+from ctseg.evaluation.evaluate import evaluate_experiment
 
 with job(snakemake.log[0]):
     evaluate_experiment(

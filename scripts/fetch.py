@@ -1,9 +1,9 @@
-"""Rule fetch: plumb the case-sheet row into ctseg.fetch.fetch_case."""
+"""Rule fetch: plumb the case-sheet row into ctseg.ingest.fetch.fetch_case."""
 
 from pathlib import Path
 
-from ctseg.fetch import fetch_case
-from ctseg.runlog import job
+from ctseg.core.runlog import job
+from ctseg.ingest.fetch import fetch_case
 
 with job(snakemake.log[0], case=snakemake.wildcards.case):
     fetch_case(

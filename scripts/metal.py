@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from ctseg.core.runlog import job
 from ctseg.metal import run_metal
-from ctseg.runlog import job
 
 with job(snakemake.log[0], case=snakemake.wildcards.case):
     run_metal(

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from ctseg.core.runlog import job
 from ctseg.report import plot_overlays
-from ctseg.runlog import job
 
 with job(snakemake.log[0]):
     plot_overlays(

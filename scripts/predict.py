@@ -1,11 +1,11 @@
-"""Rule predict: sliding-window inference of one case via ctseg.predict."""
+"""Rule predict: sliding-window inference of one case via ctseg.inference.predict."""
 
 from pathlib import Path
 
 import torch
 
-from ctseg.predict import predict_case
-from ctseg.runlog import job
+from ctseg.core.runlog import job
+from ctseg.inference.predict import predict_case
 
 torch.set_num_threads(max(1, snakemake.threads))
 with job(snakemake.log[0], case=snakemake.wildcards.case):

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from ctseg.core.runlog import job
 from ctseg.report import write_summary_md
-from ctseg.runlog import job
 
 with job(snakemake.log[0]):
     write_summary_md(

@@ -1,9 +1,9 @@
-"""Rule to_volume: raw case -> ct.nii.gz, labels.nii.gz, centroids.json via ctseg.volume."""
+"""Rule to_volume: raw case -> ct.nii.gz, labels.nii.gz, centroids.json via ctseg.ingest.volume."""
 
 from pathlib import Path
 
-from ctseg.runlog import job
-from ctseg.volume import build_volume
+from ctseg.core.runlog import job
+from ctseg.ingest.volume import build_volume
 
 with job(snakemake.log[0], case=snakemake.wildcards.case):
     build_volume(

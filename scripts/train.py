@@ -1,9 +1,9 @@
-"""Rule train: train one experiment via ctseg.train."""
+"""Rule train: train one experiment via ctseg.training.train."""
 
 from pathlib import Path
 
-from ctseg.runlog import job
-from ctseg.train import train_experiment
+from ctseg.core.runlog import job
+from ctseg.training.train import train_experiment
 
 with job(snakemake.log[0]):
     train_experiment(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ctseg.augment import (
+from ctseg.training.augment import (
     AlignedFlip,
     Float32GaussianNoise,
     GaussianBlur,

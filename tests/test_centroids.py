@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ctseg.centroids import centroids_from_labels, identification_summary, match_centroids
 from ctseg.cli import main as cli_main
-from ctseg.labels import TOTALSEG_V2_TO_VERSE, apply_label_map
+from ctseg.core.labels import TOTALSEG_V2_TO_VERSE, apply_label_map
+from ctseg.evaluation.centroids import (
+    centroids_from_labels,
+    identification_summary,
+    match_centroids,
+)
 
 SPACING = (0.8, 1.3, 2.5)  # x, y, z
 ORIGIN = (10.0, -20.0, 30.0)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ctseg.augment import hu_to_float
-from ctseg.cubes import build_cube, check_cube, pad_crop_to, read_provenance
-from ctseg.errors import InputError
+from ctseg.core.errors import InputError
+from ctseg.training.augment import hu_to_float
+from ctseg.training.cubes import build_cube, check_cube, pad_crop_to, read_provenance
 
 NO_AUG = {"p_affine": 0.0, "p_flip": 0.0, "p_blur": 0.0, "p_noise": 0.0}
 

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 from dicom_factory import read_stored_hu, write_enhanced, write_series
 from pydicom.data import get_testdata_file
 
-from ctseg.dicomio import read_dicom_series
-from ctseg.errors import InputError
+from ctseg.core.errors import InputError
+from ctseg.ingest.dicomio import read_dicom_series
 
 
 def _hu(shape=(5, 6, 7), seed=0) -> np.ndarray:
@@ -293,9 +293,9 @@ def test_real_series_matches_simpleitk(real_series_dir):
 
 
 def test_oblique_phantom_series_round_trip(tmp_path):
-    """ctseg.phantom on a rotated grid, written by ctseg.dicomwrite: voxels and geometry back."""
+    """ctseg.phantom on a rotated grid, written by ctseg.ingest.dicomwrite: voxels and geometry back."""
     phantom = pytest.importorskip("ctseg.phantom")
-    from ctseg.dicomwrite import write_dicom_series
+    from ctseg.ingest.dicomwrite import write_dicom_series
 
     c, s = np.cos(np.radians(15)), np.sin(np.radians(15))
     direction = (c, 0, s, 0, 1, 0, -s, 0, c)  # rotation about y

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ctseg.cli import main as cli_main
+from ctseg.core.errors import InputError
 from ctseg.drr import (
     View,
     VolumeGeometry,
@@ -26,7 +27,6 @@ from ctseg.drr import (
     view_frame,
 )
 from ctseg.drr.attenuation import bone_hu, hu_to_mu, mu
-from ctseg.errors import InputError
 
 torch.set_num_threads(1)
 
@@ -549,8 +549,8 @@ def test_render_view_one_pass_matches_separate_projections():
 def test_real_series_projects_t11_t12(real_series_dir, real_labels_path, tmp_path):
     """The real 20-slice CT: T11/T12 (TotalSegmentator 33/32) project as VerSe 18/19 where
     the bone is, and the line integrals are finite and bone-bright there."""
-    from ctseg.labels import TOTALSEG_V2_TO_VERSE
-    from ctseg.volume import read_image
+    from ctseg.core.labels import TOTALSEG_V2_TO_VERSE
+    from ctseg.ingest.volume import read_image
 
     ct, _ = read_image(real_series_dir, progress=False)
     ts = sitk.ReadImage(str(real_labels_path))

@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 from medpy.metric import binary as mb
 
-from ctseg.centroids import centroids_from_labels, match_centroids
-from ctseg.errors import InputError
-from ctseg.evaluate import SUMMARY_COLUMNS, evaluate_experiment
-from ctseg.metrics import label_metrics
+from ctseg.core.errors import InputError
+from ctseg.evaluation.centroids import centroids_from_labels, match_centroids
+from ctseg.evaluation.evaluate import SUMMARY_COLUMNS, evaluate_experiment
+from ctseg.evaluation.metrics import label_metrics
 
 SPACING_XYZ = (1.5, 1.25, 2.0)
 

@@ -17,8 +17,8 @@ import pytest
 import SimpleITK as sitk
 from dicom_factory import write_series
 
-from ctseg.errors import InputError
-from ctseg.fetch import fetch_case, sha256_file
+from ctseg.core.errors import InputError
+from ctseg.ingest.fetch import fetch_case, sha256_file
 
 
 @pytest.fixture
@@ -253,9 +253,9 @@ def test_phantom_case_through_volume_stats_and_metal(tmp_path):
     phantom = pytest.importorskip("ctseg.phantom", reason="ctseg.phantom not written yet")
     import pydicom
 
+    from ctseg.ingest.stats import summarize_raw
+    from ctseg.ingest.volume import build_volume
     from ctseg.metal import run_metal
-    from ctseg.stats import summarize_raw
-    from ctseg.volume import build_volume
 
     params = {
         "shape": [40, 36, 48],

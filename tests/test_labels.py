@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ctseg.labels import (
+from ctseg.core.labels import (
     TOTALSEG_V2_TO_VERSE,
     VERSE_IDS,
     VERSE_NAMES,

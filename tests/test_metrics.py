@@ -1,4 +1,4 @@
-"""ctseg.metrics against analytic shapes and against medpy (the reference definitions)."""
+"""ctseg.evaluation.metrics against analytic shapes and against medpy (the reference definitions)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import SimpleITK as sitk
 from medpy.metric import binary as mb
 
 from ctseg.cli import main as cli_main
-from ctseg.errors import InputError
-from ctseg.labels import apply_label_map
-from ctseg.metrics import (
+from ctseg.core.errors import InputError
+from ctseg.core.labels import apply_label_map
+from ctseg.evaluation.metrics import (
     array_spacing,
     binary_metrics,
     check_same_grid,

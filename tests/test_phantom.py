@@ -15,8 +15,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ctseg.cli import main as cli_main
-from ctseg.dicomwrite import write_dicom_series
-from ctseg.labels import VERSE_IDS
+from ctseg.core.labels import VERSE_IDS
+from ctseg.ingest.dicomwrite import write_dicom_series
 from ctseg.phantom import (
     Phantom,
     PhantomParams,

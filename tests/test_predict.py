@@ -8,8 +8,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from ctseg.models import build_model
-from ctseg.predict import (
+from ctseg.inference.predict import (
     gaussian_importance,
     keep_largest_component,
     load_model,
@@ -18,7 +17,8 @@ from ctseg.predict import (
     sliding_window_logits,
     window_starts,
 )
-from ctseg.train import save_model_pt
+from ctseg.models import build_model
+from ctseg.training.train import save_model_pt
 
 IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
 
@@ -186,7 +186,7 @@ def test_decode_logits_foreground_first():
     # voxel 0: background 0.4 vs two vertebrae 0.3 + 0.3 -> foreground, the likelier vertebra
     # voxel 1: background 0.6 -> background; voxel 2: binary task = plain arg-max
     probs = np.array([[0.4, 0.6], [0.35, 0.2], [0.25, 0.2]])
-    from ctseg.predict import decode_logits
+    from ctseg.inference.predict import decode_logits
 
     assert decode_logits(np.log(probs)).tolist() == [1, 0]
     two = np.log(np.array([[0.55, 0.3], [0.45, 0.7]]))
@@ -204,7 +204,7 @@ def test_relabel_gives_a_connected_fragment_to_its_vertebra():
 
 
 def test_increasing_ids_skip_a_level_for_a_merged_pair():
-    from ctseg.predict import assign_increasing_ids
+    from ctseg.inference.predict import assign_increasing_ids
 
     # instance 1 is two vertebrae merged (votes split over ids 1 and 2); 2 and 3 say 3 and 4
     votes = np.array(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctseg import preprocess
+from ctseg.drr import preprocess
 
 
 def test_none_is_minmax_and_preserves_order():

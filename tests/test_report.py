@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from ctseg.evaluate import evaluate_experiment
+from ctseg.evaluation.evaluate import evaluate_experiment
 from ctseg.report import fmt, plot_centroid_errors, plot_dice_box, plot_overlays, write_summary_md
 
 

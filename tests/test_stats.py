@@ -15,8 +15,8 @@ from dicom_factory import PATIENT_ID, PATIENT_NAME, read_stored_hu, write_series
 from pydicom.data import get_testdata_file
 
 from ctseg.cli import main
-from ctseg.errors import InputError
-from ctseg.stats import (
+from ctseg.core.errors import InputError
+from ctseg.ingest.stats import (
     STAT_KEYS,
     summarize_path,
     summarize_raw,

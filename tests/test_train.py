@@ -15,9 +15,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ctseg.cubes import build_cube
-from ctseg.predict import load_model, predict_case
-from ctseg.train import (
+from ctseg.inference.predict import load_model, predict_case
+from ctseg.training.cubes import build_cube
+from ctseg.training.train import (
     CubeSource,
     class_ids_for,
     ids_to_classes,
@@ -193,7 +193,7 @@ def test_2d_model_on_cube_slices_and_metal_task(tiny, tmp_path):
 
 
 def test_cube_task_mismatch_is_rejected(tiny, tmp_path):
-    from ctseg.errors import InputError
+    from ctseg.core.errors import InputError
 
     with pytest.raises(InputError, match="does not match"):
         train_experiment(
@@ -209,7 +209,7 @@ def test_cube_task_mismatch_is_rejected(tiny, tmp_path):
 DRIVER = """
 import json, sys
 from pathlib import Path
-from ctseg.train import train_experiment
+from ctseg.training.train import train_experiment
 exp, cube, case, out = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), Path(sys.argv[4])
 train_experiment(exp, {"cube": cube}, {"cases": [case]}, out, seed=5, device="cpu")
 """
@@ -301,7 +301,7 @@ def write_drr_views(d: Path, name: str, n_views: int = 2, seed: int = 0) -> dict
 
 
 def test_bone_drr_training_and_stacked_prediction(tmp_path):
-    pytest.importorskip("ctseg.preprocess")
+    pytest.importorskip("ctseg.drr.preprocess")
     cases = [write_drr_views(tmp_path / "d", f"c{i}", seed=i) for i in range(2)]
     exp = {
         "task": "bone_drr",
@@ -345,7 +345,7 @@ def test_checkpoint_rng_states_round_trip_with_weights_only(tmp_path):
     """RNG states survive torch.save -> torch.load(weights_only=True) and continue the streams."""
     import random
 
-    from ctseg.train import restore_rng_states, rng_states
+    from ctseg.training.train import restore_rng_states, rng_states
 
     torch.manual_seed(3)
     np.random.seed(3)
@@ -375,7 +375,7 @@ def test_checkpoint_rng_states_round_trip_with_weights_only(tmp_path):
 
 
 def test_shard_plan_is_disjoint_and_covers_each_batch():
-    from ctseg.distributed import shard_plan
+    from ctseg.training.distributed import shard_plan
 
     plan = [[(0, -1), (1, -1), (2, -1), (3, -1)], [(4, 5), (6, 7), (8, 9), (1, 2)]]
     shards = [shard_plan(plan, r, 2) for r in range(2)]
@@ -387,8 +387,8 @@ def test_shard_plan_is_disjoint_and_covers_each_batch():
 
 def test_global_batch_loss_equals_dice_ce_on_one_rank():
     """World size 1: GlobalBatchDiceCELoss has DiceCELoss's value and gradient."""
-    from ctseg.distributed import GlobalBatchDiceCELoss
-    from ctseg.losses import DiceCELoss
+    from ctseg.training.distributed import GlobalBatchDiceCELoss
+    from ctseg.training.losses import DiceCELoss
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 4, 6, 5, 3, generator=g, requires_grad=True)
@@ -506,7 +506,7 @@ def test_legacy_pickled_checkpoint_is_ignored_not_unpickled(tmp_path):
     loaded: training starts afresh instead of executing arbitrary pickled code."""
     import random
 
-    from ctseg.train import load_checkpoint
+    from ctseg.training.train import load_checkpoint
 
     path = tmp_path / "last.pt"
     torch.save({"epoch": 3, "rng": {"numpy": np.random.get_state(), "py": random.getstate()}}, path)
@@ -534,7 +534,7 @@ def test_sagittal_slices_of_the_cube(tiny):
     """slice_axis picks which [z, y, x] axis a 2D model cuts the cube along."""
     import h5py
 
-    from ctseg.train import SLICE_AXES, slice_axis
+    from ctseg.training.train import SLICE_AXES, slice_axis
 
     assert slice_axis({"slice_axis": "sagittal"}) == SLICE_AXES["sagittal"] == 2
     with pytest.raises(ValueError):

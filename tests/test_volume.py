@@ -11,9 +11,9 @@ import SimpleITK as sitk
 from dicom_factory import write_series
 
 from ctseg.cli import main
-from ctseg.errors import InputError
-from ctseg.labels import TOTALSEG_V2_TO_VERSE
-from ctseg.volume import build_volume, centroids_from_labels, read_case_list, read_image
+from ctseg.core.errors import InputError
+from ctseg.core.labels import TOTALSEG_V2_TO_VERSE
+from ctseg.ingest.volume import build_volume, centroids_from_labels, read_case_list, read_image
 
 
 def _outs(tmp_path: Path):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ctseg.atomic import write_text
-from ctseg.centroids import centroids_from_labels
-from ctseg.errors import ConfigError
-from ctseg.imageio import read_image_file
-from ctseg.labels import apply_label_map, resolve_label_map
+from ctseg.core.atomic import write_text
+from ctseg.core.errors import ConfigError
+from ctseg.core.imageio import read_image_file
+from ctseg.core.labels import apply_label_map, resolve_label_map
+from ctseg.evaluation.centroids import centroids_from_labels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

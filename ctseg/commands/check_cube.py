@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ctseg.cubes import check_cube
+from ctseg.training.cubes import check_cube
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ctseg.cubes import build_cube
+from ctseg.training.cubes import build_cube
 
 
 def parse_item(text: str) -> dict:

@@ -35,8 +35,8 @@ def _one_or_two(values: list, what: str) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ctseg.core.errors import InputError
     from ctseg.drr import run_drr
-    from ctseg.errors import InputError
 
     if args.label_out is not None and args.labels is None:
         raise InputError("--label-out needs --labels")

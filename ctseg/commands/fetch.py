@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ctseg.fetch import SOURCES, fetch_case
+from ctseg.ingest.fetch import SOURCES, fetch_case
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ctseg.errors import ConfigError
-from ctseg.imageio import read_image_file
-from ctseg.labels import apply_label_map, resolve_label_map
-from ctseg.metrics import (
+from ctseg.core.errors import ConfigError
+from ctseg.core.imageio import read_image_file
+from ctseg.core.labels import apply_label_map, resolve_label_map
+from ctseg.evaluation.metrics import (
     METRIC_KEYS,
     array_spacing,
     check_same_grid,
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if mapping is not None:
         gt = apply_label_map(gt, mapping)
     rows = label_metrics(pred, gt, array_spacing(gt_img))
-    from ctseg.centroids import label_name
+    from ctseg.evaluation.centroids import label_name
 
     for r in rows:
         r["name"] = label_name(r["label"])

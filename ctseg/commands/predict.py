@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ctseg.predict import predict_case
+from ctseg.inference.predict import predict_case
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ctseg.atomic import write_text
-from ctseg.stats import summarize_path
+from ctseg.core.atomic import write_text
+from ctseg.ingest.stats import summarize_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     ingest = {"uneven_spacing": args.uneven_spacing, "gantry_tilt": args.gantry_tilt}
     if args.series_uid:
-        from ctseg.stats import summarize_image
-        from ctseg.volume import read_image
+        from ctseg.ingest.stats import summarize_image
+        from ctseg.ingest.volume import read_image
 
         case = args.case or args.input.name.split(".")[0]
         img, meta = read_image(

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ctseg.commands.cube import load_section, parse_item
-from ctseg.train import train_experiment
+from ctseg.training.train import train_experiment
 
 
 def _as_list(case: dict) -> dict:

@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ctseg.errors import ConfigError, InputError
-from ctseg.labels import resolve_label_map
-from ctseg.volume import build_volume, find_raw_source
+from ctseg.core.errors import ConfigError, InputError
+from ctseg.core.labels import resolve_label_map
+from ctseg.ingest.volume import build_volume, find_raw_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ctseg.errors import InputError
+from ctseg.core.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ctseg.core.labels import VERSE_NAMES
 from ctseg.drr.geometry import View, VolumeGeometry
 from ctseg.drr.raycast import raycast
-from ctseg.labels import VERSE_NAMES
 
 
 @dataclass

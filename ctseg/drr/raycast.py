@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ctseg.core.errors import InputError
 from ctseg.drr.geometry import View, VolumeGeometry, pixel_centers, view_frame
-from ctseg.errors import InputError
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -19,22 +19,22 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ctseg.atomic import atomic_path
+from ctseg.core.atomic import atomic_path
+from ctseg.core.errors import InputError
+from ctseg.core.imageio import read_image_file
 from ctseg.drr.attenuation import basis_coefficients, basis_volumes, hu_to_mu
 from ctseg.drr.geometry import View, VolumeGeometry
 from ctseg.drr.labels import ProjectedLabels, projected_from_paths, summed_mask
 from ctseg.drr.raycast import raycast
-from ctseg.errors import InputError
-from ctseg.imageio import read_image_file
-from ctseg.volume import same_grid
+from ctseg.ingest.volume import same_grid
 
 #: metal flag added to label ids when labels and metal are ray-cast in one pass
 METAL_BIT = 1 << 16
 
 
 def read_volume(path: str | Path, case: str | None = None) -> sitk.Image:
-    """Read a CT (DICOM folder, NIfTI, NRRD) through ``ctseg.volume.read_image`` (checked HU)."""
-    from ctseg.volume import read_image
+    """Read a CT (DICOM folder, NIfTI, NRRD) through ``ctseg.ingest.volume.read_image`` (checked HU)."""
+    from ctseg.ingest.volume import read_image
 
     return read_image(Path(path), case=case, progress=False)[0]
 

@@ -6,7 +6,7 @@ A cube (seed 001's "makeCube") holds, for every training case, the un-augmented 
 foreground (``mode: random``, probability ``fg_prob`` of centring on a labelled voxel).
 
 Intensities: HU clipped to ``recipe["hu_window"]`` (default [-1000, 2000]) and scaled to [0, 1]
-(see :func:`ctseg.augment.hu_to_float`). Labels: VerSe ids (task ``vertebrae``) or 0/1 (task
+(see :func:`ctseg.training.augment.hu_to_float`). Labels: VerSe ids (task ``vertebrae``) or 0/1 (task
 ``metal``); the mapping to contiguous classes happens at training time.
 
 File layout: ``image`` float32 [N, D, H, W], ``label`` uint8 [N, D, H, W] (chunked per sample,
@@ -28,10 +28,10 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from ctseg.atomic import atomic_path
-from ctseg.augment import DEFAULT_HU_WINDOW, augment_pair, build_augmentation, hu_to_float
-from ctseg.errors import InputError
-from ctseg.imageio import read_image_file
+from ctseg.core.atomic import atomic_path
+from ctseg.core.errors import InputError
+from ctseg.core.imageio import read_image_file
+from ctseg.training.augment import DEFAULT_HU_WINDOW, augment_pair, build_augmentation, hu_to_float
 
 TASKS = ("vertebrae", "metal")
 
@@ -168,7 +168,7 @@ def build_cube(items: list[dict], out_h5: Path, recipe: dict, *, seed: int) -> N
 
     ``items``: ``{"case", "ct", "labels", "metal"}`` paths; ``recipe``: ``task``, ``spacing_mm``
     (x, y, z), ``patch`` (x, y, z voxels), ``copies``, optional ``mode`` (whole | random),
-    ``fg_prob``, ``hu_window``, ``augment`` (see :data:`ctseg.augment.DEFAULT_AUGMENT`).
+    ``fg_prob``, ``hu_window``, ``augment`` (see :data:`ctseg.training.augment.DEFAULT_AUGMENT`).
     """
     if not items:
         raise InputError("no training cases for the cube", path=out_h5)

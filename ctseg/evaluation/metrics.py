@@ -45,8 +45,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.atomic import atomic_path
-from ctseg.errors import InputError
+from ctseg.core.atomic import atomic_path
+from ctseg.core.errors import InputError
 
 #: Column order of a metrics row (after any identifying columns such as case / label / name).
 METRIC_KEYS: tuple[str, ...] = (
@@ -211,7 +211,7 @@ def label_metrics(
 
 
 # --------------------------------------------------------------------------------------------
-# Image I/O helpers shared by the CLI and ctseg.evaluate
+# Image I/O helpers shared by the CLI and ctseg.evaluation.evaluate
 # --------------------------------------------------------------------------------------------
 
 

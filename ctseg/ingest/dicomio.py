@@ -30,7 +30,7 @@ from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 from tqdm import tqdm
 
-from ctseg.errors import InputError
+from ctseg.core.errors import InputError
 
 #: Positions closer than this along the normal are the same slice (mm).
 DUPLICATE_TOL_MM = 1e-3

@@ -1,6 +1,6 @@
 """Summary statistics of a raw scan (seed 002's DICOM statistics), free of patient identifiers.
 
-The summary is computed from the very image ``ctseg.volume.read_image`` returns, so it
+The summary is computed from the very image ``ctseg.ingest.volume.read_image`` returns, so it
 describes the voxels every later stage sees. Header facts come from a whitelist
 (``STAT_KEYS``): nothing else from the DICOM header can reach the JSON, so names, IDs, birth
 dates and accession numbers never leave ``raw/``.
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ctseg.atomic import write_text
-from ctseg.errors import InputError
-from ctseg.volume import find_raw_source, read_image
+from ctseg.core.atomic import write_text
+from ctseg.core.errors import InputError
+from ctseg.ingest.volume import find_raw_source, read_image
 
 #: The keys of a summary, in table column order.
 STAT_KEYS = (

@@ -1,6 +1,6 @@
 """Reading the NIfTI / NRRD files that stages hand to each other.
 
-Source scans go through ``ctseg.volume.read_image`` (DICOM checks, NaN checks, HU); files the
+Source scans go through ``ctseg.ingest.volume.read_image`` (DICOM checks, NaN checks, HU); files the
 workflow wrote itself only need a plain read whose failure still names the case and the file.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ctseg.errors import InputError
+from ctseg.core.errors import InputError
 
 
 def read_image_file(path: str | Path, case: str | None = None) -> sitk.Image:

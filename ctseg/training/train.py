@@ -21,7 +21,7 @@ Design choices (and why):
 * Several GPUs (``torch.cuda.device_count() > 1``, i.e. CUDA_VISIBLE_DEVICES / SLURM's
   allocation) train data-parallel: one spawned process per GPU, DistributedDataParallel, each
   rank a disjoint shard of every planned batch and a loss over the whole batch
-  (:mod:`ctseg.distributed`), so a step equals the single-process step; only rank 0 writes
+  (:mod:`ctseg.training.distributed`), so a step equals the single-process step; only rank 0 writes
   checkpoints, history and ``model.pt``.
 * 2D models on 3D cubes train on axial slices drawn from the cube (seed 001 compared 2D vs 3D
   on the same cube); ``pos_slice_prob`` of the slices are drawn among slices containing
@@ -55,10 +55,21 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from ctseg.atomic import atomic_path
-from ctseg.augment import DEFAULT_HU_WINDOW, hu_to_float
-from ctseg.cubes import resample_to_spacing
-from ctseg.distributed import (
+from ctseg.core.atomic import atomic_path
+from ctseg.core.errors import InputError
+from ctseg.core.imageio import read_image_file
+from ctseg.inference.predict import (
+    decode_logits,
+    pad_to_multiple,
+    preprocess_drr,
+    read_drr,
+    resolve_device,
+    sliding_window_logits,
+)
+from ctseg.models import build_model, model_kwargs
+from ctseg.training.augment import DEFAULT_HU_WINDOW, hu_to_float
+from ctseg.training.cubes import resample_to_spacing
+from ctseg.training.distributed import (
     GlobalBatchDiceCELoss,
     all_reduce_sum,
     die_with_parent,
@@ -68,18 +79,7 @@ from ctseg.distributed import (
     shard_plan,
     spawn_ranks,
 )
-from ctseg.errors import InputError
-from ctseg.imageio import read_image_file
-from ctseg.losses import DiceCELoss, mean_foreground_dice
-from ctseg.models import build_model, model_kwargs
-from ctseg.predict import (
-    decode_logits,
-    pad_to_multiple,
-    preprocess_drr,
-    read_drr,
-    resolve_device,
-    sliding_window_logits,
-)
+from ctseg.training.losses import DiceCELoss, mean_foreground_dice
 
 TASKS = ("vertebrae", "metal", "bone_drr")
 DEFAULT_VERTEBRAE = list(range(8, 25))  # T1..L5
@@ -806,7 +806,7 @@ def _train(
         "hu_window": list(hu_window),
         "normalisation": "clip(HU, hu_window) scaled linearly to [0, 1]"
         if task != "bone_drr"
-        else f"ctseg.preprocess.apply(drr, {experiment.get('preprocess', 'none')!r})",
+        else f"ctseg.drr.preprocess.apply(drr, {experiment.get('preprocess', 'none')!r})",
         "model_kwargs": mk,
         "seed": seed,
         "epochs": epochs,
@@ -820,7 +820,7 @@ def save_model_pt(path: Path, model: torch.nn.Module, experiment: dict, meta: di
     """Write ``model.pt`` atomically: tensors + JSON strings only, so that
     ``torch.load(weights_only=True)`` can read it (no pickled code from a model file).
 
-    ``meta`` keys used by :func:`ctseg.predict.load_model`: task, dim, n_classes, class_ids,
+    ``meta`` keys used by :func:`ctseg.inference.predict.load_model`: task, dim, n_classes, class_ids,
     spacing_mm, patch (x, y, z), hu_window, model_kwargs.
     """
     blob = {

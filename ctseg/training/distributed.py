@@ -3,7 +3,7 @@
 Why this shape:
 
 * One process per GPU (``torch.multiprocessing.spawn``) on a free localhost port: a workflow
-  rule or a SLURM job gets N GPUs and calls :func:`ctseg.train.train_experiment` once; the
+  rule or a SLURM job gets N GPUs and calls :func:`ctseg.training.train.train_experiment` once; the
   spawning stays inside ctseg, so no ``torchrun`` wrapper is needed in the rules.
 * Every rank draws the same batch plan from the same seeded generator and takes a disjoint
   contiguous slice of each batch (:func:`shard_plan`): the effective batch and the sequence of
@@ -115,7 +115,7 @@ def shard_plan(plan: list[list], rank: int, world_size: int) -> list[list]:
 
 def dice_sums(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class soft-Dice intersection and denominator summed over batch and voxels (the same
-    quantities as :func:`ctseg.losses.soft_dice_loss`)."""
+    quantities as :func:`ctseg.training.losses.soft_dice_loss`)."""
     n_classes = logits.shape[1]
     probs = torch.softmax(logits.float(), dim=1)
     onehot = F.one_hot(target, n_classes).movedim(-1, 1).float()

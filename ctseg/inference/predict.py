@@ -22,12 +22,12 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from ctseg.atomic import atomic_path
-from ctseg.augment import hu_to_float
-from ctseg.cubes import resample_to_spacing
-from ctseg.errors import InputError
-from ctseg.imageio import read_image_file
+from ctseg.core.atomic import atomic_path
+from ctseg.core.errors import InputError
+from ctseg.core.imageio import read_image_file
 from ctseg.models import build_model
+from ctseg.training.augment import hu_to_float
+from ctseg.training.cubes import resample_to_spacing
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -126,7 +126,7 @@ class _nullcontext:
 def load_model(
     model_pt: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, dict]:
-    """Load ``model.pt`` (written by :func:`ctseg.train.train_experiment`) -> (model, meta)."""
+    """Load ``model.pt`` (written by :func:`ctseg.training.train.train_experiment`) -> (model, meta)."""
     model_pt = Path(model_pt)
     if not model_pt.is_file():
         raise InputError("model file not found", path=model_pt)
@@ -359,9 +359,9 @@ def read_drr(path: str | Path, case: str | None = None) -> tuple[np.ndarray, sit
 
 
 def preprocess_drr(arr: np.ndarray, variant: str) -> np.ndarray:
-    """Apply the experiment's DRR pre-processing (``ctseg.preprocess.apply``; imported lazily
+    """Apply the experiment's DRR pre-processing (``ctseg.drr.preprocess.apply``; imported lazily
     because another module owns it) and return float32."""
-    from ctseg import preprocess
+    from ctseg.drr import preprocess
 
     return np.asarray(preprocess.apply(arr, variant), dtype=np.float32)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ctseg.atomic import atomic_path, write_text
-from ctseg.dicomio import read_dicom_series
-from ctseg.errors import InputError
-from ctseg.labels import VERSE_NAMES, apply_label_map
+from ctseg.core.atomic import atomic_path, write_text
+from ctseg.core.errors import InputError
+from ctseg.core.labels import VERSE_NAMES, apply_label_map
+from ctseg.ingest.dicomio import read_dicom_series
 
 #: Grid comparison tolerances: NIfTI stores geometry as float32, so exact equality is too strict.
 GRID_ATOL_MM = 1e-3
@@ -85,7 +85,7 @@ def read_image(
 ) -> tuple[sitk.Image, dict]:
     """Read a DICOM folder, NIfTI or NRRD as an HU image plus a header metadata dict.
 
-    DICOM is ordered and checked by ``ctseg.dicomio``; ``ingest`` holds the policies
+    DICOM is ordered and checked by ``ctseg.ingest.dicomio``; ``ingest`` holds the policies
     (``uneven_spacing``, ``gantry_tilt``: error | resample; ``modality``: expected modality,
     default CT). Volumes keep exactly the geometry SimpleITK reads. NaN or infinite voxels are
     an InputError: they would poison every statistic and training batch downstream.
@@ -286,11 +286,11 @@ def _centroids_local(img: sitk.Image) -> list[dict]:
 def centroids_from_labels(img: sitk.Image) -> list[dict]:
     """Centre of mass of each non-zero label in world mm (LPS), sorted by label.
 
-    Uses ``ctseg.centroids.centroids_from_labels`` when that module exists so there is one
+    Uses ``ctseg.evaluation.centroids.centroids_from_labels`` when that module exists so there is one
     definition project-wide; the local version is the same computation.
     """
     try:
-        from ctseg.centroids import centroids_from_labels as shared
+        from ctseg.evaluation.centroids import centroids_from_labels as shared
     except ImportError:
         return _centroids_local(img)
     return shared(img)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ctseg.atomic import atomic_dir, write_text
-from ctseg.errors import InputError
+from ctseg.core.atomic import atomic_dir, write_text
+from ctseg.core.errors import InputError
 
 CHUNK = 1 << 20
 SOURCES = ("phantom", "dicom", "nifti", "nrrd", "url")

@@ -3,12 +3,12 @@
 Outputs (all written atomically, streamed one case at a time so that a cohort never has to fit
 in memory; only a few scalars per label are kept for the final ``ALL`` row):
 
-- ``metrics.tsv``: ``case, [view,] label, name`` + :data:`ctseg.metrics.METRIC_KEYS`, one row
-  per label present in the prediction or the truth (see ctseg.metrics for the empty policy).
+- ``metrics.tsv``: ``case, [view,] label, name`` + :data:`ctseg.evaluation.metrics.METRIC_KEYS`, one row
+  per label present in the prediction or the truth (see ctseg.evaluation.metrics for the empty policy).
   For the ``bone_drr`` task the NIfTI is a stack of 2D views along z (spacing [px, px, 1]);
   metrics are computed per view on the 2D slice with 2D spacing and the ``view`` column holds
   the z index (the view's order in config).
-- ``centroids.tsv``: ``case`` + :data:`ctseg.centroids.MATCH_KEYS`. Only the ``vertebrae``
+- ``centroids.tsv``: ``case`` + :data:`ctseg.evaluation.centroids.MATCH_KEYS`. Only the ``vertebrae``
   task has vertebra centroids; for other tasks the file is a header-only table with the same
   columns, so downstream readers never need to special-case the task.
 - ``summary.tsv``: one row per case and a final ``ALL`` row. Mean/sd of Dice, Jaccard, ASD,
@@ -31,17 +31,17 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from ctseg.atomic import atomic_path
-from ctseg.centroids import (
+from ctseg.core.atomic import atomic_path
+from ctseg.core.errors import InputError
+from ctseg.core.imageio import read_image_file
+from ctseg.evaluation.centroids import (
     MATCH_KEYS,
     centroids_from_labels,
     identification_summary,
     label_name,
     match_centroids,
 )
-from ctseg.errors import InputError
-from ctseg.imageio import read_image_file
-from ctseg.metrics import (
+from ctseg.evaluation.metrics import (
     METRIC_KEYS,
     array_spacing,
     check_same_grid,

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.labels import VERSE_NAMES
+from ctseg.core.labels import VERSE_NAMES
 
 NAN = float("nan")
 

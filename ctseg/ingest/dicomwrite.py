@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
-from ctseg.atomic import atomic_dir
+from ctseg.core.atomic import atomic_dir
 
 RESCALE_INTERCEPT = -1024
 #: Fixed, obviously synthetic dates and times: same input, same bytes.

@@ -45,7 +45,7 @@ def log_to(path: str | Path | None) -> Iterator[None]:
 @contextlib.contextmanager
 def job(log_path: str | Path | None, *, case: str | None = None) -> Iterator[None]:
     """A workflow job: output to its log, and input errors tagged with the case they hit."""
-    from ctseg.errors import InputError
+    from ctseg.core.errors import InputError
 
     with log_to(log_path):
         try:

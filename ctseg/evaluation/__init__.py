@@ -1,0 +1,1 @@
+"""Scoring predictions against truth: overlap and surface metrics, centroids and identification."""

@@ -1,0 +1,1 @@
+"""Raw scans to volumes: fetching, DICOM reading and writing, volume conversion, summary statistics."""

@@ -1,0 +1,1 @@
+"""Augmentation cubes and model training: augmentation, cube files, losses, the trainer, DDP."""
