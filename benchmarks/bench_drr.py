@@ -32,9 +32,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ctseg.core.device import resolve_device
 from ctseg.drr.attenuation import hu_to_mu
 from ctseg.drr.geometry import View, VolumeGeometry, pixel_centers, view_frame
-from ctseg.drr.raycast import raycast, resolve_device
+from ctseg.drr.raycast import raycast
 
 VIEW = {
     "name": "ap",

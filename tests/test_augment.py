@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from ctseg.core.normalise import hu_to_float
 from ctseg.training.augment import (
     AlignedFlip,
     Float32GaussianNoise,
@@ -16,7 +17,6 @@ from ctseg.training.augment import (
     affine_matrix,
     augment_pair,
     build_augmentation,
-    hu_to_float,
     normalise_augment_config,
     rotate_scale,
 )

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from ctseg.core.errors import InputError
-from ctseg.training.augment import hu_to_float
+from ctseg.core.normalise import hu_to_float
 from ctseg.training.cubes import build_cube, check_cube, pad_crop_to, read_provenance
 
 NO_AUG = {"p_affine": 0.0, "p_flip": 0.0, "p_blur": 0.0, "p_noise": 0.0}

@@ -8,15 +8,9 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from ctseg.inference.predict import (
-    gaussian_importance,
-    keep_largest_component,
-    load_model,
-    predict_case,
-    relabel_along_spine,
-    sliding_window_logits,
-    window_starts,
-)
+from ctseg.inference.postprocess import keep_largest_component, relabel_along_spine
+from ctseg.inference.predict import load_model, predict_case
+from ctseg.inference.sliding import gaussian_importance, sliding_window_logits, window_starts
 from ctseg.models import build_model
 from ctseg.training.train import save_model_pt
 
@@ -186,7 +180,7 @@ def test_decode_logits_foreground_first():
     # voxel 0: background 0.4 vs two vertebrae 0.3 + 0.3 -> foreground, the likelier vertebra
     # voxel 1: background 0.6 -> background; voxel 2: binary task = plain arg-max
     probs = np.array([[0.4, 0.6], [0.35, 0.2], [0.25, 0.2]])
-    from ctseg.inference.predict import decode_logits
+    from ctseg.inference.postprocess import decode_logits
 
     assert decode_logits(np.log(probs)).tolist() == [1, 0]
     two = np.log(np.array([[0.55, 0.3], [0.45, 0.7]]))
@@ -204,7 +198,7 @@ def test_relabel_gives_a_connected_fragment_to_its_vertebra():
 
 
 def test_increasing_ids_skip_a_level_for_a_merged_pair():
-    from ctseg.inference.predict import assign_increasing_ids
+    from ctseg.inference.postprocess import assign_increasing_ids
 
     # instance 1 is two vertebrae merged (votes split over ids 1 and 2); 2 and 3 say 3 and 4
     votes = np.array(

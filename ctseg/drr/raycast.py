@@ -27,15 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
 from ctseg.drr.geometry import View, VolumeGeometry, pixel_centers, view_frame
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass

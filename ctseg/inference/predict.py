@@ -23,104 +23,16 @@ import torch
 from scipy import ndimage
 
 from ctseg.core.atomic import atomic_path
+from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
+from ctseg.core.normalise import hu_to_float
+from ctseg.core.orientation import from_canonical, to_canonical
+from ctseg.core.resample import resample_onto, resample_to_spacing
+from ctseg.inference.drr import predict_drr_views
+from ctseg.inference.postprocess import classes_to_ids, decode_logits, relabel_along_spine
+from ctseg.inference.sliding import slicewise_logits, sliding_window_logits
 from ctseg.models import build_model
-from ctseg.training.augment import hu_to_float
-from ctseg.training.cubes import resample_to_spacing
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def gaussian_importance(patch: tuple[int, ...], sigma_scale: float = 1.0 / 8) -> np.ndarray:
-    """Gaussian weight map of ``patch`` shape (sigma = patch / 8), normalised to max 1, no zeros."""
-    grids = np.meshgrid(*[np.arange(p) - (p - 1) / 2.0 for p in patch], indexing="ij")
-    w = np.ones(patch, dtype=np.float64)
-    for g, p in zip(grids, patch, strict=True):
-        w *= np.exp(-0.5 * (g / max(p * sigma_scale, 1e-6)) ** 2)
-    w /= w.max()
-    w[w < 1e-4] = 1e-4
-    return w.astype(np.float32)
-
-
-def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Window start positions covering ``size`` with ``patch``-long windows at ``overlap``."""
-    if size <= patch:
-        return [0]
-    step = max(1, int(round(patch * (1.0 - overlap))))
-    n = int(np.ceil((size - patch) / step)) + 1
-    return sorted({int(round(v)) for v in np.linspace(0, size - patch, n)})
-
-
-def _pad_to(image: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:
-    pads = [(0, max(0, s - n)) for n, s in zip(image.shape, shape, strict=True)]
-    crop = tuple(slice(0, n) for n in image.shape)
-    return np.pad(image, pads, mode="constant", constant_values=0.0), crop
-
-
-@torch.no_grad()
-def sliding_window_logits(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    patch: tuple[int, ...],
-    n_classes: int,
-    *,
-    overlap: float = 0.5,
-    device: torch.device | str = "cpu",
-    tta_flip: bool = False,
-    batch_size: int = 1,
-) -> np.ndarray:
-    """Gaussian-weighted sliding-window logits [C, *image.shape] for a 2D or 3D ``image``.
-
-    Images smaller than ``patch`` are zero-padded (0 = air after normalisation) and cropped
-    back. ``tta_flip`` averages with the prediction of the image flipped along its last (x)
-    axis, the flip used in training.
-    """
-    device = torch.device(device)
-    model.eval()
-    patch = tuple(int(p) for p in patch)
-    padded, crop = _pad_to(
-        image.astype(np.float32), tuple(max(n, p) for n, p in zip(image.shape, patch, strict=True))
-    )
-    weight = torch.from_numpy(gaussian_importance(patch)).to(device)
-    acc = torch.zeros((n_classes, *padded.shape), dtype=torch.float32, device=device)
-    norm = torch.zeros(padded.shape, dtype=torch.float32, device=device)
-    vol = torch.from_numpy(padded).to(device)
-    starts = [window_starts(n, p, overlap) for n, p in zip(padded.shape, patch, strict=True)]
-    corners = [
-        tuple(c) for c in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(patch))
-    ]
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
-    )
-    for i in range(0, len(corners), batch_size):
-        group = corners[i : i + batch_size]
-        sl = [
-            tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True)) for corner in group
-        ]
-        x = torch.stack([vol[s] for s in sl])[:, None]
-        with autocast:
-            out = model(x).float()
-            if tta_flip:
-                out = 0.5 * (out + torch.flip(model(torch.flip(x, dims=[-1])).float(), dims=[-1]))
-        for s, o in zip(sl, out, strict=True):
-            acc[(slice(None), *s)] += o * weight
-            norm[s] += weight
-    acc /= norm
-    return acc[(slice(None), *crop)].cpu().numpy()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def load_model(
@@ -140,167 +52,113 @@ def load_model(
     return model, meta
 
 
-def decode_logits(logits: np.ndarray) -> np.ndarray:
-    """Class map from logits [C, ...], foreground first.
-
-    A voxel is foreground when the summed probability of all foreground classes beats the
-    background's; it then takes the most probable foreground class. With many similar classes
-    (17 vertebrae) a network learns *where* the spine is long before it learns *which*
-    vertebra, and a plain arg-max then returns background for voxels whose foreground mass is
-    split over neighbouring levels; this decoding keeps those voxels and leaves the identity to
-    the per-class arg-max and the spine-order post-processing. For two classes it equals arg-max.
-    """
-    lg = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
-    probs = torch.softmax(lg, dim=0)
-    if probs.shape[0] <= 2:
-        return probs.argmax(0).numpy()
-    fg = probs[0] < 0.5
-    cls = probs[1:].argmax(0) + 1
-    return torch.where(fg, cls, torch.zeros_like(cls)).numpy()
-
-
-def classes_to_ids(pred: np.ndarray, class_ids: list[int]) -> np.ndarray:
-    """Map contiguous class indices back to label ids (VerSe ids or 0/1)."""
-    lut = np.asarray(class_ids, dtype=np.uint8)
-    return lut[pred]
-
-
-def spinal_order_keys(
-    labels: np.ndarray, ids: list[int], direction: tuple[float, ...], spacing: tuple[float, ...]
-) -> dict[int, float]:
-    """Position of each label's centroid along the spine, increasing from head to feet.
-
-    World z (LPS) points superior; the head-to-feet coordinate is minus the world z of the
-    centroid, computed from the array index via the image direction and spacing (origin cancels).
-    """
-    d = np.asarray(direction, dtype=float).reshape(3, 3)
-    keys = {}
-    for lid in ids:
-        idx = np.argwhere(labels == lid)
-        if len(idx) == 0:
-            continue
-        zyx = idx.mean(0)
-        ijk = zyx[::-1] * np.asarray(spacing, dtype=float)  # x, y, z index * spacing
-        world = d @ ijk
-        keys[int(lid)] = -float(world[2])
-    return keys
-
-
-def keep_largest_component(labels: np.ndarray, ids: list[int]) -> np.ndarray:
-    """Keep only the largest 26-connected component of each label id; other fragments -> 0."""
-    out = labels.copy()
-    structure = np.ones((3,) * labels.ndim, dtype=bool)
-    for lid in ids:
-        mask = labels == lid
-        if not mask.any():
-            continue
-        comp, n = ndimage.label(mask, structure=structure)
-        if n > 1:
-            sizes = np.bincount(comp.ravel())[1:]
-            out[mask & (comp != int(np.argmax(sizes)) + 1)] = 0
-    return out
-
-
-def reassign_fragments(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Give dropped fragments the id of the nearest kept vertebra when they are connected to
-    one through foreground (a piece of a vertebra the network called by its neighbour's id);
-    fragments in foreground islands without any kept vertebra (stray false positives) -> 0."""
-    dropped = (labels > 0) & (kept == 0)
-    if not dropped.any() or not kept.any():
-        return kept
-    structure = np.ones((3,) * labels.ndim, dtype=bool)
-    fg_comp, _ = ndimage.label(labels > 0, structure=structure)
-    anchored = np.unique(fg_comp[kept > 0])
-    _, idx = ndimage.distance_transform_edt(kept == 0, return_indices=True)
-    nearest = kept[tuple(idx)]
-    out = kept.copy()
-    take = dropped & np.isin(fg_comp, anchored)
-    out[take] = nearest[take]
-    return out
-
-
-def assign_increasing_ids(
-    votes: np.ndarray, sizes: np.ndarray, consecutive_bonus: float = 0.25
-) -> list[int]:
-    """Strictly increasing id index per instance (head to feet) maximising network votes.
-
-    ``votes[k, v]``: voxels of instance ``k`` the network called id index ``v``. Dynamic
-    programming over monotone assignments; a step of exactly one id earns ``consecutive_bonus``
-    times the instance's size, so that numbering stays consecutive unless the votes clearly
-    say a level is missing (e.g. two vertebrae merged into one instance).
-    """
-    n, n_ids = votes.shape
-    if n > n_ids:
-        raise ValueError("more instances than ids")
-    neg = -np.inf
-    best = np.full((n, n_ids), neg)
-    back = np.zeros((n, n_ids), dtype=int)
-    best[0] = votes[0]
-    for k in range(1, n):
-        for v in range(k, n_ids):
-            prev = best[k - 1, :v].copy()
-            prev[v - 1] += consecutive_bonus * sizes[k]
-            u = int(np.argmax(prev))
-            best[k, v] = prev[u] + votes[k, v]
-            back[k, v] = u
-    v = int(np.argmax(best[n - 1]))
-    out = [v]
-    for k in range(n - 1, 0, -1):
-        v = int(back[k, v])
-        out.append(v)
-    return out[::-1]
-
-
-def relabel_along_spine(
-    labels: np.ndarray,
-    direction: tuple[float, ...],
-    spacing: tuple[float, ...],
-    valid_ids: list[int] | None = None,
-) -> np.ndarray:
-    """Make vertebra ids consistent along the spine.
-
-    1. Instances: each id keeps its largest connected component; the other fragments of that
-       id go to the nearest kept vertebra when connected to it through foreground, else are
-       dropped as stray false positives (:func:`reassign_fragments`).
-    2. Identification: the instances are ordered by centroid from head to feet and given
-       strictly increasing ids (VerSe ids increase caudally) that agree with the network's
-       per-voxel ids on the most voxels, preferring consecutive numbering
-       (:func:`assign_increasing_ids`). A swapped or mis-identified vertebra is thereby
-       corrected by its neighbours, a consistently shifted prediction keeps the network's
-       identification, and a merged pair costs one level instead of shifting the rest.
-
-    ``valid_ids`` (e.g. the trained ids) bounds the numbering.
-    """
-    ids = [int(v) for v in np.unique(labels) if v != 0]
-    if not ids:
-        return labels.copy()
-    kept = keep_largest_component(labels, ids)
-    keys = spinal_order_keys(kept, ids, direction, spacing)
-    ordered = sorted(keys, key=keys.get)
-    instances = reassign_fragments(labels, kept)
-    valid = sorted(set(valid_ids) | set(ids)) if valid_ids else list(range(1, 256))
-    if len(ordered) > len(valid):  # more instances than ids: keep the network's ids
-        return instances
-    index = {v: i for i, v in enumerate(valid)}
-    votes = np.zeros((len(ordered), len(valid)))
-    sizes = np.zeros(len(ordered))
-    for k, lid in enumerate(ordered):
-        region = instances == lid
-        sizes[k] = region.sum()
-        vals, counts = np.unique(labels[region], return_counts=True)
-        for v, c in zip(vals.tolist(), counts.tolist(), strict=True):
-            if v in index:
-                votes[k, index[v]] = c
-    chosen = assign_increasing_ids(votes, sizes)
-    result = np.zeros_like(labels)
-    for k, lid in enumerate(ordered):
-        result[instances == lid] = valid[chosen[k]]
-    return result
-
-
 def _write(image: sitk.Image, out_path: Path) -> None:
     with atomic_path(out_path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def working_grid_logits(
+    model: torch.nn.Module, meta: dict, image: np.ndarray, *, device: torch.device, tta: bool
+) -> np.ndarray:
+    """Logits [C, z, y, x] of a normalised working-grid volume: the 3D sliding window, or the
+    2D model slice by slice along its slicing axis."""
+    patch = tuple(reversed(meta["patch"]))  # [z, y, x]
+    if meta["dim"] == 2:
+        axis = int(meta.get("slice_axis", 0))
+        return slicewise_logits(
+            model, image, patch, axis, meta["n_classes"], device=device, tta_flip=tta
+        )
+    return sliding_window_logits(
+        model, image, patch, meta["n_classes"], device=device, tta_flip=tta
+    )
+
+
+def foreground_probability(logits: np.ndarray) -> np.ndarray:
+    """P(any foreground class) per voxel: 1 - softmax background."""
+    lg = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    return (1.0 - torch.softmax(lg, dim=0)[0]).numpy()
+
+
+def _foreground_box(prob: np.ndarray, threshold: float, pad: int = 2) -> tuple[slice, ...] | None:
+    """Bounding box (working grid) of voxels with foreground probability above ``threshold``."""
+    idx = np.argwhere(prob > threshold)
+    if len(idx) == 0:
+        return None
+    lo = np.maximum(idx.min(0) - pad, 0)
+    hi = np.minimum(idx.max(0) + pad + 1, prob.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def labels_onto_grid(
+    fg_prob: np.ndarray,
+    ids: np.ndarray,
+    working: sitk.Image,
+    target: sitk.Image,
+    *,
+    threshold: float = 0.5,
+) -> sitk.Image:
+    """Working-grid decision resampled onto ``target`` (the CT's grid, canonical orientation).
+
+    The foreground decision is taken on the target grid from the *linearly interpolated*
+    foreground probability (thresholded at 0.5 = the arg-max of background against the summed
+    foreground classes, as :func:`decode_logits` decides it), so a 0.8 mm CT gets a 0.8 mm
+    boundary instead of 4 mm nearest-neighbour staircases. Which vertebra a foreground voxel
+    belongs to comes from the post-processed working-grid ids, extended to the nearest
+    labelled voxel (vertebrae touch only across discs, where the probability is low). Only the
+    foreground's bounding box is resampled, which keeps a 512 x 512 x 300 CT cheap.
+    """
+    out = sitk.Image(target.GetSize(), sitk.sitkUInt8)
+    out.CopyInformation(target)
+    box = _foreground_box(fg_prob, 0.05)
+    if box is None or not ids.any():
+        return out
+    # the nearest labelled voxel's id for every working-grid voxel of the box
+    sub_ids = ids[box]
+    if not sub_ids.any():
+        return out
+    _, nearest = ndimage.distance_transform_edt(sub_ids == 0, return_indices=True)
+    filled = sub_ids[tuple(nearest)].astype(np.uint8)
+    origin_idx = [int(s.start) for s in reversed(box)]  # x, y, z
+    sub_origin = working.TransformIndexToPhysicalPoint(origin_idx)
+
+    def sub_image(arr: np.ndarray) -> sitk.Image:
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing(working.GetSpacing())
+        img.SetDirection(working.GetDirection())
+        img.SetOrigin(sub_origin)
+        return img
+
+    # the target-grid box covered by the working box (corners mapped through world space)
+    corners = np.array(
+        [
+            [s.start - 0.5 if k else s.stop - 0.5 for k, s in zip(bits, reversed(box), strict=True)]
+            for bits in np.ndindex(2, 2, 2)
+        ],
+        dtype=float,
+    )
+    world = [working.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners]
+    tidx = np.array([target.TransformPhysicalPointToContinuousIndex(w) for w in world])
+    size = np.array(target.GetSize())
+    lo = np.clip(np.floor(tidx.min(0)).astype(int), 0, size)
+    hi = np.clip(np.ceil(tidx.max(0)).astype(int) + 1, 0, size)
+    if np.any(hi <= lo):
+        return out
+    ref = sitk.Image([int(v) for v in hi - lo], sitk.sitkUInt8)
+    ref.SetSpacing(target.GetSpacing())
+    ref.SetDirection(target.GetDirection())
+    ref.SetOrigin(target.TransformIndexToPhysicalPoint([int(v) for v in lo]))
+    prob_t = sitk.GetArrayFromImage(
+        resample_onto(sub_image(fg_prob[box].astype(np.float32)), ref, default=0.0)
+    )
+    id_t = sitk.GetArrayFromImage(
+        resample_onto(sub_image(filled), ref, interpolator=sitk.sitkNearestNeighbor, default=0)
+    )
+    region = np.where(prob_t >= threshold, id_t, 0).astype(np.uint8)
+    out = sitk.Paste(
+        out, sitk.GetImageFromArray(region), ref.GetSize(), [0, 0, 0], [int(v) for v in lo]
+    )
+    out.CopyInformation(target)
+    return out
 
 
 def predict_volume(
@@ -310,95 +168,31 @@ def predict_volume(
     *,
     device: torch.device,
     tta_flip: bool | None = None,
-    case: str | None = None,
 ) -> sitk.Image:
-    """Segment one CT image; returns a uint8 label image on exactly the CT grid."""
+    """Segment one CT image; returns a uint8 label image on exactly the CT grid.
+
+    The CT is permuted to the canonical orientation (:mod:`ctseg.core.orientation`, lossless),
+    resampled to the model's working spacing, normalised as in training and segmented; the
+    working-grid probabilities are post-processed there and carried back onto the canonical
+    CT grid by :func:`labels_onto_grid` (linear interpolation of the foreground probability),
+    and the result is permuted back onto the source grid with its exact geometry.
+    """
     exp = meta["experiment"]
     tta = bool(exp.get("tta_flip", False)) if tta_flip is None else tta_flip
+    canon = to_canonical(ct)
     ct_r = resample_to_spacing(
-        sitk.Cast(ct, sitk.sitkFloat32), meta["spacing_mm"], is_label=False, default=-1000.0
+        sitk.Cast(canon, sitk.sitkFloat32), meta["spacing_mm"], is_label=False, default=-1000.0
     )
     image = hu_to_float(sitk.GetArrayFromImage(ct_r), meta["hu_window"])
-    patch = tuple(reversed(meta["patch"]))  # [z, y, x]
-    if meta["dim"] == 2:
-        axis = int(meta.get("slice_axis", 0))  # [z, y, x] axis the model's slices cut along
-        stack = np.moveaxis(image, axis, 0)
-        patch2d = tuple(p for k, p in enumerate(patch) if k != axis)
-        pred = np.zeros(stack.shape, dtype=np.int64)
-        for k in range(stack.shape[0]):
-            logits = sliding_window_logits(
-                model, stack[k], patch2d, meta["n_classes"], device=device, tta_flip=tta
-            )
-            pred[k] = decode_logits(logits)
-        pred = np.moveaxis(pred, 0, axis)
-    else:
-        logits = sliding_window_logits(
-            model, image, patch, meta["n_classes"], device=device, tta_flip=tta
-        )
-        pred = decode_logits(logits)
-    ids = classes_to_ids(pred, meta["class_ids"])
+    logits = working_grid_logits(model, meta, image, device=device, tta=tta)
+    ids = classes_to_ids(decode_logits(logits), meta["class_ids"])
     if meta["task"] == "vertebrae" and exp.get("postprocess", True):
         ids = relabel_along_spine(
             ids, ct_r.GetDirection(), ct_r.GetSpacing(), [c for c in meta["class_ids"] if c]
         )
-    lab_r = sitk.GetImageFromArray(ids.astype(np.uint8))
-    lab_r.CopyInformation(ct_r)
-    out = sitk.Resample(lab_r, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return out
-
-
-def read_drr(path: str | Path, case: str | None = None) -> tuple[np.ndarray, sitk.Image]:
-    """A DRR NIfTI as a float32 2D array [rows, cols] plus its image (2D or 3D with one slice)."""
-    img = read_image_file(path, case)
-    arr = sitk.GetArrayFromImage(img).astype(np.float32)
-    if arr.ndim == 3:
-        if arr.shape[0] != 1:
-            raise InputError(f"DRR must be 2D, got shape {arr.shape}", path=path, case=case)
-        arr = arr[0]
-    return arr, img
-
-
-def preprocess_drr(arr: np.ndarray, variant: str) -> np.ndarray:
-    """Apply the experiment's DRR pre-processing (``ctseg.drr.preprocess.apply``; imported lazily
-    because another module owns it) and return float32."""
-    from ctseg.drr import preprocess
-
-    return np.asarray(preprocess.apply(arr, variant), dtype=np.float32)
-
-
-def pad_to_multiple(arr: np.ndarray, k: int) -> np.ndarray:
-    """Zero-pad at the far end of each axis to a multiple of ``k`` (network divisor)."""
-    return np.pad(arr, [(0, (-n) % k) for n in arr.shape])
-
-
-def predict_drr_views(
-    model: torch.nn.Module,
-    meta: dict,
-    drr_paths: list[str | Path],
-    *,
-    device: torch.device,
-    case: str | None = None,
-) -> sitk.Image:
-    """Segment each DRR view; stack the 0/1 masks along z (z = view order).
-
-    The geometry matches ``ctseg.drr.stack_views`` (the truth stack): spacing
-    ``[col, row, 1]`` of the first view, default origin and direction, so that prediction and
-    truth lie on the same grid.
-    """
-    variant = meta["experiment"].get("preprocess", "none")
-    masks, spacing = [], None
-    for p in drr_paths:
-        arr, img = read_drr(p, case)
-        if spacing is None:
-            spacing = img.GetSpacing()[:2]
-        x = pad_to_multiple(preprocess_drr(arr, variant), model.divisor)
-        logits = sliding_window_logits(model, x, x.shape, meta["n_classes"], device=device)
-        masks.append(logits.argmax(0)[: arr.shape[0], : arr.shape[1]].astype(np.uint8))
-    if len({m.shape for m in masks}) != 1:
-        raise InputError("DRR views of one case differ in size", case=case, path=drr_paths[0])
-    out = sitk.GetImageFromArray(np.stack(masks))
-    out.SetSpacing((float(spacing[0]), float(spacing[1]), 1.0))
-    return out
+    fg = foreground_probability(logits)
+    labels = labels_onto_grid(fg, ids, ct_r, canon)
+    return from_canonical(labels, ct)
 
 
 def predict_case(
@@ -429,5 +223,5 @@ def predict_case(
             raise InputError(
                 f"CT must be 3D, got {ct.GetDimension()}D", path=inputs["ct"], case=case
             )
-        out = predict_volume(model, meta, ct, device=dev, tta_flip=tta_flip, case=case)
+        out = predict_volume(model, meta, ct, device=dev, tta_flip=tta_flip)
     _write(out, Path(out_path))

@@ -37,7 +37,6 @@ from volumentations.core.transforms_interface import DualTransform, ImageOnlyTra
 
 #: Default HU window: air (-1000) to dense cortical bone (2000). Values are clipped to it and
 #: scaled linearly to [0, 1], so air is 0 and zero padding / constant borders look like air.
-DEFAULT_HU_WINDOW: tuple[float, float] = (-1000.0, 2000.0)
 
 #: Default augmentation settings (seed 001's set). Flips are left-right only by default: a
 #: superior-inferior flip would put T1 below L5 and teach a vertebra-identification model
@@ -53,19 +52,6 @@ DEFAULT_AUGMENT: dict = {
     "noise_std": [0.005, 0.02],  # in normalised units (1.0 = the HU window width)
     "p_noise": 0.5,
 }
-
-
-def hu_to_float(
-    hu: np.ndarray, window: tuple[float, float] | list[float] = DEFAULT_HU_WINDOW
-) -> np.ndarray:
-    """Clip HU to ``window`` and scale linearly to [0, 1] float32 (air -> 0).
-
-    A fixed window (not per-volume z-scoring) keeps intensities comparable across scanners and
-    phantoms, and makes constant padding with 0 equal to air.
-    """
-    lo, hi = float(window[0]), float(window[1])
-    out = (np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)
-    return out.astype(np.float32, copy=False)
 
 
 def affine_matrix(angles_deg: tuple[float, float, float], scale: float) -> np.ndarray:

@@ -31,7 +31,10 @@ from tqdm import tqdm
 from ctseg.core.atomic import atomic_path
 from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
-from ctseg.training.augment import DEFAULT_HU_WINDOW, augment_pair, build_augmentation, hu_to_float
+from ctseg.core.normalise import DEFAULT_HU_WINDOW, hu_to_float
+from ctseg.core.orientation import to_canonical
+from ctseg.core.resample import resample_to_spacing
+from ctseg.training.augment import augment_pair, build_augmentation
 
 TASKS = ("vertebrae", "metal")
 
@@ -45,34 +48,6 @@ def sample_seed(seed: int, case_index: int, copy_index: int) -> int:
     """Independent, reproducible seed for one sample (numpy SeedSequence mixing)."""
     return int(
         np.random.SeedSequence([int(seed), int(case_index), int(copy_index)]).generate_state(1)[0]
-    )
-
-
-def resample_to_spacing(
-    image: sitk.Image,
-    spacing_xyz: list[float] | tuple[float, ...],
-    *,
-    is_label: bool,
-    default: float = 0.0,
-) -> sitk.Image:
-    """Resample to ``spacing_xyz`` (mm) keeping origin and direction and the physical extent.
-
-    Labels use nearest neighbour (ids must not blend), images linear interpolation.
-    """
-    old_sp = np.array(image.GetSpacing(), dtype=float)
-    new_sp = np.array([float(s) for s in spacing_xyz], dtype=float)
-    size = np.maximum(1, np.round(np.array(image.GetSize()) * old_sp / new_sp)).astype(int)
-    interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
-    return sitk.Resample(
-        image,
-        [int(s) for s in size],
-        sitk.Transform(),
-        interp,
-        image.GetOrigin(),
-        [float(s) for s in new_sp],
-        image.GetDirection(),
-        float(default),
-        image.GetPixelID(),
     )
 
 
@@ -99,6 +74,7 @@ def load_case_arrays(item: dict, recipe: dict) -> tuple[np.ndarray, np.ndarray]:
             case=case,
         )
     lab.CopyInformation(ct)
+    ct, lab = to_canonical(ct), to_canonical(lab)  # the orientation inference works in
     spacing = recipe.get("spacing_mm", ct.GetSpacing())
     ct_r = resample_to_spacing(
         sitk.Cast(ct, sitk.sitkFloat32), spacing, is_label=False, default=-1000.0

@@ -56,19 +56,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ctseg.core.atomic import atomic_path
+from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
-from ctseg.inference.predict import (
-    decode_logits,
-    pad_to_multiple,
-    preprocess_drr,
-    read_drr,
-    resolve_device,
-    sliding_window_logits,
-)
+from ctseg.core.normalise import DEFAULT_HU_WINDOW, hu_to_float
+from ctseg.core.orientation import to_canonical
+from ctseg.core.resample import resample_to_spacing
+from ctseg.inference.drr import pad_to_multiple, preprocess_drr, read_drr
+from ctseg.inference.postprocess import decode_logits
+from ctseg.inference.sliding import slice_patch, slicewise_logits, sliding_window_logits
 from ctseg.models import build_model, model_kwargs
-from ctseg.training.augment import DEFAULT_HU_WINDOW, hu_to_float
-from ctseg.training.cubes import resample_to_spacing
 from ctseg.training.distributed import (
     GlobalBatchDiceCELoss,
     all_reduce_sum,
@@ -133,11 +130,6 @@ def slice_axis(experiment: dict) -> int:
     if name not in SLICE_AXES:
         raise ValueError(f"slice_axis must be one of {', '.join(SLICE_AXES)}, not {name!r}")
     return SLICE_AXES[name]
-
-
-def slice_patch(patch_zyx: tuple[int, ...], axis: int) -> tuple[int, ...]:
-    """The 2D patch of a 3D patch seen along ``axis``."""
-    return tuple(p for k, p in enumerate(patch_zyx) if k != axis)
 
 
 class CubeSource:
@@ -338,6 +330,7 @@ def load_val_volumes(
         ct = read_image_file(c["ct"], c.get("case"))
         lab = read_image_file(c[key], c.get("case"))
         lab.CopyInformation(ct)
+        ct, lab = to_canonical(ct), to_canonical(lab)
         img = hu_to_float(
             sitk.GetArrayFromImage(
                 resample_to_spacing(
@@ -494,19 +487,7 @@ def validate_sums(
     loss_sum, dice_sum = 0.0, 0.0
     for _case, img, cls in val:
         if dim == 2 and img.ndim == 3:
-            logits = np.stack(
-                [
-                    sliding_window_logits(
-                        model,
-                        np.take(img, k, axis=axis),
-                        slice_patch(patch, axis),
-                        n_classes,
-                        device=device,
-                    )
-                    for k in range(img.shape[axis])
-                ],
-                axis=1 + axis,
-            )
+            logits = slicewise_logits(model, img, patch, axis, n_classes, device=device)
         else:
             logits = sliding_window_logits(model, img, patch, n_classes, device=device)
         lt = torch.from_numpy(logits)[None]
@@ -514,12 +495,6 @@ def validate_sums(
         dice_sum += mean_foreground_dice(decode_logits(logits), cls, n_classes)
     model.train()
     return [loss_sum, dice_sum, float(len(val))]
-
-
-def validate(model, val, patch, n_classes, loss_fn, device, dim: int) -> tuple[float, float]:
-    """Mean validation loss and mean foreground Dice over whole validation volumes/images."""
-    loss_sum, dice_sum, n = validate_sums(model, val, patch, n_classes, loss_fn, device, dim)
-    return (loss_sum / n, dice_sum / n) if n else (float("nan"), float("nan"))
 
 
 # --------------------------------------------------------------------------- main entry
