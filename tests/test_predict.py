@@ -12,7 +12,7 @@ from ctseg.inference.postprocess import keep_largest_component, relabel_along_sp
 from ctseg.inference.predict import load_model, predict_case
 from ctseg.inference.sliding import gaussian_importance, sliding_window_logits, window_starts
 from ctseg.models import build_model
-from ctseg.training.train import save_model_pt
+from ctseg.training.checkpoint import save_model_pt
 
 IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
 

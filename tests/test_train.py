@@ -15,15 +15,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from ctseg.core.config import ExperimentConfig
+from ctseg.core.errors import ConfigError
 from ctseg.inference.predict import load_model, predict_case
 from ctseg.training.cubes import build_cube
-from ctseg.training.train import (
-    CubeSource,
-    class_ids_for,
-    ids_to_classes,
-    load_batches,
-    train_experiment,
-)
+from ctseg.training.data import CubeSource, ids_to_classes, load_batches
+from ctseg.training.train import train_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,12 +98,16 @@ EXP = {
 }
 
 
+def class_ids_for(d: dict) -> list[int]:
+    return ExperimentConfig.from_dict({"cube": "c", **d}, "x").class_ids
+
+
 def test_class_mapping():
     assert class_ids_for({"task": "vertebrae"}) == [0, *range(8, 25)]
     assert class_ids_for({"task": "metal"}) == [0, 1]
     lab = np.array([0, 8, 9, 10, 20, 255], np.uint8)
     assert ids_to_classes(lab, [0, 8, 9, 10]).tolist() == [0, 1, 2, 3, 0, 0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="labels"):
         class_ids_for({"task": "vertebrae", "labels": [8, 8]})
 
 
@@ -345,7 +346,7 @@ def test_checkpoint_rng_states_round_trip_with_weights_only(tmp_path):
     """RNG states survive torch.save -> torch.load(weights_only=True) and continue the streams."""
     import random
 
-    from ctseg.training.train import restore_rng_states, rng_states
+    from ctseg.training.checkpoint import restore_rng_states, rng_states
 
     torch.manual_seed(3)
     np.random.seed(3)
@@ -506,7 +507,7 @@ def test_legacy_pickled_checkpoint_is_ignored_not_unpickled(tmp_path):
     loaded: training starts afresh instead of executing arbitrary pickled code."""
     import random
 
-    from ctseg.training.train import load_checkpoint
+    from ctseg.training.checkpoint import load_checkpoint
 
     path = tmp_path / "last.pt"
     torch.save({"epoch": 3, "rng": {"numpy": np.random.get_state(), "py": random.getstate()}}, path)
@@ -520,12 +521,12 @@ def test_world_size_must_divide_the_batch(tiny, tmp_path, monkeypatch):
     """Unequal shards would weight samples unequally under DDP's gradient average: rejected
     before any process is spawned; $CTSEG_WORLD_SIZE is the injectable default."""
     data = ({"cube": str(tiny["cube"])}, {"cases": []})
-    with pytest.raises(ValueError, match="divisible by world_size 3"):
+    with pytest.raises(ConfigError, match="divisible by world_size 3"):
         train_experiment(
             {**EXP, "batch_size": 2, "world_size": 3}, *data, tmp_path, seed=0, device="cpu"
         )
     monkeypatch.setenv("CTSEG_WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="divisible by world_size 2"):
+    with pytest.raises(ConfigError, match="divisible by world_size 2"):
         train_experiment({**EXP, "batch_size": 3}, *data, tmp_path, seed=0, device="cpu")
     assert not (tmp_path / "checkpoints").exists()
 
@@ -534,11 +535,12 @@ def test_sagittal_slices_of_the_cube(tiny):
     """slice_axis picks which [z, y, x] axis a 2D model cuts the cube along."""
     import h5py
 
-    from ctseg.training.train import SLICE_AXES, slice_axis
+    def axis(name):
+        return ExperimentConfig.from_dict({"cube": "c", "slice_axis": name}, "x").axis
 
-    assert slice_axis({"slice_axis": "sagittal"}) == SLICE_AXES["sagittal"] == 2
-    with pytest.raises(ValueError):
-        slice_axis({"slice_axis": "oblique"})
+    assert axis("sagittal") == 2 and axis("axial") == 0
+    with pytest.raises(ConfigError, match="slice_axis"):
+        axis("oblique")
     src = CubeSource(tiny["cube"], [0, 8, 9, 10], dim=2, axis=2)
     with h5py.File(tiny["cube"], "r") as h5:
         img, lab = h5["image"][0], h5["label"][0]
@@ -589,8 +591,36 @@ def test_worker_process_loading_gives_the_thread_loaders_batches_and_result(tiny
     )
     ref = torch.load(tmp_path / "thread" / "checkpoints" / "last.pt", weights_only=True)
     got = torch.load(tmp_path / "workers" / "checkpoints" / "last.pt", weights_only=True)
-    assert got["run_id"] == ref["run_id"]  # loading is not part of the run identity
+    assert got["fingerprint"] == ref["fingerprint"]  # loading is not part of the run identity
     for k, v in ref["model"].items():
         assert torch.equal(got["model"][k], v), k
     waits = [h["data_wait_fraction"] for h in got["history"]]
     assert all(0 <= w <= 1 for w in waits)
+
+
+def test_changed_cube_discards_the_checkpoint_and_retrains(tiny, tmp_path, capsys):
+    """A finished run, then one augmentation parameter changes: the cube is rebuilt and
+    training must start from epoch 0 (it used to "resume from epoch 2 of 2" and write back
+    the old weights)."""
+    cube = tmp_path / "cube.h5"
+    recipe = {"task": "vertebrae", "spacing_mm": [2, 2, 2], "patch": [16, 16, 32], "copies": 1}
+    build_cube(
+        [tiny["case"]], cube, {**recipe, "augment": {"scale": [0.9, 0.9], "p_affine": 1.0}}, seed=0
+    )
+    exp = {**EXP, "base_width": 4, "epochs": 2, "steps_per_epoch": 2, "val_every": 2}
+    out = tmp_path / "model"
+    args = ({"cube": str(cube)}, {"cases": [tiny["case"]]}, out)
+    train_experiment(exp, *args, seed=1, device="cpu")
+    first = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    capsys.readouterr()
+    train_experiment(exp, *args, seed=1, device="cpu")  # unchanged: a resumed, finished run
+    assert "resuming model from epoch 2" in capsys.readouterr().out
+    build_cube(
+        [tiny["case"]], cube, {**recipe, "augment": {"scale": [1.1, 1.1], "p_affine": 1.0}}, seed=0
+    )
+    train_experiment(exp, *args, seed=1, device="cpu")
+    log = capsys.readouterr().out
+    assert "training data changed" in log and "from epoch 0" in log
+    assert "epoch 1/2 loss" in log and "resuming" not in log
+    second = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(first[k], second[k]) for k in first)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ctseg.commands.cube import load_section, parse_item
+from ctseg.commands.common import load_section, parse_item
+from ctseg.core.errors import ConfigError
 from ctseg.training.train import train_experiment
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         train_data = {"cases": [_as_list(c) for c in args.train_case]}
     else:
         if args.cube is None:
-            raise SystemExit("--cube is required for volume tasks")
+            raise ConfigError("--cube is required for volume tasks")
         train_data = {"cube": str(args.cube)}
     val_data = {"cases": [_as_list(c) for c in args.val_case]}
     train_experiment(experiment, train_data, val_data, args.out, seed=args.seed, device=args.device)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ctseg.core.atomic import atomic_path
 from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
+from ctseg.core.tasks import get_task
 from ctseg.evaluation.centroids import (
     MATCH_KEYS,
     centroids_from_labels,
@@ -50,8 +51,6 @@ from ctseg.evaluation.metrics import (
 )
 
 NAN = float("nan")
-TASKS = ("vertebrae", "metal", "bone_drr")
-BINARY_TASKS = ("metal", "bone_drr")
 
 #: metrics summarised per case: summary column prefix -> metrics.tsv column
 SUMMARY_METRICS: dict[str, str] = {
@@ -152,7 +151,7 @@ def evaluate_case(
     check_same_grid(pred_img, truth_img, pred_path, truth_path, case=case)
     pred = _read_label_array(pred_img, pred_path, case)
     truth = _read_label_array(truth_img, truth_path, case)
-    if task in BINARY_TASKS:
+    if not get_task(task).vertebrae:
         # Binary tasks score one foreground class; DRR truth holds the projected vertebra ids,
         # and "bone" is any of them (the class the bone_drr model is trained on).
         pred, truth = (pred > 0).astype(np.uint8), (truth > 0).astype(np.uint8)
@@ -192,8 +191,7 @@ def evaluate_experiment(
     Cases are read and scored one at a time and their rows streamed to the (temporary) output
     files; the three files appear together only when every case succeeded.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    get_task(task, where="evaluate")
     metric_cols = ["case", *(["view"] if task == "bone_drr" else []), "label", "name", *METRIC_KEYS]
     cent_cols = ["case", *MATCH_KEYS]
     pooled: list[dict] = []  # a few scalars per label, for the ALL row

@@ -29,14 +29,14 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from ctseg.core.atomic import atomic_path
+from ctseg.core.config import CubeRecipe
 from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
-from ctseg.core.normalise import DEFAULT_HU_WINDOW, hu_to_float
-from ctseg.core.orientation import to_canonical
+from ctseg.core.normalise import hu_to_float
+from ctseg.core.orientation import CANONICAL, to_canonical
 from ctseg.core.resample import resample_to_spacing
+from ctseg.core.tasks import get_task
 from ctseg.training.augment import augment_pair, build_augmentation
-
-TASKS = ("vertebrae", "metal")
 
 
 def recipe_hash(recipe: dict) -> str:
@@ -51,13 +51,17 @@ def sample_seed(seed: int, case_index: int, copy_index: int) -> int:
     )
 
 
-def load_case_arrays(item: dict, recipe: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Load one case at the recipe spacing: (normalised float32 image, uint8 label) [z, y, x]."""
-    task = recipe.get("task", "vertebrae")
-    if task not in TASKS:
-        raise ValueError(f"cube task must be one of {TASKS}, got {task!r}")
+def as_recipe(recipe: dict | CubeRecipe) -> CubeRecipe:
+    return recipe if isinstance(recipe, CubeRecipe) else CubeRecipe.from_dict(recipe)
+
+
+def load_case_arrays(item: dict, recipe: dict | CubeRecipe) -> tuple[np.ndarray, np.ndarray]:
+    """Load one case at the recipe spacing: (normalised float32 image, uint8 label) [z, y, x],
+    in the canonical orientation that inference uses."""
+    recipe = as_recipe(recipe)
+    task = recipe.task
     case = item.get("case")
-    label_key = "labels" if task == "vertebrae" else "metal"
+    label_key = get_task(task).truth_key
     if not item.get(label_key):
         raise InputError(
             f"task {task!r} needs a {label_key!r} file", case=case, path=item.get("ct")
@@ -75,12 +79,12 @@ def load_case_arrays(item: dict, recipe: dict) -> tuple[np.ndarray, np.ndarray]:
         )
     lab.CopyInformation(ct)
     ct, lab = to_canonical(ct), to_canonical(lab)  # the orientation inference works in
-    spacing = recipe.get("spacing_mm", ct.GetSpacing())
+    spacing = recipe.spacing_mm
     ct_r = resample_to_spacing(
         sitk.Cast(ct, sitk.sitkFloat32), spacing, is_label=False, default=-1000.0
     )
     lab_r = resample_to_spacing(sitk.Cast(lab, sitk.sitkUInt8), spacing, is_label=True)
-    image = hu_to_float(sitk.GetArrayFromImage(ct_r), recipe.get("hu_window", DEFAULT_HU_WINDOW))
+    image = hu_to_float(sitk.GetArrayFromImage(ct_r), recipe.hu_window)
     label = sitk.GetArrayFromImage(lab_r).astype(np.uint8)
     if task == "metal":
         label = (label > 0).astype(np.uint8)
@@ -139,7 +143,7 @@ def choose_crop_centre(
     return tuple(centre)
 
 
-def build_cube(items: list[dict], out_h5: Path, recipe: dict, *, seed: int) -> None:
+def build_cube(items: list[dict], out_h5: Path, recipe: dict | CubeRecipe, *, seed: int) -> None:
     """Build an augmentation cube HDF5 from training cases (see module docstring).
 
     ``items``: ``{"case", "ct", "labels", "metal"}`` paths; ``recipe``: ``task``, ``spacing_mm``
@@ -148,25 +152,24 @@ def build_cube(items: list[dict], out_h5: Path, recipe: dict, *, seed: int) -> N
     """
     if not items:
         raise InputError("no training cases for the cube", path=out_h5)
-    patch_xyz = [int(p) for p in recipe["patch"]]
+    given = recipe.to_dict() if isinstance(recipe, CubeRecipe) else dict(recipe)
+    recipe = as_recipe(recipe)
+    patch_xyz = [int(p) for p in recipe.patch]
     shape = tuple(reversed(patch_xyz))  # [z, y, x]
-    copies = int(recipe.get("copies", 0))
-    mode = recipe.get("mode", "whole")
-    if mode not in ("whole", "random"):
-        raise ValueError(f"cube mode must be 'whole' or 'random', got {mode!r}")
-    fg_prob = float(recipe.get("fg_prob", 0.7))
-    compose = build_augmentation(recipe.get("augment"))
+    copies, mode, fg_prob = recipe.copies, recipe.mode, recipe.fg_prob
+    compose = build_augmentation(recipe.augment or None)
     n_total = len(items) * (copies + 1)
     seeds: list[int] = []
     provenance = {
-        "recipe": recipe,
-        "config_hash": recipe_hash(recipe),
+        "recipe": given,
+        "config_hash": recipe_hash(given),
         "seed": int(seed),
         "cases": [str(it.get("case")) for it in items],
-        "spacing_mm": [float(s) for s in recipe.get("spacing_mm", [])],
+        "spacing_mm": [float(s) for s in recipe.spacing_mm],
         "patch": patch_xyz,
-        "hu_window": list(recipe.get("hu_window", DEFAULT_HU_WINDOW)),
-        "task": recipe.get("task", "vertebrae"),
+        "hu_window": list(recipe.hu_window),
+        "orientation": CANONICAL,
+        "task": recipe.task,
         "mode": mode,
         "normalisation": "clip(HU, hu_window) scaled linearly to [0, 1]",
     }
@@ -201,11 +204,7 @@ def build_cube(items: list[dict], out_h5: Path, recipe: dict, *, seed: int) -> N
                     s = sample_seed(seed, ci, k)
                     rng = np.random.default_rng(s)
                     if mode == "whole":
-                        centre = (
-                            foreground_centre(label)
-                            if recipe.get("centre_on_foreground", False)
-                            else None
-                        )
+                        centre = foreground_centre(label) if recipe.centre_on_foreground else None
                     else:
                         centre = (
                             foreground_centre(label)

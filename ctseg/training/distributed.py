@@ -31,25 +31,27 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ctseg.core.errors import ConfigError
 
-def resolve_world_size(experiment: dict, device: torch.device) -> int:
+
+def resolve_world_size(experiment, device: torch.device) -> int:
     """Processes to train with: experiment ``world_size``, else ``$CTSEG_WORLD_SIZE``, else the
     number of visible GPUs on CUDA (``device_count`` honours CUDA_VISIBLE_DEVICES, which SLURM
     sets to the job's allocation), else 1."""
-    n = experiment.get("world_size") or os.environ.get("CTSEG_WORLD_SIZE")
+    n = experiment.world_size or os.environ.get("CTSEG_WORLD_SIZE")
     if n is None or n == "":
         n = torch.cuda.device_count() if device.type == "cuda" else 1
     n = int(n)
     if n < 1:
-        raise ValueError(f"world_size must be >= 1, got {n}")
+        raise ConfigError(f"world_size must be >= 1, got {n}")
     if device.type == "cuda" and n > torch.cuda.device_count():
-        raise ValueError(f"world_size {n} exceeds the {torch.cuda.device_count()} visible GPUs")
+        raise ConfigError(f"world_size {n} exceeds the {torch.cuda.device_count()} visible GPUs")
     return n
 
 
-def resolve_backend(experiment: dict, device: torch.device) -> str:
+def resolve_backend(experiment, device: torch.device) -> str:
     """nccl on CUDA, gloo on CPU; overridable (``dist_backend`` / ``$CTSEG_DIST_BACKEND``)."""
-    b = experiment.get("dist_backend") or os.environ.get("CTSEG_DIST_BACKEND")
+    b = experiment.dist_backend or os.environ.get("CTSEG_DIST_BACKEND")
     return str(b) if b else ("nccl" if device.type == "cuda" else "gloo")
 
 

@@ -1,0 +1,271 @@
+"""Typed configuration: one dataclass per config section, one ``from_dict`` that rejects typos.
+
+Defaults live here and nowhere else (rules, scripts and the CLI all build these objects), and an
+unknown key is an error that names the key and the experiment, so ``epocs: 3`` can no longer be
+silently ignored. ``schemas/config.schema.yaml`` lists the same keys; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+from ctseg.core.errors import ConfigError
+from ctseg.core.tasks import DEFAULT_VERTEBRAE, get_task
+
+MODELS = ("unet2d", "unet3d", "resunet3d")
+OPTIMIZERS = ("sgd", "adamw")
+SLICE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+PREPROCESS = ("none", "global", "local")
+
+
+def _coerce(value, tp, where: str):
+    """``value`` checked against the annotation ``tp`` (int, float, bool, str, tuples, optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item, *rest) = typing.get_args(tp)
+        return tuple(_coerce(v, item, where) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _from_dict(cls, d: dict | None, where: str, aliases: dict[str, str] | None = None):
+    d = dict(d or {})
+    for old, new in (aliases or {}).items():
+        if old in d:
+            if new in d:
+                raise ConfigError(f"{where}: give {new!r} or its alias {old!r}, not both")
+            d[new] = d.pop(old)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment of ``config.yaml``: a task, a network, its data and its optimisation."""
+
+    name: str = ""
+    task: str = "vertebrae"
+    model: str = "unet3d"
+    #: the cube (volume tasks) it trains on
+    cube: str | None = None
+    #: VerSe ids of the vertebra classes (default T1..L5)
+    labels: tuple[int, ...] | None = None
+    #: bone_drr pre-processing (seed 000)
+    preprocess: str = "none"
+    base_width: int = 16
+    depth: int = 4
+    norm: str = "instance"
+    epochs: int = 20
+    #: default 8 for 2D, 2 for 3D models
+    batch_size: int | None = None
+    #: default: one pass over the samples (8 slices per sample for 2D on cubes)
+    steps_per_epoch: int | None = None
+    optimizer: str = "sgd"
+    #: default 0.01 for SGD, 1e-3 for AdamW
+    lr: float | None = None
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_power: float = 0.9
+    loss_weights: tuple[float, ...] = (0.5, 0.5)
+    pos_slice_prob: float = 0.5
+    slice_axis: str = "axial"
+    threads: int | None = None
+    val_every: int = 1
+    num_workers: int = 0
+    tta_flip: bool = False
+    postprocess: bool = True
+    world_size: int | None = None
+    dist_backend: str | None = None
+    device: str = "auto"
+    #: a model package trained elsewhere: the experiment is then applied, not trained
+    pretrained: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict | None, name: str | None = None) -> ExperimentConfig:
+        d = dict(d or {})
+        if name is not None:
+            d.setdefault("name", name)
+        where = f"experiment {d.get('name') or '?'!s}"
+        cfg = _from_dict(cls, d, where, aliases={"base_channels": "base_width"})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        where = f"experiment {self.name or '?'}"
+        task = get_task(self.task, where=where)
+
+        def bad(key, msg):
+            raise ConfigError(f"{where}.{key}: {msg}")
+
+        if self.model not in MODELS:
+            bad("model", f"must be one of {', '.join(MODELS)}, not {self.model!r}")
+        if self.dim not in task.dims:
+            bad("model", f"{self.model} ({self.dim}D) does not fit task {self.task!r}")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        if self.slice_axis not in SLICE_AXES:
+            bad("slice_axis", f"must be one of {', '.join(SLICE_AXES)}, not {self.slice_axis!r}")
+        if self.preprocess not in PREPROCESS:
+            bad("preprocess", f"must be one of {', '.join(PREPROCESS)}")
+        if self.norm not in ("instance", "batch"):
+            bad("norm", "must be instance or batch")
+        if self.depth < 2:
+            bad("depth", f"must be at least 2 (one pooling), got {self.depth}")
+        for key in ("epochs", "base_width", "val_every"):
+            if getattr(self, key) < 1:
+                bad(key, "must be at least 1")
+        for key in ("batch_size", "steps_per_epoch", "threads", "world_size"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                bad(key, "must be at least 1")
+        if self.num_workers < 0:
+            bad("num_workers", "must be >= 0")
+        if self.lr is not None and self.lr <= 0:
+            bad("lr", "must be > 0")
+        if not 0.0 <= self.pos_slice_prob <= 1.0:
+            bad("pos_slice_prob", "must lie in [0, 1]")
+        if len(self.loss_weights) != 2:
+            bad("loss_weights", "must be [dice, cross-entropy]")
+        if self.labels is not None and (
+            0 in self.labels or len(set(self.labels)) != len(self.labels)
+        ):
+            bad("labels", "must be distinct non-zero VerSe ids")
+
+    # ------------------------------------------------------------------ derived settings
+    @property
+    def dim(self) -> int:
+        return 2 if self.model == "unet2d" else 3
+
+    @property
+    def batch(self) -> int:
+        return self.batch_size or (8 if self.dim == 2 else 2)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (0.01 if self.optimizer == "sgd" else 1e-3)
+
+    @property
+    def axis(self) -> int:
+        """The [z, y, x] array axis a 2D model slices along."""
+        return SLICE_AXES[self.slice_axis]
+
+    @property
+    def class_ids(self) -> list[int]:
+        """Label id of each class index: background first, then VerSe ids or 1."""
+        if get_task(self.task).vertebrae:
+            return [0, *(self.labels or DEFAULT_VERTEBRAE)]
+        return [0, 1]
+
+    def model_kwargs(self) -> dict:
+        """The architecture (stored in model.pt so the package rebuilds the same network)."""
+        return {
+            "model": self.model,
+            "base_width": self.base_width,
+            "depth": self.depth,
+            "norm": self.norm,
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    def training_identity(self) -> dict:
+        """The keys that change what training computes; how it is run (world size, loader
+        workers, threads, device, name) does not: the plan fixes every random choice."""
+        ignore = {"world_size", "dist_backend", "num_workers", "threads", "device", "name"}
+        ignore |= {"tta_flip", "postprocess"}  # inference-time settings
+        return {k: v for k, v in self.to_dict().items() if k not in ignore}
+
+
+@dataclass(frozen=True)
+class CubeRecipe:
+    """One cube of ``config.yaml``: how training samples are resampled, cropped and augmented."""
+
+    name: str = ""
+    task: str = "vertebrae"
+    spacing_mm: tuple[float, ...] = (4.0, 4.0, 4.0)
+    #: x, y, z voxels of one sample
+    patch: tuple[int, ...] = (64, 64, 64)
+    copies: int = 0
+    mode: str = "whole"
+    fg_prob: float = 0.7
+    hu_window: tuple[float, ...] = (-1000.0, 2000.0)
+    augment: dict = field(default_factory=dict)
+    centre_on_foreground: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict | None, name: str | None = None) -> CubeRecipe:
+        d = dict(d or {})
+        if name is not None:
+            d.setdefault("name", name)
+        where = f"cube {d.get('name') or '?'}"
+        cfg = _from_dict(cls, d, where)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        where = f"cube {self.name or '?'}"
+        task = get_task(self.task, where=where)
+        if not task.uses_cube:
+            raise ConfigError(f"{where}.task: task {self.task!r} does not train from cubes")
+        if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
+            raise ConfigError(f"{where}.spacing_mm: three positive numbers")
+        if len(self.patch) != 3 or min(self.patch) < 8:
+            raise ConfigError(f"{where}.patch: three integers >= 8")
+        if self.mode not in ("whole", "random"):
+            raise ConfigError(f"{where}.mode: whole or random, not {self.mode!r}")
+        if not 0.0 <= self.fg_prob <= 1.0:
+            raise ConfigError(f"{where}.fg_prob: must lie in [0, 1]")
+        if len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]:
+            raise ConfigError(f"{where}.hu_window: [low, high] with low < high")
+        if self.copies < 0:
+            raise ConfigError(f"{where}.copies: must be >= 0")
+
+    def to_dict(self) -> dict:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    def content_hash(self) -> str:
+        d = {k: v for k, v in self.to_dict().items() if k != "name"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
