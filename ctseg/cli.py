@@ -25,6 +25,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "check-cube": ("check_cube", "QC montage and label frequencies of a cube"),
     "train": ("train", "train a 2D/3D U-Net experiment"),
     "predict": ("predict", "sliding-window inference on one volume"),
+    "segment": ("segment", "segment new scans with a model package (outputs a viewer opens)"),
+    "export-model": ("export_model", "write a model package archive to move a model"),
+    "import-model": ("import_model", "unpack and verify a model package archive"),
     "metrics": ("metrics", "Dice, Jaccard, ASD, ASSD, HD95 per label of a prediction"),
     "centroids": ("centroids", "vertebra centroids (world mm, LPS) of a label map"),
 }

@@ -8,11 +8,11 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
+from ctseg.inference.package import load_package, make_plan, save_package
 from ctseg.inference.postprocess import keep_largest_component, relabel_along_spine
-from ctseg.inference.predict import load_model, predict_case
+from ctseg.inference.predict import predict_case
 from ctseg.inference.sliding import gaussian_importance, sliding_window_logits, window_starts
 from ctseg.models import build_model
-from ctseg.training.checkpoint import save_model_pt
 
 IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
 
@@ -137,7 +137,7 @@ def tiny_model_pt(tmp_path):
         "model_kwargs": {"model": "unet3d", "base_width": 4, "depth": 2, "norm": "instance"},
     }
     path = tmp_path / "model.pt"
-    save_model_pt(path, net, exp, meta)
+    save_package(path, net, exp, make_plan(meta, exp))
     return path, net
 
 
@@ -145,7 +145,7 @@ def test_model_pt_loads_with_weights_only(tiny_model_pt):
     path, net = tiny_model_pt
     blob = torch.load(path, weights_only=True)
     assert set(blob) == {"state_dict", "experiment_json", "meta_json"}
-    model, meta = load_model(path)
+    model, meta = load_package(path)
     assert meta["class_ids"] == [0, 8, 9, 10] and meta["experiment"]["labels"] == [8, 9, 10]
     x = torch.randn(1, 1, 8, 8, 8)
     with torch.no_grad():

@@ -17,7 +17,8 @@ import torch
 
 from ctseg.core.config import ExperimentConfig
 from ctseg.core.errors import ConfigError
-from ctseg.inference.predict import load_model, predict_case
+from ctseg.inference.package import load_package
+from ctseg.inference.predict import predict_case
 from ctseg.training.cubes import build_cube
 from ctseg.training.data import CubeSource, ids_to_classes, load_batches
 from ctseg.training.train import train_experiment
@@ -185,7 +186,7 @@ def test_2d_model_on_cube_slices_and_metal_task(tiny, tmp_path):
     train_experiment(
         exp, {"cube": str(tiny["metal_cube"])}, {"cases": [tiny["case"]]}, out, seed=0, device="cpu"
     )
-    model, meta = load_model(out / "model.pt")
+    model, meta = load_package(out / "model.pt")
     assert meta["dim"] == 2 and meta["class_ids"] == [0, 1]
     assert (out / "checkpoints" / "last.pt").is_file()
     pred_path = tmp_path / "metal.nii.gz"
@@ -443,7 +444,7 @@ def test_ddp_two_gloo_ranks_match_single_process_training(tiny, tmp_path, capsys
         rtol=1e-5,
     )
     assert got["history"][-1]["val_dice"] == pytest.approx(ref["history"][-1]["val_dice"], 1e-5)
-    model, meta = load_model(ddp_out / "model.pt")
+    model, meta = load_package(ddp_out / "model.pt")
     blob = torch.load(ddp_out / "model.pt", weights_only=True)
     assert json.loads(blob["experiment_json"])["world_size"] == 2
     for k, v in ref["model"].items():
@@ -562,7 +563,7 @@ def test_sagittal_2d_vertebra_model_predicts_on_the_ct_grid(tiny, tmp_path):
     train_experiment(
         exp, {"cube": str(tiny["cube"])}, {"cases": [tiny["case"]]}, out, seed=0, device="cpu"
     )
-    _model, meta = load_model(out / "model.pt")
+    _model, meta = load_package(out / "model.pt")
     assert meta["dim"] == 2 and meta["slice_axis"] == 2
     pred_path = tmp_path / "sag.nii.gz"
     predict_case(out / "model.pt", {"ct": tiny["case"]["ct"]}, pred_path, device="cpu")

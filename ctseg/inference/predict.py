@@ -14,7 +14,6 @@ whole (padded to a multiple of the network divisor), and the views are stacked a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,26 +29,9 @@ from ctseg.core.normalise import hu_to_float
 from ctseg.core.orientation import from_canonical, to_canonical
 from ctseg.core.resample import resample_onto, resample_to_spacing
 from ctseg.inference.drr import predict_drr_views
+from ctseg.inference.package import load_package
 from ctseg.inference.postprocess import classes_to_ids, decode_logits, relabel_along_spine
 from ctseg.inference.sliding import slicewise_logits, sliding_window_logits
-from ctseg.models import build_model
-
-
-def load_model(
-    model_pt: str | Path, device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, dict]:
-    """Load ``model.pt`` (written by :func:`ctseg.training.train.train_experiment`) -> (model, meta)."""
-    model_pt = Path(model_pt)
-    if not model_pt.is_file():
-        raise InputError("model file not found", path=model_pt)
-    blob = torch.load(model_pt, map_location="cpu", weights_only=True)
-    meta = json.loads(blob["meta_json"])
-    experiment = json.loads(blob["experiment_json"])
-    model = build_model({**experiment, **meta["model_kwargs"]}, int(meta["n_classes"]))
-    model.load_state_dict(blob["state_dict"])
-    model.to(device).eval()
-    meta["experiment"] = experiment
-    return model, meta
 
 
 def _write(image: sitk.Image, out_path: Path) -> None:
@@ -209,7 +191,7 @@ def predict_case(
     optional ``"case"`` for error messages.
     """
     dev = resolve_device(device)
-    model, meta = load_model(model_pt, dev)
+    model, meta = load_package(model_pt, dev)
     case = inputs.get("case")
     if meta["task"] == "bone_drr":
         if not inputs.get("drr"):

@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ctseg.core.atomic import atomic_path
-
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -108,19 +106,3 @@ def load_checkpoint(path: Path) -> dict | None:
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means a fresh start
         tqdm.write(f"ignoring checkpoint {path} (not loadable with weights_only=True: {exc})")
         return None
-
-
-def save_model_pt(path: Path, model: torch.nn.Module, experiment: dict, meta: dict) -> None:
-    """Write ``model.pt`` atomically: tensors + JSON strings only, so that
-    ``torch.load(weights_only=True)`` can read it (no pickled code from a model file).
-
-    ``meta`` keys used by :func:`ctseg.inference.predict.load_model`: task, dim, n_classes, class_ids,
-    spacing_mm, patch (x, y, z), hu_window, model_kwargs.
-    """
-    blob = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "experiment_json": json.dumps(experiment, sort_keys=True, default=str),
-        "meta_json": json.dumps(meta, sort_keys=True),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)

@@ -42,6 +42,7 @@ from ctseg.core.atomic import atomic_path
 from ctseg.core.config import ExperimentConfig
 from ctseg.core.errors import ConfigError, InputError
 from ctseg.core.tasks import get_task
+from ctseg.inference.package import make_plan, save_package
 from ctseg.inference.postprocess import decode_logits
 from ctseg.inference.sliding import slice_patch, slicewise_logits, sliding_window_logits
 from ctseg.models import build_model
@@ -51,7 +52,6 @@ from ctseg.training.checkpoint import (
     load_checkpoint,
     restore_rng_states,
     rng_states,
-    save_model_pt,
 )
 from ctseg.training.data import CubeSource, DrrSource, load_batches, load_val_volumes
 from ctseg.training.distributed import GlobalBatchDiceCELoss, all_reduce_sum
@@ -361,7 +361,22 @@ class Trainer:
             return
         write_history(self.out_dir / "history.tsv", self.history)
         plot_history(self.out_dir / "loss.png", self.history, self.out_dir.name)
-        save_model_pt(self.out_dir / "model.pt", self.raw, self.exp.to_dict(), self.plan())
+        experiment = self.exp.to_dict()
+        last_val = next((h for h in reversed(self.history) if h["val_dice"] == h["val_dice"]), None)
+        extra = {
+            "training_cases": list(getattr(self.source, "provenance", {}).get("cases", []))
+            or [str(c.get("case")) for c in self.train_data.get("cases", [])],
+            "validation_cases": [str(c.get("case")) for c in self.val_data.get("cases", [])],
+            "validation": None
+            if last_val is None
+            else {
+                "epoch": last_val["epoch"],
+                "dice": last_val["val_dice"],
+                "loss": last_val["val_loss"],
+            },
+        }
+        plan = make_plan(self.plan(), experiment, extra)
+        save_package(self.out_dir / "model.pt", self.raw, experiment, plan)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:

@@ -1,0 +1,121 @@
+"""Segment new, unlabelled scans with a model package: the engine behind ``ctseg segment``.
+
+The package is loaded once; each input (a DICOM folder, NIfTI or NRRD) is read as ingestion
+reads it (series choice, HU rescaling, finiteness and geometry checks), segmented in the
+canonical orientation and written back onto its own grid. Every output of one input is written
+into a temporary folder that replaces ``OUT/<name>/`` only when all of them succeeded, so a
+failed input leaves nothing that looks complete; a failing input does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+from ctseg.core.atomic import atomic_dir
+from ctseg.core.device import resolve_device
+from ctseg.core.errors import CtsegError, InputError
+from ctseg.core.tasks import get_task
+from ctseg.evaluation.centroids import centroids_from_labels
+from ctseg.inference.package import load_package
+from ctseg.inference.predict import predict_volume
+
+
+def input_name(path: Path) -> str:
+    """Output folder name of an input: the file name without image suffixes, or the folder name."""
+    name = path.name
+    name = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd)$", "", name, flags=re.I)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "input"
+
+
+@dataclass
+class SegmentResult:
+    source: Path
+    out_dir: Path | None = None
+    error: str | None = None
+    files: list[str] = field(default_factory=list)
+
+
+class Segmenter:
+    """A loaded model package applied to one input after another."""
+
+    def __init__(self, package: str | Path, *, device: str = "auto", fast: bool = False):
+        self.device = resolve_device(device)
+        self.model, self.plan = load_package(package, self.device)
+        self.package = Path(package)
+        self.task = get_task(self.plan["task"])
+        if self.task.input_kind != "ct":
+            raise InputError(
+                f"a {self.plan['task']} model segments {self.task.input_kind.upper()} images, not CT "
+                "volumes; use a vertebrae or metal model",
+                path=self.package,
+            )
+        self.tta = False if fast else bool(self.plan.get("tta_flip", False))
+
+    def read(self, source: Path, series_uid: str | None = None) -> tuple[sitk.Image, Path | None]:
+        from ctseg.ingest.volume import read_image
+
+        img, _header = read_image(source, series_uid=series_uid, progress=False)
+        if img.GetDimension() != 3:
+            raise InputError(f"expected a 3D CT, got a {img.GetDimension()}D image", path=source)
+        if min(img.GetSize()) < 2:
+            raise InputError(f"expected a 3D CT, got size {img.GetSize()}", path=source)
+        return img, (source if source.is_dir() else None)
+
+    def segment(self, ct: sitk.Image) -> sitk.Image:
+        with torch.inference_mode():
+            return predict_volume(self.model, self.plan, ct, device=self.device, tta_flip=self.tta)
+
+    def write_outputs(
+        self, tmp: Path, ct: sitk.Image, labels: sitk.Image, dicom_dir: Path | None
+    ) -> list[str]:
+        """Every output of one input into ``tmp``; the standard formats come from ctseg.formats."""
+        written = []
+        sitk.WriteImage(labels, str(tmp / "labels.nii.gz"), useCompression=True)
+        written.append("labels.nii.gz")
+        cents = centroids_from_labels(labels) if self.task.vertebrae else []
+        (tmp / "centroids.json").write_text(json.dumps(cents, indent=1, allow_nan=False) + "\n")
+        written.append("centroids.json")
+        return written
+
+    def run_one(self, source: Path, out_root: Path, series_uid: str | None = None) -> SegmentResult:
+        res = SegmentResult(source=source)
+        try:
+            ct, dicom_dir = self.read(source, series_uid)
+            labels = self.segment(ct)
+            out = out_root / input_name(source)
+            with atomic_dir(out) as tmp:
+                res.files = self.write_outputs(tmp, ct, labels, dicom_dir)
+            res.out_dir = out
+        except CtsegError as exc:
+            res.error = str(exc) if str(source) in str(exc) else f"{source}: {exc}"
+        return res
+
+
+def segment_inputs(
+    inputs: list[Path],
+    package: Path,
+    out_root: Path,
+    *,
+    device: str = "auto",
+    fast: bool = False,
+    series_uid: str | None = None,
+) -> list[SegmentResult]:
+    """Segment every input with one loaded model; errors are collected per input."""
+    segmenter = Segmenter(package, device=device, fast=fast)
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    names = [input_name(Path(p)) for p in inputs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"several inputs would write the same output folder: {', '.join(dupes)}")
+    results = []
+    for src in tqdm(inputs, desc="segment", unit="scan", disable=len(inputs) < 2):
+        results.append(segmenter.run_one(Path(src), out_root, series_uid))
+    return results
