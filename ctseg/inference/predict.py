@@ -126,15 +126,74 @@ class _nullcontext:
 def load_model(
     model_pt: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, dict]:
-    """Load ``model.pt`` (written by :func:`ctseg.training.train.train_experiment`) -> (model, meta)."""
+    """Load ``model.pt`` (written by :func:`ctseg.training.train.train_experiment`) -> (model, meta).
+
+    Untrusted files are refused with an InputError naming the file, never a traceback: the
+    pickle is read with ``weights_only=True`` (a pickle calling e.g. ``posix.system`` is
+    rejected; torch's advice to retry with ``weights_only=False`` is deliberately not passed
+    on), the required keys are checked, and the architecture the metadata describes is first
+    built on the ``meta`` device (no memory) and compared parameter by parameter with the stored
+    weights, so a metadata entry asking for a huge network cannot allocate it.
+    """
+    import pickle
+
     model_pt = Path(model_pt)
+    if model_pt.is_dir():
+        raise InputError("is a folder, expected a model.pt file", path=model_pt)
     if not model_pt.is_file():
         raise InputError("model file not found", path=model_pt)
-    blob = torch.load(model_pt, map_location="cpu", weights_only=True)
-    meta = json.loads(blob["meta_json"])
-    experiment = json.loads(blob["experiment_json"])
-    model = build_model({**experiment, **meta["model_kwargs"]}, int(meta["n_classes"]))
-    model.load_state_dict(blob["state_dict"])
+
+    def bad(why: str, exc: BaseException | None = None) -> InputError:
+        err = InputError(f"not a usable ctseg model file: {why}", path=model_pt)
+        err.__cause__ = exc
+        return err
+
+    try:
+        blob = torch.load(model_pt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln]
+        detail = found[0].split(" was not")[0] if found else "disallowed content"
+        detail = detail.replace("WeightsUnpickler error: ", "")
+        raise bad(f"unsafe or foreign pickle refused ({detail})", exc) from None
+    except Exception as exc:  # torch raises many types for foreign or damaged files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise bad(f"cannot read it as a torch file ({first[:200]})", exc) from None
+    required = ("state_dict", "meta_json", "experiment_json")
+    if not isinstance(blob, dict) or any(k not in blob for k in required):
+        have = sorted(map(str, blob)) if isinstance(blob, dict) else type(blob).__name__
+        raise bad(f"expected keys {list(required)}, found {have}")
+    try:
+        meta = json.loads(blob["meta_json"])
+        experiment = json.loads(blob["experiment_json"])
+        missing_meta = [
+            k for k in ("task", "n_classes", "class_ids", "model_kwargs") if k not in meta
+        ]
+        if missing_meta:
+            raise KeyError(f"meta_json lacks {missing_meta}")
+        spec = {**experiment, **meta["model_kwargs"]}
+        n_classes = int(meta["n_classes"])
+        if not 1 <= n_classes <= 1000:
+            raise ValueError(f"n_classes {n_classes} out of range")
+        with torch.device("meta"):
+            probe = build_model(spec, n_classes)
+    except (ValueError, TypeError, KeyError, RuntimeError, AttributeError) as exc:
+        raise bad(f"invalid metadata ({type(exc).__name__}: {exc})", exc) from None
+    state = blob["state_dict"]
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise bad("state_dict is not a mapping of tensors")
+    stored = {k: tuple(v.shape) for k, v in state.items()}
+    if stored != expected:
+        missing = sorted(set(expected) - set(stored))[:3]
+        extra = sorted(set(stored) - set(expected))[:3]
+        shape = [k for k in expected if k in stored and stored[k] != expected[k]][:3]
+        raise bad(
+            "weights do not match the architecture in its metadata "
+            f"(missing {missing}, unexpected {extra}, other shape {shape})"
+        )
+    del probe
+    model = build_model(spec, n_classes)
+    model.load_state_dict(state)
     model.to(device).eval()
     meta["experiment"] = experiment
     return model, meta
