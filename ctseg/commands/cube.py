@@ -27,13 +27,23 @@ def load_section(path: Path, section: str | None, name: str | None) -> dict:
     """Read a YAML/JSON mapping; with ``name``, return ``data[section][name]``."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text())
+    from ctseg.core.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file {str(path)!r}: not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"file {str(path)!r}: not valid YAML/JSON ({exc})") from exc
     if name is None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"file {str(path)!r}: expected a mapping, got {type(data).__name__}")
         return dict(data)
     try:
         return dict(data[section][name])
-    except KeyError as exc:
-        raise SystemExit(f"{path}: no {section}.{name}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"file {str(path)!r}: no {section}.{name}") from exc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
