@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except CtsegError as exc:
-        print(f"ctseg {verb}: error: {exc}", file=sys.stderr)
+        one_line = " ".join(str(exc).splitlines())
+        print(f"ctseg {verb}: error: {one_line}", file=sys.stderr)
         return 1
     except OSError as exc:  # the file system refused a user-given path (permissions, disk full)
         where = f" {str(exc.filename)!r}" if exc.filename else ""

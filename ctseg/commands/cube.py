@@ -35,7 +35,10 @@ def load_section(path: Path, section: str | None, name: str | None) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"file {str(path)!r}: not valid YAML/JSON ({exc})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        why = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"file {str(path)!r}: not valid YAML/JSON{where} ({why})") from exc
     if name is None:
         if not isinstance(data, dict):
             raise ConfigError(f"file {str(path)!r}: expected a mapping, got {type(data).__name__}")
