@@ -32,13 +32,24 @@ from ctseg.core.jsonio import dumps
 BODY_HU = -500.0
 _FULL = np.ones((3, 3, 3), bool)  # 26-connectivity
 #: voxels per slab of the streamed passes over label arrays
-_SLAB = 1 << 22
+_SLAB = 1 << 20
 
 
 def _slabs(shape: tuple[int, ...]):
     step = max(1, _SLAB // max(1, int(np.prod(shape[1:]))))
     for z in range(0, shape[0], step):
         yield slice(z, z + step)
+
+
+def _label(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components as uint16 when they fit (half the memory of int32), else int32."""
+    out = np.empty(mask.shape, np.uint16)
+    try:
+        n = ndimage.label(mask, structure=structure, output=out)
+    except RuntimeError:  # more than 65535 components: scipy refuses the narrow type
+        del out
+        return ndimage.label(mask, structure=structure)
+    return out, int(n)
 
 
 def _component_sizes(lab: np.ndarray, n: int) -> np.ndarray:
@@ -68,7 +79,7 @@ def body_mask(hu: np.ndarray, *, body_hu: float = BODY_HU) -> np.ndarray:
     if not opened.any():  # tiny or thin volumes: the opening would erase everything
         opened = raw
     del raw
-    lab, n = ndimage.label(opened, structure=ndimage.generate_binary_structure(3, 1))
+    lab, n = _label(opened, ndimage.generate_binary_structure(3, 1))
     del opened
     if n > 1:
         sizes = _component_sizes(lab, n)
@@ -102,7 +113,7 @@ def label_metal(
         raise ValueError("min_size must be >= 1 and dilation_vox >= 0")
     body = body_mask(hu)
     metal = (hu >= threshold_hu) & body
-    lab, n = ndimage.label(metal, structure=_FULL)
+    lab, n = _label(metal, _FULL)
     sizes = _component_sizes(lab, n) if n else np.zeros(0, np.int64)
     keep = np.nonzero(sizes >= min_size)[0] + 1
     metal = _select(lab, keep, n) if keep.size else np.zeros_like(metal)

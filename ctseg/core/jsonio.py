@@ -37,6 +37,7 @@ def _first_non_finite(obj, where: str = "$") -> str | None:
 def dumps(obj, *, indent: int | None = 1, what: str | os.PathLike = "JSON", **kw) -> str:
     """``json.dumps`` with ``allow_nan=False``; a non-finite number is an InputError naming
     the output (``what``) and the key that held it."""
+    kw.setdefault("default", _numpy_default)
     try:
         return json.dumps(obj, indent=indent, allow_nan=False, **kw)
     except ValueError as exc:
@@ -45,6 +46,13 @@ def dumps(obj, *, indent: int | None = 1, what: str | os.PathLike = "JSON", **kw
             f"refusing to write a non-finite number (NaN/Infinity) at {where or '?'}",
             path=what,
         ) from exc
+
+
+def _numpy_default(obj):
+    """numpy scalars and arrays are written as the Python numbers / lists they hold."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def _plain(obj):

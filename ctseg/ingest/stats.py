@@ -79,8 +79,8 @@ def image_geometry(img: sitk.Image) -> dict:
     }
 
 
-#: Voxels per slab of the streamed reductions (bounds their scratch memory to ~128 MB).
-SLAB_VOXELS = 1 << 24
+#: Voxels per slab of the streamed reductions (bounds their float64 scratch memory to 8 MB).
+SLAB_VOXELS = 1 << 20
 
 
 def hu_statistics(arr: np.ndarray) -> dict:
