@@ -413,3 +413,40 @@ def test_subprocess_exit_code_and_no_traceback(bad, tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "bomb.nii.gz" in proc.stderr
+
+
+def test_volume_error_names_the_users_own_label_file(bad, tmp_path, capsys):
+    """Not a temporary copy's name (``ctseg volume`` used to link inputs into a temp folder)."""
+    rc = main(
+        [
+            "volume",
+            str(bad["ct"]),
+            "--labels",
+            str(bad["nan_labels"]),
+            "--out",
+            str(tmp_path / "ct.nii.gz"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and f"file {str(bad['nan_labels'])!r}" in err and "NaN" in err
+    assert "tmp" not in err.replace(str(bad["dir"]), "")
+
+
+def test_huge_label_id_through_metrics_cli(tmp_path, capsys):
+    lab = np.zeros((6, 6, 6), np.uint32)
+    lab[1:3, 1:3, 1:3] = 9
+    lab[5, 5, 5] = 2_000_000_000
+    img = sitk.GetImageFromArray(lab)
+    sitk.WriteImage(img, str(tmp_path / "gt.nrrd"))
+    rc = main(
+        [
+            "metrics",
+            str(tmp_path / "gt.nrrd"),
+            str(tmp_path / "gt.nrrd"),
+            "--out",
+            str(tmp_path / "m.tsv"),
+        ]
+    )
+    assert rc == 0
+    rows = (tmp_path / "m.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows[1:]] == ["9", "2000000000"]
