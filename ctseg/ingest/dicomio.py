@@ -18,8 +18,8 @@ Header values are validated per file before they are used, each failure an Input
 the file: ImagePositionPatient must be 3 finite numbers, ImageOrientationPatient 6 finite
 numbers forming two (near-)unit, orthogonal cosines (an all-zero IOP would give a NaN
 direction), PixelSpacing 2 finite positive numbers, RescaleSlope / RescaleIntercept finite
-numbers (slope non-zero) whose stored-value range maps within ``MAX_ABS_HU`` (a slope of 1e38
-would overflow float32), and the pixel format (BitsAllocated, BitsStored, PixelRepresentation,
+numbers (slope non-zero, each within ``MAX_ABS_HU``: a slope of 1e38 would overflow float32),
+the rescaled values of every slice finite and within +-``MAX_ABS_HU``, and the pixel format (BitsAllocated, BitsStored, PixelRepresentation,
 SamplesPerPixel, PhotometricInterpretation) must be the same in every file of the series, since
 a slice stored with another layout would be decoded wrongly. Missing RescaleSlope /
 RescaleIntercept fall back to 1 / 0, as the standard allows for images stored in HU already.
