@@ -196,3 +196,15 @@ def test_json_writer_refuses_nan_and_names_file_and_key(tmp_path):
     with pytest.raises(InputError, match=r"\$\.v"):
         dumps({"v": np.float32("inf")})
     assert json.loads(dumps({"v": 1.5})) == {"v": 1.5}
+
+
+def test_integer_valued_float_label_map_is_accepted():
+    from ctseg.ingest.volume import map_labels
+
+    arr = np.array([[[0.0, 9.0, 27.0]]], np.float32)
+    assert map_labels(arr, None, case="c", path=None).tolist() == [[[0, 9, 27]]]
+    assert map_labels(arr, {27: 24}, case="c", path=None).tolist() == [[[0, 0, 24]]]
+    with pytest.raises(InputError, match="non-integer"):
+        map_labels(arr + 0.5, None, case="c", path=None)
+    with pytest.raises(InputError, match="pixel type complex"):
+        map_labels(arr.astype(np.complex64), None, case="c", path=None)

@@ -225,7 +225,7 @@ def map_labels(
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
             raise InputError("label map holds non-integer values", path=path, case=case)
-    if arr.dtype.kind not in "biu":
+    if arr.dtype.kind not in "biuf":
         raise InputError(f"label map has pixel type {arr.dtype}", path=path, case=case)
     if arr.size and arr.min() < 0:
         raise InputError("label map holds negative ids", path=path, case=case)
