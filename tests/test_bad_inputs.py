@@ -134,6 +134,11 @@ def _matrix():
             "garbage.nii.gz",
         ),
         (
+            "fetch-bomb",
+            lambda f, o: ["fetch", "c", "nifti", str(f["bomb"]), "--out", str(o / "raw")],
+            "bomb.nii.gz",
+        ),
+        (
             "fetch-url-without-sha",
             lambda f, o: ["fetch", "c", "url", "http://127.0.0.1:9/x.zip", "--out", str(o / "r")],
             "x.zip",

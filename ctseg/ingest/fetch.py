@@ -216,9 +216,12 @@ def _copy_file(src: Path, dest: Path, case: str, what: str) -> None:
     shutil.copy2(src, dest)
 
 
-def _check_header(src: Path, case: str, what: str) -> None:
-    """Read the image header now, so a corrupt file is reported under the user's own path."""
+def _check_header(src: Path, case: str, what: str, ingest: dict | None = None) -> None:
+    """Read the image header now, so a corrupt or oversized (``max_voxels``) file is reported
+    under the user's own path."""
     import SimpleITK as sitk
+
+    from ctseg.core.limits import check_voxels
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(src))
@@ -227,6 +230,7 @@ def _check_header(src: Path, case: str, what: str) -> None:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise InputError(f"unreadable {what} ({first})", path=src, case=case) from exc
+    check_voxels(reader.GetSize(), src, case=case, ingest=ingest)
 
 
 def _volume_name(name: str, src: str, case: str) -> str:
@@ -328,8 +332,10 @@ def fetch_case(
                 raise InputError(
                     f"source {source} but file type {_suffix(src.name)}", path=src, case=name
                 )
+            if not src.is_file():
+                raise InputError("image file does not exist", path=src, case=name)
+            _check_header(src, name, "image", ingest)
             _copy_file(src, tmp / target, name, "image")
-            _check_header(src, name, "image")
         else:
             _fetch_url(
                 location,
@@ -360,8 +366,10 @@ def fetch_case(
                 raise InputError(f"unsupported label file type {suf!r}", path=lab, case=name)
             for old in ("labels.nii.gz", "labels.nii", "labels.nrrd"):
                 (tmp / old).unlink(missing_ok=True)
+            if not lab.is_file():
+                raise InputError("labels file does not exist", path=lab, case=name)
+            _check_header(lab, name, "label map", ingest)
             _copy_file(lab, tmp / target, name, "labels")
-            _check_header(lab, name, "label map")
         centroids = _field(case, "centroids")
         if centroids:
             _copy_file(Path(centroids), tmp / "centroids.json", name, "centroids")
