@@ -2,7 +2,9 @@
 
 Each verb lives in ``ctseg.commands.<module>`` with two functions, ``add_arguments(parser)``
 and ``run(args) -> int``; modules are imported only when their verb is used so that
-``ctseg stats`` does not pay for importing torch.
+``ctseg stats`` does not pay for importing torch. A user error (``CtsegError``: bad input,
+bad configuration; or an ``OSError`` on a user-given path) exits with status 1 and one line
+on stderr naming the file, never a traceback; argparse usage errors exit with status 2.
 """
 
 from __future__ import annotations
@@ -57,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except CtsegError as exc:
-        print(f"ctseg {verb}: error: {exc}", file=sys.stderr)
+        one_line = " ".join(str(exc).splitlines())
+        print(f"ctseg {verb}: error: {one_line}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the file system refused a user-given path (permissions, disk full)
+        where = f" {str(exc.filename)!r}" if exc.filename else ""
+        print(f"ctseg {verb}: error: file{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

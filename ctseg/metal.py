@@ -6,6 +6,12 @@ component of ``HU > -500`` after a small opening (which cuts thin bridges to the
 holes filled slice by slice and in 3D so that lungs, bowel gas and the metal itself are inside.
 Connected metal components (26-connectivity) smaller than ``min_size`` voxels are dropped as
 noise; an optional dilation widens the mask to cover blooming around implants.
+
+Memory stays within a small multiple of the CT's own size: the CT is only viewed (never copied
+to float), component sizes are counted slab by slab instead of through a whole-volume int64
+array, and the QC projections are taken on the stored values. The mask, JSON and QC image of a
+job are written under temporary names and renamed together at the end, so a failure in any of
+them (e.g. the QC plot) leaves none behind.
 """
 
 from __future__ import annotations
@@ -19,11 +25,49 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.core.atomic import atomic_dir, atomic_path, write_text
+from ctseg.core.atomic import atomic_dir, atomic_path, atomic_paths, write_text
 from ctseg.core.errors import InputError
+from ctseg.core.jsonio import dumps
 
 BODY_HU = -500.0
 _FULL = np.ones((3, 3, 3), bool)  # 26-connectivity
+#: voxels per slab of the streamed passes over label arrays
+_SLAB = 1 << 20
+
+
+def _slabs(shape: tuple[int, ...]):
+    step = max(1, _SLAB // max(1, int(np.prod(shape[1:]))))
+    for z in range(0, shape[0], step):
+        yield slice(z, z + step)
+
+
+def _label(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components as uint16 when they fit (half the memory of int32), else int32."""
+    out = np.empty(mask.shape, np.uint16)
+    try:
+        n = ndimage.label(mask, structure=structure, output=out)
+    except RuntimeError:  # more than 65535 components: scipy refuses the narrow type
+        del out
+        return ndimage.label(mask, structure=structure)
+    return out, int(n)
+
+
+def _component_sizes(lab: np.ndarray, n: int) -> np.ndarray:
+    """Voxels of components 1..n, counted slab by slab (no whole-volume int64 copy)."""
+    sizes = np.zeros(n + 1, np.int64)
+    for sl in _slabs(lab.shape):
+        sizes += np.bincount(lab[sl].ravel(), minlength=n + 1)
+    return sizes[1:]
+
+
+def _select(lab: np.ndarray, keep: np.ndarray, n: int) -> np.ndarray:
+    """Boolean mask of the components ``keep`` of ``lab`` (slab by slab)."""
+    lut = np.zeros(n + 1, bool)
+    lut[keep] = True
+    out = np.empty(lab.shape, bool)
+    for sl in _slabs(lab.shape):
+        out[sl] = lut[lab[sl]]
+    return out
 
 
 def body_mask(hu: np.ndarray, *, body_hu: float = BODY_HU) -> np.ndarray:
@@ -34,14 +78,15 @@ def body_mask(hu: np.ndarray, *, body_hu: float = BODY_HU) -> np.ndarray:
     opened = ndimage.binary_opening(raw, structure=ndimage.generate_binary_structure(3, 1))
     if not opened.any():  # tiny or thin volumes: the opening would erase everything
         opened = raw
-    lab, n = ndimage.label(opened, structure=ndimage.generate_binary_structure(3, 1))
+    del raw
+    lab, n = _label(opened, ndimage.generate_binary_structure(3, 1))
+    del opened
     if n > 1:
-        sizes = ndimage.sum_labels(
-            np.ones_like(lab, dtype=np.int64), lab, index=np.arange(1, n + 1)
-        )
-        body = lab == (int(np.argmax(sizes)) + 1)
+        sizes = _component_sizes(lab, n)
+        body = _select(lab, np.array([int(np.argmax(sizes)) + 1]), n)
     else:
         body = lab == 1
+    del lab
     for z in range(body.shape[0]):
         body[z] = ndimage.binary_fill_holes(body[z])
     return ndimage.binary_fill_holes(body)
@@ -68,10 +113,11 @@ def label_metal(
         raise ValueError("min_size must be >= 1 and dilation_vox >= 0")
     body = body_mask(hu)
     metal = (hu >= threshold_hu) & body
-    lab, n = ndimage.label(metal, structure=_FULL)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:] if n else np.zeros(0, np.int64)
+    lab, n = _label(metal, _FULL)
+    sizes = _component_sizes(lab, n) if n else np.zeros(0, np.int64)
     keep = np.nonzero(sizes >= min_size)[0] + 1
-    metal = np.isin(lab, keep) if keep.size else np.zeros_like(metal)
+    metal = _select(lab, keep, n) if keep.size else np.zeros_like(metal)
+    del lab
     if dilation_vox > 0 and metal.any():
         metal = ndimage.binary_dilation(metal, structure=_ball(dilation_vox)) & body
     voxels = int(np.count_nonzero(metal))
@@ -88,11 +134,22 @@ def label_metal(
         else [],
         "slices_with_metal": [int(z) for z in np.nonzero(metal.any(axis=(1, 2)))[0]],
         "body_voxels": int(np.count_nonzero(body)),
-        "max_hu_in_body": float(hu[body].max()) if body.any() else None,
+        "max_hu_in_body": _masked_max(hu, body),
     }
     mask = sitk.GetImageFromArray(metal.astype(np.uint8))
     mask.CopyInformation(ct)
     return mask, info
+
+
+def _masked_max(values: np.ndarray, mask: np.ndarray) -> float | None:
+    """Largest value under ``mask`` (slab by slab), None when the mask is empty."""
+    best = None
+    for sl in _slabs(values.shape):
+        m = mask[sl]
+        if m.any():
+            v = float(values[sl][m].max())
+            best = v if best is None else max(best, v)
+    return best
 
 
 def _window(arr: np.ndarray) -> np.ndarray:
@@ -105,17 +162,17 @@ def write_qc_png(ct: sitk.Image, mask: sitk.Image, out_png: Path, *, title: str 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    hu = sitk.GetArrayViewFromImage(ct).astype(np.float32)
+    hu = sitk.GetArrayViewFromImage(ct)  # stored values; only 2D panels become float
     m = sitk.GetArrayViewFromImage(mask) > 0
     sx, sy, sz = ct.GetSpacing()
     per_slice = m.sum(axis=(1, 2))
     z_best = int(np.argmax(per_slice)) if per_slice.any() else hu.shape[0] // 2
     panels = [
-        ("coronal MIP", hu.max(axis=1), m.any(axis=1), sz / sx, "lower"),
-        ("sagittal MIP", hu.max(axis=2), m.any(axis=2), sz / sy, "lower"),
+        ("coronal MIP", hu.max(axis=1).astype(np.float32), m.any(axis=1), sz / sx, "lower"),
+        ("sagittal MIP", hu.max(axis=2).astype(np.float32), m.any(axis=2), sz / sy, "lower"),
         (
             f"axial z={z_best} ({int(per_slice[z_best])} vox)",
-            hu[z_best],
+            hu[z_best].astype(np.float32),
             m[z_best],
             sy / sx,
             "upper",
@@ -167,30 +224,36 @@ def run_metal(
     dilation_vox: int = 0,
     slice_png_dir: Path | None = None,
     case: str | None = None,
+    ingest: dict | None = None,
 ) -> dict:
-    """Label metal in one CT (NIfTI, NRRD or DICOM folder) and write mask, JSON, QC PNG(s)."""
+    """Label metal in one CT (NIfTI, NRRD or DICOM folder) and write mask, JSON, QC PNG(s).
+
+    The outputs are renamed into place together once all are written (``atomic_paths``).
+    ``ingest`` carries the reading limits (``max_voxels``, see ``ctseg.core.limits``).
+    """
     from ctseg.ingest.volume import read_image
 
     json_out = Path(json_out)
     case = case or json_out.stem
-    ct, _meta = read_image(Path(ct_path), case=case, progress=False)
+    ct, _meta = read_image(Path(ct_path), case=case, ingest=ingest, progress=False)
     if ct.GetDimension() != 3:
         raise InputError("metal labelling needs a 3D CT", path=ct_path, case=case)
     mask, info = label_metal(
         ct, threshold_hu=threshold_hu, min_size=int(min_size), dilation_vox=int(dilation_vox)
     )
     info = {"case": case, **info}
-    with atomic_path(mask_out) as tmp:
-        sitk.WriteImage(mask, str(tmp), True)
-    write_qc_png(
-        ct,
-        mask,
-        Path(qc_png),
-        title=f"{case}: {info['voxels']} metal voxels, {info['components']} components",
-    )
-    if slice_png_dir is not None:
-        write_slice_pngs(mask, Path(slice_png_dir))
-    write_text(json_out, json.dumps(info, indent=1) + "\n")
+    text = dumps(info, indent=1, what=json_out) + "\n"
+    with atomic_paths(mask_out, json_out, qc_png) as (t_mask, t_json, t_qc):
+        sitk.WriteImage(mask, str(t_mask), True)
+        write_qc_png(
+            ct,
+            mask,
+            t_qc,
+            title=f"{case}: {info['voxels']} metal voxels, {info['components']} components",
+        )
+        t_json.write_text(text)
+        if slice_png_dir is not None:
+            write_slice_pngs(mask, Path(slice_png_dir))
     return info
 
 

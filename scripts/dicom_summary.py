@@ -1,9 +1,8 @@
 """Rule dicom_summary: summary statistics of one raw case as JSON via ctseg.ingest.stats."""
 
-import json
 from pathlib import Path
 
-from ctseg.core.atomic import write_text
+from ctseg.core.jsonio import write_json
 from ctseg.core.runlog import job
 from ctseg.ingest.stats import summarize_raw
 
@@ -13,4 +12,4 @@ with job(snakemake.log[0], case=snakemake.wildcards.case):
         case=snakemake.wildcards.case,
         ingest=dict(snakemake.params.ingest),
     )
-    write_text(snakemake.output[0], json.dumps(summary, indent=2) + "\n")
+    write_json(snakemake.output[0], summary, indent=2)

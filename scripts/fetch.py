@@ -11,4 +11,5 @@ with job(snakemake.log[0], case=snakemake.wildcards.case):
         Path(snakemake.output.raw),
         Path(snakemake.output.manifest),
         snakemake.params.phantom,
+        ingest=dict(snakemake.config.get("ingest", {})),  # limits only: no rerun on change
     )

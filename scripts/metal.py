@@ -15,4 +15,5 @@ with job(snakemake.log[0], case=snakemake.wildcards.case):
         min_size=snakemake.params.min_size,
         dilation_vox=snakemake.params.dilation_vox,
         slice_png_dir=Path(snakemake.params.slice_png_dir) if snakemake.params.slice_pngs else None,
+        ingest=dict(snakemake.config.get("ingest", {})),  # limits only: no rerun on change
     )

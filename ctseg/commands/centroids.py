@@ -7,14 +7,13 @@ Writes the DESIGN ``centroids.json`` format (world mm, LPS, sorted by label). Wi
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import SimpleITK as sitk
 
-from ctseg.core.atomic import write_text
 from ctseg.core.errors import ConfigError
 from ctseg.core.imageio import read_image_file
+from ctseg.core.jsonio import write_json
 from ctseg.core.labels import apply_label_map, resolve_label_map
 from ctseg.evaluation.centroids import centroids_from_labels
 
@@ -36,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
         mapped.CopyInformation(img)
         img = mapped
     cents = centroids_from_labels(img)
-    write_text(args.out, json.dumps(cents, indent=1) + "\n")
+    write_json(args.out, cents)
     print(f"{len(cents)} centroids -> {args.out}")
     return 0

@@ -17,6 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import h5py
+
+    from ctseg.core.errors import InputError
+
+    if not args.cube.is_file():
+        raise InputError("cube not found", path=args.cube)
+    if not h5py.is_hdf5(args.cube):
+        raise InputError("not an HDF5 cube file", path=args.cube)
     stem = args.cube.with_suffix("")
     png = args.png or stem.with_name(stem.name + "_qc.png")
     tsv = args.tsv or stem.with_name(stem.name + "_labels.tsv")

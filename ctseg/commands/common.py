@@ -23,10 +23,21 @@ def load_section(path: Path, section: str | None, name: str | None) -> dict:
     """Read a YAML/JSON mapping; with ``name``, return ``data[section][name]``."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text())
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file {str(path)!r}: not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        why = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"file {str(path)!r}: not valid YAML/JSON{where} ({why})") from exc
     if name is None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"file {str(path)!r}: expected a mapping, got {type(data).__name__}")
         return dict(data)
     try:
         return dict(data[section][name])
-    except KeyError as exc:
-        raise ConfigError(f"{path}: no {section}.{name}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"file {str(path)!r}: no {section}.{name}") from exc

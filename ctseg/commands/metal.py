@@ -7,9 +7,9 @@ summary (default: next to the mask) and a QC PNG (default: MASK stem + ``_qc.png
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ctseg.core.jsonio import dumps
 from ctseg.metal import run_metal
 
 
@@ -52,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
         slice_png_dir=args.slice_pngs,
         case=args.case or stem,
     )
-    print(json.dumps({k: info[k] for k in ("case", "voxels", "volume_mm3", "components")}))
+    print(dumps({k: info[k] for k in ("case", "voxels", "volume_mm3", "components")}, indent=None))
     return 0

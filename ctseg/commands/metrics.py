@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from ctseg.core.errors import ConfigError
 from ctseg.core.imageio import read_image_file
 from ctseg.core.labels import apply_label_map, resolve_label_map
@@ -19,6 +17,7 @@ from ctseg.evaluation.metrics import (
     METRIC_KEYS,
     array_spacing,
     check_same_grid,
+    label_array,
     label_metrics,
     write_tsv,
 )
@@ -37,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     pred_img = read_image_file(args.pred)
     gt_img = read_image_file(args.gt)
     check_same_grid(pred_img, gt_img, args.pred, args.gt)
-    pred = sitk.GetArrayFromImage(pred_img)
-    gt = sitk.GetArrayFromImage(gt_img)
+    pred = label_array(pred_img, args.pred)
+    gt = label_array(gt_img, args.gt)
     try:
         mapping = resolve_label_map(args.label_map)
     except KeyError as exc:

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         write_phantom_case(args.out_dir, args.seed, params)
     except ValueError as exc:
-        print(f"ctseg phantom: error: {exc}")
-        return 2
+        from ctseg.core.errors import ConfigError
+
+        raise ConfigError(str(exc)) from exc
     print(f"wrote phantom case seed={args.seed} to {args.out_dir}")
     return 0

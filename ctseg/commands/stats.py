@@ -6,10 +6,10 @@ Prints one JSON object (or writes it atomically with ``--json``); no patient ide
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ctseg.core.atomic import write_text
+from ctseg.core.jsonio import dumps
 from ctseg.ingest.stats import summarize_path
 
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         summary = summarize_image(img, meta, case=case)
     else:
         summary = summarize_path(args.input, case=args.case, ingest=ingest)
-    text = json.dumps(summary, indent=2) + "\n"
+    text = dumps(summary, indent=2, what=args.json or "stats JSON") + "\n"
     if args.json:
         write_text(args.json, text)
     else:

@@ -8,13 +8,11 @@ NRRD. Writes int16 HU on the source geometry; with labels, a uint8 label map che
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 from ctseg.core.errors import ConfigError, InputError
 from ctseg.core.labels import resolve_label_map
-from ctseg.ingest.volume import build_volume, find_raw_source
+from ctseg.ingest.volume import convert_volume, find_raw_labels, find_raw_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,14 +34,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gantry-tilt", choices=["error", "resample"], default="error")
 
 
-def _link(src: Path, dest: Path) -> None:
-    try:
-        dest.symlink_to(src.resolve(), target_is_directory=src.is_dir())
-    except OSError:
-        if src.is_dir():
-            shutil.copytree(src, dest)
-        else:
-            shutil.copy2(src, dest)
+def _sources(args: argparse.Namespace) -> tuple[Path, Path | None, Path | None]:
+    """(scan, labels, centroids) as the user's own paths: a raw case folder is looked into,
+    anything else is the scan itself. No copy is made, so every error names the user's file."""
+    src = args.input
+    labels, centroids = args.labels, None
+    if src.is_dir():
+        try:
+            found = find_raw_source(src)
+        except InputError:
+            found = None  # a plain DICOM folder
+        if found is not None:
+            if labels is None:
+                labels = find_raw_labels(src)
+                if (src / "centroids.json").is_file():
+                    centroids = src / "centroids.json"
+            src = found
+    elif not src.exists():
+        raise InputError("input does not exist", path=src)
+    return src, labels, centroids
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,44 +69,17 @@ def run(args: argparse.Namespace) -> int:
     labels_out = args.labels_out or out_dir / "labels.nii.gz"
     centroids_out = args.centroids_out or out_dir / "centroids.json"
     case = args.case or args.input.name.split(".")[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw"
-        raw.mkdir()
-        try:
-            find_raw_source(args.input)
-            is_raw_case = args.input.is_dir()
-        except InputError:
-            is_raw_case = False
-        if is_raw_case and args.labels is None:
-            raw = args.input
-        else:
-            src = args.input
-            if is_raw_case:
-                src = find_raw_source(args.input)
-            name = src.name.lower()
-            target = (
-                "dicom"
-                if src.is_dir()
-                else (
-                    "image.nrrd"
-                    if name.endswith(".nrrd")
-                    else ("image.nii" if name.endswith(".nii") else "image.nii.gz")
-                )
-            )
-            _link(src, raw / target)
-            if args.labels is not None:
-                lname = (
-                    "labels.nrrd"
-                    if args.labels.name.lower().endswith(".nrrd")
-                    else (
-                        "labels.nii"
-                        if args.labels.name.lower().endswith(".nii")
-                        else "labels.nii.gz"
-                    )
-                )
-                _link(args.labels, raw / lname)
-        build_volume(
-            raw, args.out, labels_out, centroids_out, case=case, label_map=label_map, ingest=ingest
-        )
+    src, labels, centroids = _sources(args)
+    convert_volume(
+        src,
+        labels,
+        centroids,
+        args.out,
+        labels_out,
+        centroids_out,
+        case=case,
+        label_map=label_map,
+        ingest=ingest,
+    )
     print(f"{case}: {args.out}, {labels_out}, {centroids_out}")
     return 0

@@ -1,1 +1,2 @@
-"""Shared plumbing every stage uses: errors, atomic writes, image reading, labels, run logs."""
+"""Shared plumbing every stage uses: errors, atomic writes, strict JSON (jsonio), resource limits,
+checked image reading, labels, run logs."""

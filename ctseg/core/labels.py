@@ -54,6 +54,10 @@ def resolve_label_map(name: str | None, extra: dict | None = None) -> dict[int, 
     return maps[name]
 
 
+#: Largest id for which :func:`apply_label_map` builds a lookup table indexed by id.
+_LUT_MAX = 65535
+
+
 def apply_label_map(arr: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     """Apply ``{source_id: verse_id}``; ids the map does not name become background (0).
 
@@ -62,6 +66,13 @@ def apply_label_map(arr: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     """
     arr = np.asarray(arr)
     top = max(int(arr.max()) if arr.size else 0, max(mapping, default=0))
+    if top > _LUT_MAX:
+        # a stray huge id (e.g. 2e9) must not size a lookup table: map the named ids one by one
+        out = np.zeros(arr.shape, np.uint16)
+        for src, dst in mapping.items():
+            if src >= 0 and dst:
+                out[arr == src] = int(dst)
+        return out.astype(np.uint8) if out.size == 0 or out.max() < 256 else out
     lut = np.zeros(top + 1, dtype=np.uint16)
     for src, dst in mapping.items():
         if src >= 0:

@@ -169,11 +169,24 @@ def _as_label_array(a: np.ndarray, what: str) -> np.ndarray:
         return a.astype(np.uint8)
     if not np.issubdtype(a.dtype, np.integer):
         if not np.all(np.equal(np.mod(a, 1), 0)):
-            raise ValueError(f"{what} label map has non-integer values")
+            raise ValueError(f"{what} label map has non-integer values".strip())
         a = a.astype(np.int64)
     if a.size and a.min() < 0:
-        raise ValueError(f"{what} label map has negative labels")
+        raise ValueError(f"{what} label map has negative labels".strip())
     return a
+
+
+def label_array(img: sitk.Image, path: str | Path, *, case: str | None = None) -> np.ndarray:
+    """The voxels of a label map file, checked: non-negative integer ids, else an InputError
+    naming the file (a float or negative "label map" is usually a CT or a probability map
+    given by mistake)."""
+    arr = sitk.GetArrayFromImage(img)
+    try:
+        return _as_label_array(arr, "")
+    except ValueError as exc:
+        raise InputError(
+            f"not a label map: {str(exc).strip()} (pixel type {arr.dtype})", path=path, case=case
+        ) from exc
 
 
 def label_metrics(
@@ -193,21 +206,53 @@ def label_metrics(
     if pred.shape != truth.shape:
         raise ValueError(f"shape mismatch: pred {pred.shape} vs truth {truth.shape}")
     sp = _spacing_array(spacing, pred.ndim)
+    pred, truth, ids = _compact_ids(pred, truth)
     # One pass per map for the boxes of all labels at once.
     boxes_p = ndimage.find_objects(pred) if pred.size else []
     boxes_t = ndimage.find_objects(truth) if truth.size else []
     present = {i + 1 for i, b in enumerate(boxes_p) if b is not None}
     present |= {i + 1 for i, b in enumerate(boxes_t) if b is not None}
-    wanted = sorted(present if labels is None else present & {int(x) for x in labels})
+    wanted_ids = None if labels is None else {int(x) for x in labels}
     rows = []
-    for lab in wanted:
+    for lab in sorted(present):
+        label_id = int(ids[lab]) if ids is not None else lab
+        if wanted_ids is not None and label_id not in wanted_ids:
+            continue
         bp = boxes_p[lab - 1] if lab <= len(boxes_p) else None
         bt = boxes_t[lab - 1] if lab <= len(boxes_t) else None
         box = _union_box(bp, bt, pred.shape)
-        row = {"label": lab}
+        row = {"label": label_id}
         row.update(_metrics_in_box(pred[box] == lab, truth[box] == lab, sp))
         rows.append(row)
     return rows
+
+
+#: Largest label id used directly as an index (``find_objects`` allocates one entry per id).
+_DIRECT_MAX = 65535
+
+
+def _compact_ids(
+    pred: np.ndarray, truth: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Label maps whose ids index per-label work directly, plus the original ids.
+
+    Per-label work must scale with the ids *present*, not with the largest id: one voxel of id
+    2e9 would otherwise allocate billions of entries. Small ids (the usual case) are used as
+    they are (``ids`` is None); otherwise the ids present are renumbered 1..n (``ids[k]`` is the
+    original id of compact id k, 0 stays 0).
+    """
+    top = max(int(pred.max()) if pred.size else 0, int(truth.max()) if truth.size else 0)
+    if top <= _DIRECT_MAX:
+        return pred, truth, None
+    ids = np.union1d(np.unique(pred), np.unique(truth))
+    if ids[0] != 0:
+        ids = np.concatenate([[0], ids])
+    dtype = np.int32 if ids.size < 2**31 else np.int64
+    return (
+        np.searchsorted(ids, pred).astype(dtype),
+        np.searchsorted(ids, truth).astype(dtype),
+        ids,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,23 +85,33 @@ def _model_file(path: Path) -> Path:
 def read_plan(path: str | Path) -> tuple[dict, dict, dict]:
     """(state dict, plan, experiment) of a package, checked; InputError naming the file."""
     path = _model_file(Path(path))
+
+    def bad(why: str) -> InputError:
+        return InputError(f"not a usable ctseg model file: {why}", path=path)
+
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+    except pickle.UnpicklingError as exc:
+        # torch's message ends with advice to retry with weights_only=False: never pass it on
+        found = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln]
+        detail = found[0].split(" was not")[0] if found else "disallowed content"
+        detail = detail.replace("WeightsUnpickler error: ", "")
+        raise bad(
+            f"unsafe or foreign pickle refused ({detail}); loading it could run code"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in first or "Unsupported global" in str(exc):
-            first = "it holds objects other than tensors and plain data (refused: loading it could run code)"
-        raise InputError(f"not a loadable ctseg model: {first}", path=path) from None
-    if not isinstance(blob, dict) or not {"state_dict", "meta_json", "experiment_json"} <= set(
-        blob
-    ):
-        raise InputError(
-            "not a ctseg model package (missing state_dict / plan / experiment)", path=path
-        )
+        raise bad(f"cannot read it as a torch file ({first[:200]})") from None
+    required = ("state_dict", "meta_json", "experiment_json")
+    if not isinstance(blob, dict) or any(k not in blob for k in required):
+        have = sorted(map(str, blob)) if isinstance(blob, dict) else type(blob).__name__
+        raise bad(f"expected keys {list(required)}, found {have}")
     try:
         plan, experiment = json.loads(blob["meta_json"]), json.loads(blob["experiment_json"])
     except (TypeError, json.JSONDecodeError) as exc:
-        raise InputError(f"model plan is not valid JSON ({exc})", path=path) from None
+        raise bad(f"invalid metadata (not JSON: {exc})") from None
+    if not isinstance(plan, dict) or not isinstance(experiment, dict):
+        raise bad("invalid metadata (plan and experiment must be mappings)")
     fmt = plan.get("format")
     if fmt != PACKAGE_FORMAT:
         raise InputError(
@@ -112,7 +122,7 @@ def read_plan(path: str | Path) -> tuple[dict, dict, dict]:
         )
     missing = [k for k in PLAN_KEYS if k not in plan]
     if missing:
-        raise InputError(f"model plan lacks {', '.join(missing)}", path=path)
+        raise bad(f"invalid metadata (plan lacks {', '.join(missing)})")
     mk = plan["model_kwargs"]
     for key, bound in LIMITS.items():
         value = plan[key] if key == "n_classes" else mk.get(key, 0)
@@ -121,7 +131,7 @@ def read_plan(path: str | Path) -> tuple[dict, dict, dict]:
                 f"model plan {key}={value!r} outside the supported range (<= {bound})", path=path
             )
     if len(plan["class_ids"]) != plan["n_classes"]:
-        raise InputError("model plan: class_ids and n_classes disagree", path=path)
+        raise bad("invalid metadata (class_ids and n_classes disagree)")
     return blob["state_dict"], plan, experiment
 
 
@@ -130,7 +140,27 @@ def load_package(
 ) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on ``device``, plan with the experiment under "experiment")."""
     state, plan, experiment = read_plan(path)
-    model = build_model({**experiment, **plan["model_kwargs"]}, int(plan["n_classes"]))
+    where = _model_file(Path(path))
+    spec = {**experiment, **plan["model_kwargs"]}
+    try:
+        with torch.device("meta"):  # the planned architecture, without allocating it
+            probe = build_model(spec, int(plan["n_classes"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"model plan describes no buildable network ({exc})", path=where) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError("state_dict is not a mapping of tensors", path=where)
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in state.items()}
+    if stored != expected:
+        missing = sorted(set(expected) - set(stored))[:3]
+        extra = sorted(set(stored) - set(expected))[:3]
+        raise InputError(
+            f"weights do not match the architecture in its metadata (missing {missing}, "
+            f"unexpected {extra})",
+            path=where,
+        )
+    del probe
+    model = build_model(spec, int(plan["n_classes"]))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

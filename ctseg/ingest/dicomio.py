@@ -13,6 +13,17 @@ RescaleSlope/RescaleIntercept.
 Geometry convention (same as ITK/SimpleITK): x runs along the row cosine (IOP[0:3]) with
 spacing PixelSpacing[1], y along the column cosine (IOP[3:6]) with spacing PixelSpacing[0],
 z along the normal, origin = position of the first slice in normal order.
+
+Header values are validated per file before they are used, each failure an InputError naming
+the file: ImagePositionPatient must be 3 finite numbers, ImageOrientationPatient 6 finite
+numbers forming two (near-)unit, orthogonal cosines (an all-zero IOP would give a NaN
+direction), PixelSpacing 2 finite positive numbers, RescaleSlope / RescaleIntercept finite
+numbers (slope non-zero, each within ``MAX_ABS_HU``: a slope of 1e38 would overflow float32),
+the rescaled values of every slice finite and within +-``MAX_ABS_HU``, and the pixel format (BitsAllocated, BitsStored, PixelRepresentation,
+SamplesPerPixel, PhotometricInterpretation) must be the same in every file of the series, since
+a slice stored with another layout would be decoded wrongly. Missing RescaleSlope /
+RescaleIntercept fall back to 1 / 0, as the standard allows for images stored in HU already.
+Header-declared voxel counts are checked against ``ingest.max_voxels`` before any pixel is read.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ctseg.core.errors import InputError
+from ctseg.core.limits import check_voxels
 
 #: Positions closer than this along the normal are the same slice (mm).
 DUPLICATE_TOL_MM = 1e-3
@@ -41,6 +53,11 @@ COS_TOL = 1e-4
 #: Sequence Delimitation Item that must close encapsulated (compressed) pixel data.
 _SEQ_DELIM = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+#: Largest |HU| a slope/intercept may map a stored value to: CT values stay within about
+#: -1024..+32767; beyond this the header is corrupt (and float32 would lose integers).
+MAX_ABS_HU = 1e6
+#: Tolerance on the length of each IOP cosine and on their dot product.
+IOP_TOL = 1e-2
 
 
 @dataclass
@@ -58,6 +75,7 @@ class SliceRef:
     intercept: float
     thickness: float | None
     native: NativeLayout | None = None  # set when the pixels can be read straight from disk
+    pixel_format: tuple = ()  # (BitsAllocated, BitsStored, PixelRepresentation, spp, photometric)
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,121 @@ def _str(value) -> str:
     if isinstance(value, pydicom.multival.MultiValue | list | tuple):
         return "\\".join(str(v) for v in value)
     return str(value)
+
+
+_PIXEL_FORMAT = (
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+)
+
+
+def _pixel_format(ds) -> tuple:
+    return tuple(_str(ds.get(k)) for k in _PIXEL_FORMAT)
+
+
+def _where(frame: int | None) -> str:
+    return "" if frame is None else f"frame {frame}: "
+
+
+def _floats(value, n: int, what: str, path: Path, case: str | None, frame=None) -> np.ndarray:
+    """``n`` finite numbers from a header value, else an InputError naming the file."""
+    try:
+        vals = [
+            float(v)
+            for v in (
+                value if isinstance(value, Iterable) and not isinstance(value, str) else [value]
+            )
+        ]
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            f"{_where(frame)}{what} is not numeric ({value!r})", path=path, case=case
+        ) from exc
+    arr = np.asarray(vals, float)
+    if arr.size != n or not np.all(np.isfinite(arr)):
+        raise InputError(
+            f"{_where(frame)}{what} must be {n} finite numbers, got {_str(value)!r}",
+            path=path,
+            case=case,
+        )
+    return arr
+
+
+def _geometry(pos, iop, ps, path: Path, case: str | None, frame=None):
+    """Validated (position, orientation, pixel spacing) of one frame."""
+    pos = _floats(pos, 3, "ImagePositionPatient", path, case, frame)
+    iop = _floats(iop, 6, "ImageOrientationPatient", path, case, frame)
+    ps = _floats(ps, 2, "PixelSpacing", path, case, frame)
+    n_row, n_col = np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])
+    if abs(n_row - 1) > IOP_TOL or abs(n_col - 1) > IOP_TOL:
+        raise InputError(
+            f"{_where(frame)}ImageOrientationPatient {iop.tolist()} does not hold two unit "
+            f"direction cosines (lengths {n_row:.3g}, {n_col:.3g})",
+            path=path,
+            case=case,
+        )
+    if abs(float(iop[:3] @ iop[3:])) / (n_row * n_col) > IOP_TOL:
+        raise InputError(
+            f"{_where(frame)}ImageOrientationPatient {iop.tolist()}: row and column cosines "
+            "are not orthogonal",
+            path=path,
+            case=case,
+        )
+    if np.any(ps <= 0):
+        raise InputError(
+            f"{_where(frame)}PixelSpacing {ps.tolist()} must be positive", path=path, case=case
+        )
+    return pos, iop, (float(ps[0]), float(ps[1]))
+
+
+def _rescale(slope, intercept, path: Path, case: str | None, frame=None):
+    """Validated (slope, intercept); missing values fall back to 1 / 0 (standard default)."""
+    out = []
+    for value, name, default in (
+        (slope, "RescaleSlope", 1.0),
+        (intercept, "RescaleIntercept", 0.0),
+    ):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            out.append(default)
+            continue
+        try:
+            v = float(value)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"{_where(frame)}{name} {value!r} is not a number", path=path, case=case
+            ) from exc
+        if not np.isfinite(v):
+            raise InputError(
+                f"{_where(frame)}{name} is {value!r}, not a finite number", path=path, case=case
+            )
+        out.append(v)
+    s, i = out
+    if s == 0:
+        raise InputError(
+            f"{_where(frame)}RescaleSlope is 0 (every voxel would be equal)", path=path, case=case
+        )
+    if abs(s) > MAX_ABS_HU or abs(i) > MAX_ABS_HU:
+        raise InputError(
+            f"{_where(frame)}RescaleSlope {s:g} / RescaleIntercept {i:g} beyond any CT "
+            f"(limit {MAX_ABS_HU:g} each); corrupt header?",
+            path=path,
+            case=case,
+        )
+    return s, i
+
+
+def _check_range(plane: np.ndarray, s: SliceRef, case: str | None) -> None:
+    """Rescaled values must be finite and within ``MAX_ABS_HU`` (names the slice's file)."""
+    lo, hi = (float(plane.min()), float(plane.max())) if plane.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or max(abs(lo), abs(hi)) > MAX_ABS_HU:
+        raise InputError(
+            f"{_where(s.frame)}rescaled values span {lo:g}..{hi:g} HU (RescaleSlope {s.slope:g}, "
+            f"RescaleIntercept {s.intercept:g}), beyond any CT (limit {MAX_ABS_HU:g})",
+            path=s.path,
+            case=case,
+        )
 
 
 def _seq_item(ds, group: str, item: str, frame_group=None):
@@ -263,18 +396,21 @@ def _slices_of(ds, path: Path, case: str | None) -> list[SliceRef]:
                 raise InputError(
                     f"frame {i} lacks position, orientation or pixel spacing", path=path, case=case
                 )
+            pos, iop, ps = _geometry(pos, iop, ps, path, case, i)
+            slope, icpt = _rescale(slope, icpt, path, case, i)
             out.append(
                 SliceRef(
                     path,
                     i,
-                    np.asarray(pos, float),
-                    np.asarray(iop, float),
-                    (float(ps[0]), float(ps[1])),
+                    pos,
+                    iop,
+                    ps,
                     rows,
                     cols,
-                    _num(slope, 1.0),
-                    _num(icpt, 0.0),
+                    slope,
+                    icpt,
                     _num(th),
+                    pixel_format=_pixel_format(ds),
                 )
             )
         return out
@@ -289,18 +425,21 @@ def _slices_of(ds, path: Path, case: str | None) -> list[SliceRef]:
             path=path,
             case=case,
         )
+    pos, iop, ps = _geometry(pos, iop, ps, path, case)
+    slope, icpt = _rescale(ds.get("RescaleSlope"), ds.get("RescaleIntercept"), path, case)
     return [
         SliceRef(
             path,
             None,
-            np.asarray(pos, float),
-            np.asarray(iop, float),
-            (float(ps[0]), float(ps[1])),
+            pos,
+            iop,
+            ps,
             rows,
             cols,
-            _num(ds.get("RescaleSlope"), 1.0),
-            _num(ds.get("RescaleIntercept"), 0.0),
+            slope,
+            icpt,
             _num(ds.get("SliceThickness")),
+            pixel_format=_pixel_format(ds),
         )
     ]
 
@@ -416,6 +555,17 @@ def order_slices(
             case=case,
         )
     for s in slices[1:]:
+        if s.pixel_format != first.pixel_format:
+            diff = [
+                f"{k} {a or '-'} here, {b or '-'} in {first.path.name}"
+                for k, a, b in zip(_PIXEL_FORMAT, s.pixel_format, first.pixel_format, strict=True)
+                if a != b
+            ]
+            raise InputError(
+                "pixel format differs within the series: " + "; ".join(diff),
+                path=s.path,
+                case=case,
+            )
         if (s.rows, s.cols) != (first.rows, first.cols):
             raise InputError(
                 f"inconsistent image size: {s.rows}x{s.cols} here, {first.rows}x{first.cols} in {first.path.name}",
@@ -538,6 +688,7 @@ def _decode_pydicom(geom: SeriesGeometry, case: str | None, progress: bool) -> n
                 case=case,
             )
         out[k] = frame.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
+        _check_range(out[k], s, case)
     return out
 
 
@@ -548,8 +699,13 @@ def _decode_native(geom: SeriesGeometry, case: str | None, progress: bool) -> np
     BitsStored are masked (unsigned) or sign-extended (signed), as the standard requires.
     """
     s0 = geom.slices[0]
+    # exact int32 arithmetic only when no stored value can overflow it
     integral = all(
-        float(s.slope).is_integer() and float(s.intercept).is_integer() for s in geom.slices
+        float(s.slope).is_integer()
+        and float(s.intercept).is_integer()
+        and abs(s.slope) * 2.0 ** (8 * np.dtype(s.native.dtype).itemsize) + abs(s.intercept)
+        < 2.0**31
+        for s in geom.slices
     )
     out = np.empty((len(geom.slices), s0.rows, s0.cols), np.int32 if integral else np.float32)
     count = s0.rows * s0.cols
@@ -575,6 +731,7 @@ def _decode_native(geom: SeriesGeometry, case: str | None, progress: bool) -> np
             out[k] = plane.astype(np.int32) * int(s.slope) + int(s.intercept)
         else:
             out[k] = plane.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
+        _check_range(out[k], s, case)
     return out
 
 
@@ -592,12 +749,14 @@ def _decode_sitk(geom: SeriesGeometry) -> sitk.Image | None:
         return None
     if img.GetSize() != (geom.slices[0].cols, geom.slices[0].rows, len(geom.slices)):
         return None
+    mm = sitk.MinimumMaximumImageFilter()
+    mm.Execute(img)
+    if not (abs(mm.GetMinimum()) <= MAX_ABS_HU and abs(mm.GetMaximum()) <= MAX_ABS_HU):
+        return None  # let pydicom decode slice by slice and name the bad file
     if img.GetPixelID() in (sitk.sitkInt16, sitk.sitkFloat32):
         return img
     if img.GetPixelID() in (sitk.sitkFloat64,):
         return sitk.Cast(img, sitk.sitkFloat32)
-    mm = sitk.MinimumMaximumImageFilter()
-    mm.Execute(img)
     if -32768 <= mm.GetMinimum() and mm.GetMaximum() <= 32767:
         return sitk.Cast(img, sitk.sitkInt16)
     return sitk.Cast(img, sitk.sitkFloat32)
@@ -665,6 +824,8 @@ def read_dicom_series(
     series = discover_series(folder, case=case, progress=progress)
     info = choose_series(series, folder, series_uid=series_uid, case=case)
     geom = order_slices(info, case=case, ingest=ingest, expected_modality=expected_modality)
+    s0 = geom.slices[0]
+    check_voxels((s0.cols, s0.rows, len(geom.slices)), s0.path, case=case, ingest=ingest)
     hu = img = None
     resample = geom.uneven or any("tilt" in w for w in geom.warnings)
     if all(s.native is not None for s in geom.slices):

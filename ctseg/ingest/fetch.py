@@ -15,12 +15,20 @@ Sources (case-sheet column ``source``):
 Optional ``labels`` and ``centroids`` columns are copied to ``labels.nii.gz|labels.nrrd`` and
 ``centroids.json``. Everything is written to a temporary folder renamed onto ``out_dir`` only on
 success; the manifest (files, sizes, sha256) is written last, so its presence means complete.
+A killed fetch's hidden temporaries (``.CASE.XXXXXXXX.tmp``) are removed by the next fetch of
+the same case (``ctseg.core.atomic``).
+
+Limits (``ctseg.core.limits``; ``ingest.max_download_bytes``, ``ingest.max_unpacked_bytes``):
+a download stops with an error once it exceeds the cap (or when Content-Length already says
+so), and an archive whose members declare more bytes in total than the unpack limit is refused
+before anything is extracted. Every member must resolve inside the target folder
+(``Path.is_relative_to`` on resolved paths, for zip and tar alike); links in tar archives are
+refused by the ``data`` extraction filter.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tarfile
 import urllib.error
@@ -31,8 +39,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ctseg.core.atomic import atomic_dir, write_text
+from ctseg.core.atomic import atomic_dir
 from ctseg.core.errors import InputError
+from ctseg.core.jsonio import write_json
+from ctseg.core.limits import check_bytes, limit
 
 CHUNK = 1 << 20
 SOURCES = ("phantom", "dicom", "nifti", "nrrd", "url")
@@ -65,12 +75,32 @@ def _suffix(name: str) -> str:
     return Path(low).suffix
 
 
-def download(url: str, dest: Path, *, sha256: str, case: str, timeout_s: float = 60) -> str:
-    """Stream ``url`` to ``dest`` while hashing; InputError on HTTP failure or checksum mismatch."""
+def download(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str,
+    case: str,
+    timeout_s: float = 60,
+    ingest: dict | None = None,
+) -> str:
+    """Stream ``url`` to ``dest`` while hashing; InputError on HTTP failure, checksum mismatch
+    or a size over ``max_download_bytes`` (checked on Content-Length and while streaming)."""
     h = hashlib.sha256()
+    cap = limit("max_download_bytes", ingest)
+    got_bytes = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp, open(dest, "wb") as out:
             total = resp.headers.get("Content-Length")
+            if total and total.isdigit():
+                check_bytes(
+                    int(total),
+                    "max_download_bytes",
+                    url,
+                    "download (Content-Length)",
+                    case=case,
+                    ingest=ingest,
+                )
             with tqdm(
                 total=int(total) if total else None,
                 unit="B",
@@ -79,6 +109,16 @@ def download(url: str, dest: Path, *, sha256: str, case: str, timeout_s: float =
                 disable=None,
             ) as bar:
                 for block in iter(lambda: resp.read(CHUNK), b""):
+                    got_bytes += len(block)
+                    if got_bytes > cap:
+                        check_bytes(
+                            got_bytes,
+                            "max_download_bytes",
+                            url,
+                            "download (so far)",
+                            case=case,
+                            ingest=ingest,
+                        )
                     out.write(block)
                     h.update(block)
                     bar.update(len(block))
@@ -96,30 +136,50 @@ def download(url: str, dest: Path, *, sha256: str, case: str, timeout_s: float =
     return got
 
 
-def _safe_members_zip(zf: zipfile.ZipFile, dest: Path, case: str, src: str) -> None:
+def _check_members(
+    names_sizes: list[tuple[str, int]], dest: Path, case: str, src: str, ingest: dict | None
+) -> None:
+    """Every member resolves inside ``dest`` and the declared total fits the unpack limit."""
     root = dest.resolve()
-    for info in zf.infolist():
-        target = (dest / info.filename).resolve()
-        if not str(target).startswith(str(root)):
+    total = 0
+    for name, size in names_sizes:
+        target = (root / name).resolve()
+        if not target.is_relative_to(root):
             raise InputError(
-                f"archive member {info.filename!r} escapes the target folder", path=src, case=case
+                f"archive member {name!r} escapes the target folder", path=src, case=case
             )
-    zf.extractall(dest)
+        total += max(0, int(size))
+    check_bytes(
+        total,
+        "max_unpacked_bytes",
+        src,
+        f"archive content ({len(names_sizes)} members, declared)",
+        case=case,
+        ingest=ingest,
+    )
 
 
-def unpack_archive(archive: Path, dest: Path, *, case: str, src: str) -> None:
-    """Unpack a zip / tar(.gz) safely (no member may leave ``dest``)."""
+def unpack_archive(
+    archive: Path, dest: Path, *, case: str, src: str, ingest: dict | None = None
+) -> None:
+    """Unpack a zip / tar(.gz) safely: no member may leave ``dest`` and the declared sizes
+    must fit ``max_unpacked_bytes``, both checked before anything is extracted. zipfile and
+    tarfile never write more than a member's declared size, so the check bounds the disk use."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                _safe_members_zip(zf, dest, case, src)
+                infos = zf.infolist()
+                _check_members([(i.filename, i.file_size) for i in infos], dest, case, src, ingest)
+                zf.extractall(dest)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
-                tf.extractall(dest, filter="data")
+                members = tf.getmembers()
+                _check_members([(m.name, m.size) for m in members], dest, case, src, ingest)
+                tf.extractall(dest, members=members, filter="data")
         else:
             raise InputError("download is neither a zip nor a tar archive", path=src, case=case)
-    except (zipfile.BadZipFile, tarfile.TarError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise InputError(f"cannot unpack archive: {exc}", path=src, case=case) from exc
 
 
@@ -156,9 +216,12 @@ def _copy_file(src: Path, dest: Path, case: str, what: str) -> None:
     shutil.copy2(src, dest)
 
 
-def _check_header(src: Path, case: str, what: str) -> None:
-    """Read the image header now, so a corrupt file is reported under the user's own path."""
+def _check_header(src: Path, case: str, what: str, ingest: dict | None = None) -> None:
+    """Read the image header now, so a corrupt or oversized (``max_voxels``) file is reported
+    under the user's own path."""
     import SimpleITK as sitk
+
+    from ctseg.core.limits import check_voxels
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(src))
@@ -167,6 +230,7 @@ def _check_header(src: Path, case: str, what: str) -> None:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise InputError(f"unreadable {what} ({first})", path=src, case=case) from exc
+    check_voxels(reader.GetSize(), src, case=case, ingest=ingest)
 
 
 def _volume_name(name: str, src: str, case: str) -> str:
@@ -181,15 +245,22 @@ def _volume_name(name: str, src: str, case: str) -> str:
 
 
 def _fetch_url(
-    url: str, tmp: Path, *, case: str, sha: str, timeout_s: float, series_uid: str
+    url: str,
+    tmp: Path,
+    *,
+    case: str,
+    sha: str,
+    timeout_s: float,
+    series_uid: str,
+    ingest: dict | None = None,
 ) -> None:
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     suf = _suffix(name)
     download_to = tmp / f".download{suf}"
-    download(url, download_to, sha256=sha, case=case, timeout_s=timeout_s)
+    download(url, download_to, sha256=sha, case=case, timeout_s=timeout_s, ingest=ingest)
     if suf in _ARCHIVES:
         unpacked = tmp / ".unpacked"
-        unpack_archive(download_to, unpacked, case=case, src=url)
+        unpack_archive(download_to, unpacked, case=case, src=url, ingest=ingest)
         _copy_dicom(unpacked, tmp / "dicom", case=case, series_uid=series_uid)
         shutil.rmtree(unpacked)
         download_to.unlink()
@@ -208,9 +279,18 @@ def _phantom_params(phantom: dict | None, case: str) -> dict:
 
 
 def fetch_case(
-    case: dict, out_dir: Path, manifest: Path, phantom: dict, timeout_s: float = 60
+    case: dict,
+    out_dir: Path,
+    manifest: Path,
+    phantom: dict,
+    timeout_s: float = 60,
+    ingest: dict | None = None,
 ) -> None:
-    """Fetch one case-sheet row into ``out_dir`` (atomic) and write ``manifest`` last."""
+    """Fetch one case-sheet row into ``out_dir`` (atomic) and write ``manifest`` last.
+
+    ``ingest`` holds the limits (``max_download_bytes``, ``max_unpacked_bytes``,
+    ``max_voxels``; see ``ctseg.core.limits``).
+    """
     out_dir, manifest = Path(out_dir), Path(manifest)
     name = _field(case, "case")
     if not name:
@@ -252,11 +332,19 @@ def fetch_case(
                 raise InputError(
                     f"source {source} but file type {_suffix(src.name)}", path=src, case=name
                 )
+            if not src.is_file():
+                raise InputError("image file does not exist", path=src, case=name)
+            _check_header(src, name, "image", ingest)
             _copy_file(src, tmp / target, name, "image")
-            _check_header(src, name, "image")
         else:
             _fetch_url(
-                location, tmp, case=name, sha=sha, timeout_s=timeout_s, series_uid=series_uid
+                location,
+                tmp,
+                case=name,
+                sha=sha,
+                timeout_s=timeout_s,
+                series_uid=series_uid,
+                ingest=ingest,
             )
         if sha and source != "url" and source != "phantom":
             src = Path(location)
@@ -278,8 +366,10 @@ def fetch_case(
                 raise InputError(f"unsupported label file type {suf!r}", path=lab, case=name)
             for old in ("labels.nii.gz", "labels.nii", "labels.nrrd"):
                 (tmp / old).unlink(missing_ok=True)
+            if not lab.is_file():
+                raise InputError("labels file does not exist", path=lab, case=name)
+            _check_header(lab, name, "label map", ingest)
             _copy_file(lab, tmp / target, name, "labels")
-            _check_header(lab, name, "label map")
         centroids = _field(case, "centroids")
         if centroids:
             _copy_file(Path(centroids), tmp / "centroids.json", name, "centroids")
@@ -299,4 +389,4 @@ def fetch_case(
         if series_uid:
             record["series_uid"] = series_uid
         # the manifest goes last, after the folder is in place: present manifest = complete case
-    write_text(manifest, json.dumps(record, indent=1) + "\n")
+    write_json(manifest, record)

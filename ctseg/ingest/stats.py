@@ -79,9 +79,37 @@ def image_geometry(img: sitk.Image) -> dict:
     }
 
 
+#: Voxels per slab of the streamed reductions (bounds their float64 scratch memory to 8 MB).
+SLAB_VOXELS = 1 << 20
+
+
+def hu_statistics(arr: np.ndarray) -> dict:
+    """min, max, mean and (population) std of an array, streamed over slabs of the first axis.
+
+    No float64 copy of the whole volume is made: an int16 CT is reduced slab by slab (sums in
+    float64, the std from a second pass around the mean, which is as exact as ``np.std``).
+    """
+    if arr.size == 0:
+        return {"hu_min": None, "hu_max": None, "hu_mean": None, "hu_std": None}
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
+    step = max(1, SLAB_VOXELS // max(1, flat.shape[1]))
+    lo, hi, total = np.inf, -np.inf, 0.0
+    for z in range(0, flat.shape[0], step):
+        slab = flat[z : z + step]
+        lo = min(lo, float(slab.min()))
+        hi = max(hi, float(slab.max()))
+        total += float(slab.sum(dtype=np.float64))
+    mean = total / arr.size
+    sq = 0.0
+    for z in range(0, flat.shape[0], step):
+        d = flat[z : z + step].astype(np.float64) - mean
+        sq += float(np.dot(d.ravel(), d.ravel()))
+    return {"hu_min": lo, "hu_max": hi, "hu_mean": mean, "hu_std": (sq / arr.size) ** 0.5}
+
+
 def summarize_image(img: sitk.Image, meta: dict, *, case: str) -> dict:
     """The summary of an already-read image: header facts + HU statistics + geometry."""
-    arr = sitk.GetArrayViewFromImage(img).astype(np.float64, copy=False)
+    arr = sitk.GetArrayViewFromImage(img)
     geo = image_geometry(img)
     size = img.GetSize()
     out = {
@@ -98,10 +126,7 @@ def summarize_image(img: sitk.Image, meta: dict, *, case: str) -> dict:
         "spacing_mm": [float(v) for v in img.GetSpacing()],
         "slice_spacing_mm": float(img.GetSpacing()[2]),
         "slice_thickness_mm": meta.get("slice_thickness_mm"),
-        "hu_min": float(arr.min()),
-        "hu_max": float(arr.max()),
-        "hu_mean": float(arr.mean()),
-        "hu_std": float(arr.std()),
+        **hu_statistics(arr),
         **geo,
         "warnings": list(meta.get("warnings", [])),
     }

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ctseg.core.atomic import atomic_path, write_text
+from ctseg.core.atomic import atomic_paths
 from ctseg.core.errors import InputError
+from ctseg.core.imageio import read_image_file
+from ctseg.core.jsonio import dumps
 from ctseg.core.labels import VERSE_NAMES, apply_label_map
 from ctseg.ingest.dicomio import read_dicom_series
 
@@ -47,34 +49,6 @@ def source_kind(path: Path) -> str:
     return "dicom"  # a single DICOM file
 
 
-def _read_volume_file(path: Path, case: str | None) -> sitk.Image:
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(
-            f"cannot read image ({str(exc).strip().splitlines()[-1]})", path=path, case=case
-        ) from exc
-
-
-def _check_nifti_finite(path: Path, case: str | None) -> None:
-    """NaN/inf in a float NIfTI is an error; checked with nibabel because ITK's NIfTI reader
-    silently turns NaN into 0, which would hide the problem rather than report it."""
-    import nibabel as nib
-
-    try:
-        nimg = nib.load(str(path))
-        if nimg.header.get_data_dtype().kind != "f":
-            return
-        data = np.asanyarray(nimg.dataobj)
-    except Exception as exc:  # nibabel raises several types for corrupt files
-        raise InputError(
-            f"cannot read NIfTI ({type(exc).__name__}: {exc})", path=path, case=case
-        ) from exc
-    bad = int(np.count_nonzero(~np.isfinite(data)))
-    if bad:
-        raise InputError(f"image holds {bad} NaN/infinite voxels", path=path, case=case)
-
-
 def read_image(
     path: Path,
     *,
@@ -87,8 +61,10 @@ def read_image(
 
     DICOM is ordered and checked by ``ctseg.ingest.dicomio``; ``ingest`` holds the policies
     (``uneven_spacing``, ``gantry_tilt``: error | resample; ``modality``: expected modality,
-    default CT). Volumes keep exactly the geometry SimpleITK reads. NaN or infinite voxels are
-    an InputError: they would poison every statistic and training batch downstream.
+    default CT; ``max_voxels``: see ``ctseg.core.limits``). Volumes keep exactly the geometry
+    SimpleITK reads. A header declaring more voxels than ``max_voxels`` is refused before any
+    voxel is read; NaN or infinite voxels are an InputError: they would poison every statistic
+    and training batch downstream (``ctseg.core.imageio.read_image_file``).
     """
     path = Path(path)
     ingest = ingest or {}
@@ -104,9 +80,7 @@ def read_image(
             expected_modality=ingest.get("modality", "CT"),
             progress=progress,
         )
-    if kind == "nifti":
-        _check_nifti_finite(path, case)
-    img = _read_volume_file(path, case)
+    img = read_image_file(path, case, ingest=ingest)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"expected a scalar image, found {img.GetNumberOfComponentsPerPixel()} components",
@@ -115,10 +89,6 @@ def read_image(
         )
     if img.GetDimension() != 3:
         raise InputError(f"expected a 3D image, found {img.GetDimension()}D", path=path, case=case)
-    arr = sitk.GetArrayViewFromImage(img)
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        raise InputError(f"image holds {bad} NaN/infinite voxels", path=path, case=case)
     size = img.GetSize()
     meta = {
         "source_kind": kind,
@@ -255,9 +225,12 @@ def map_labels(
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
             raise InputError("label map holds non-integer values", path=path, case=case)
-    arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"label map has pixel type {arr.dtype}", path=path, case=case)
     if arr.size and arr.min() < 0:
         raise InputError("label map holds negative ids", path=path, case=case)
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.int64)
     if label_map is not None:
         arr = apply_label_map(arr, label_map)
     if arr.size and arr.max() > 255:
@@ -316,6 +289,20 @@ def _load_centroids(path: Path, case: str) -> list[dict]:
     return sorted(out, key=lambda c: c["label"])
 
 
+def to_int16(ct: sitk.Image) -> sitk.Image:
+    """The CT as int16 HU (rounded, clipped), converted slab by slab: no whole float copy."""
+    if ct.GetPixelID() == sitk.sitkInt16:
+        return ct
+    arr = sitk.GetArrayViewFromImage(ct)
+    out = np.empty(arr.shape, np.int16)
+    step = max(1, (1 << 24) // max(1, arr[0].size))
+    for z in range(0, arr.shape[0], step):
+        out[z : z + step] = np.clip(np.round(arr[z : z + step]), -32768, 32767)
+    img = sitk.GetImageFromArray(out)
+    img.CopyInformation(ct)
+    return img
+
+
 def build_volume(
     raw_dir: Path,
     ct_out: Path,
@@ -327,40 +314,69 @@ def build_volume(
     ingest: dict,
     series_uid: str | None = None,
 ) -> None:
-    """Convert a raw case to ``ct.nii.gz`` (int16 HU), ``labels.nii.gz`` (uint8) and centroids.
-
-    Everything is read and checked before the first output is written, and each output goes
-    through an atomic rename, so a failure leaves none of the three behind.
-    """
+    """Convert a raw case folder (see :func:`find_raw_source`) with :func:`convert_volume`."""
     raw_dir = Path(raw_dir)
-    ingest = ingest or {}
-    src = find_raw_source(raw_dir, case=case)
-    ct, _meta = read_image(src, case=case, series_uid=series_uid, ingest=ingest)
-    ct_arr = sitk.GetArrayFromImage(ct)
-    ct16 = sitk.GetImageFromArray(np.clip(np.round(ct_arr), -32768, 32767).astype(np.int16))
-    ct16.CopyInformation(ct)
+    cen_path = raw_dir / "centroids.json"
+    convert_volume(
+        find_raw_source(raw_dir, case=case),
+        find_raw_labels(raw_dir),
+        cen_path if cen_path.is_file() else None,
+        ct_out,
+        labels_out,
+        centroids_out,
+        case=case,
+        label_map=label_map,
+        ingest=ingest,
+        series_uid=series_uid,
+    )
 
-    lab_path = find_raw_labels(raw_dir)
+
+def convert_volume(
+    src: Path,
+    lab_path: Path | None,
+    cen_path: Path | None,
+    ct_out: Path,
+    labels_out: Path,
+    centroids_out: Path,
+    *,
+    case: str,
+    label_map: dict[int, int] | None,
+    ingest: dict,
+    series_uid: str | None = None,
+) -> None:
+    """Convert a scan to ``ct.nii.gz`` (int16 HU), ``labels.nii.gz`` (uint8) and centroids.
+
+    ``src`` is a DICOM folder / NIfTI / NRRD, ``lab_path`` an optional label map, ``cen_path``
+    optional given centroids (else computed from the labels). Errors name these very paths
+    (the user's files, never a copy). Everything is read and checked before the first output
+    is written, and the three outputs are renamed into place together, so a failure leaves
+    none of them behind.
+    """
+    ingest = ingest or {}
+    ct, _meta = read_image(Path(src), case=case, series_uid=series_uid, ingest=ingest)
+    ct16 = to_int16(ct)
+    del ct
+
     if lab_path is not None:
-        lab = _read_volume_file(lab_path, case)
+        lab = read_image_file(lab_path, case, ingest=ingest)
         lab = labels_on_grid(
             lab, ct16, case=case, path=lab_path, resample=bool(ingest.get("resample_labels", False))
         )
         lab_arr = map_labels(sitk.GetArrayViewFromImage(lab), label_map, case=case, path=lab_path)
     else:
-        lab_arr = np.zeros(ct_arr.shape, np.uint8)
+        lab_arr = np.zeros(sitk.GetArrayViewFromImage(ct16).shape, np.uint8)
     lab_img = sitk.GetImageFromArray(lab_arr)
     lab_img.CopyInformation(ct16)
 
-    cen_path = raw_dir / "centroids.json"
     centroids = (
-        _load_centroids(cen_path, case) if cen_path.is_file() else centroids_from_labels(lab_img)
+        _load_centroids(cen_path, case) if cen_path is not None else centroids_from_labels(lab_img)
     )
+    cen_text = dumps(centroids, indent=1, what=centroids_out) + "\n"
 
-    with atomic_path(ct_out) as t_ct, atomic_path(labels_out) as t_lab:
+    with atomic_paths(ct_out, labels_out, centroids_out) as (t_ct, t_lab, t_cen):
         sitk.WriteImage(ct16, str(t_ct), True)
         sitk.WriteImage(lab_img, str(t_lab), True)
-        write_text(centroids_out, json.dumps(centroids, indent=1) + "\n")
+        t_cen.write_text(cen_text)
 
 
 def read_case_list(path: Path) -> list[dict]:
