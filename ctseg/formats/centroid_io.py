@@ -137,7 +137,9 @@ def read_centroids(
             )
         return check_centroids(raw, image, path=path)
     except InputError as exc:
-        raise exc.with_case(case) if case else exc
+        if case and not exc.case:
+            raise exc.with_case(case) from exc
+        raise
 
 
 def check_centroids(
