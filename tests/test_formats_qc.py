@@ -91,8 +91,8 @@ def test_implausible_absolute_volume_for_the_region():
 def test_fragmented_level_is_flagged():
     arr = spine()
     k = np.nonzero(arr == 22)[0]
-    # a detached piece beside L3 (a one-voxel gap at j = 20): 12 * 4 * 6 = 288 voxels
-    arr[k.min() : k.max() + 1, 21:25, 24:30] = 22
+    # a detached piece beside L3 (a one-voxel gap at j = 20): 12 * 3 * 8 = 288 voxels
+    arr[k.min() : k.max() + 1, 21:24, 20:28] = 22
     qc = quality_flags(image(arr))
     frag = [f for f in qc["flags"] if f["name"] == "fragmented"]
     assert [f["levels"] for f in frag] == [["L3"]]
@@ -117,7 +117,13 @@ def test_centroid_spacing_too_small():
 
 def test_few_and_unknown_levels():
     arr = spine([20, 21])
-    assert "few_levels" in names(quality_flags(image(arr)))
+    padded = np.zeros((arr.shape[0] + 40, *arr.shape[1:]), arr.dtype)
+    padded[:-40] = arr  # 160 mm more of the field of view, no vertebra in it
+    (f,) = quality_flags(image(padded))["flags"]
+    assert f["name"] == "few_levels" and "at least 3 expected" in f["reason"]
+    # a 72 mm field of view holds two levels at most: two found is no flag
+    assert quality_flags(image(arr))["measures"]["fov_superior_mm"] == pytest.approx(72.0)
+    assert "few_levels" not in names(quality_flags(image(arr)))
     arr = spine([20, 21, 22])
     qc = quality_flags(image(arr), trained_ids=[20, 21])
     (f,) = [f for f in qc["flags"] if f["name"] == "unknown_levels"]
@@ -163,7 +169,9 @@ def test_confidence_and_relabelling():
 
 
 def test_thresholds_can_be_overridden_and_typos_refused():
-    arr = spine([20, 21])
+    arr = np.zeros((spine([20, 21]).shape[0] + 40, 25, 30), np.uint8)
+    arr[:-40] = spine([20, 21])
+    assert "few_levels" in names(quality_flags(image(arr)))
     assert "few_levels" not in names(quality_flags(image(arr), thresholds={"min_levels": 2}))
     with pytest.raises(ValueError, match="unknown QC thresholds"):
         QCThresholds.from_dict({"min_level": 2})

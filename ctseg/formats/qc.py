@@ -4,7 +4,8 @@ No ground truth exists for a new scan, so the checks ask whether the result is a
 and statistically plausible, and whether the network itself was sure:
 
 - ``unknown_levels``: ids outside VerSe, or outside the ids the model was trained on;
-- ``few_levels``: fewer levels than a spine scan shows (default 3);
+- ``few_levels``: fewer levels than the field of view holds: at least 3, or as many as fit
+  in the image's superior-inferior extent at 35 mm per level when that is fewer;
 - ``non_consecutive``: a level missing between two found ones (T13 and L6 are optional);
 - ``order``: levels out of cranio-caudal order (a swapped pair: T12 found above T11), from
   the centroids' superior (LPS z) coordinates;
@@ -12,7 +13,8 @@ and statistically plausible, and whether the network itself was sure:
   of the two nearest found levels on each side outside [0.6, 1.7]) or for its region
   (absolute ml ranges per cervical / thoracic / lumbar level); levels the field of view cuts
   are exempt, their volume being a lower bound;
-- ``fragmented``: a level whose voxels outside its largest 26-connected component exceed 5 %;
+- ``fragmented``: a level whose voxels outside its largest 26-connected component exceed 5 %
+  (levels the field of view cuts are exempt: the cut may separate arch and body);
 - ``centroid_spacing``: a gap between consecutive centroids (divided by the number of levels
   it spans) below 0.5 or above 1.6 times the case's median gap, or below 8 mm;
 - ``low_confidence``: mean max-probability inside the prediction below 0.75, or mean
@@ -34,7 +36,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ctseg.core.labels import VERSE_NAMES
-from ctseg.formats.grid import label_array
+from ctseg.formats.grid import index_to_world, label_array
 from ctseg.formats.vertebra_stats import spine_rank, vertebra_statistics
 
 #: Levels that a normal spine may lack without a gap: T13 (28) and L6 (25).
@@ -65,6 +67,7 @@ def region_of(label: int) -> str | None:
 @dataclass(frozen=True)
 class QCThresholds:
     min_levels: int = 3
+    max_level_step_mm: float = 35.0
     volume_ratio_low: float = 0.6
     volume_ratio_high: float = 1.7
     fragment_fraction: float = 0.05
@@ -117,6 +120,21 @@ def _fragment_fraction(arr: np.ndarray, label: int, box: tuple[slice, ...]) -> f
         return 0.0
     sizes = np.bincount(comp.ravel())[1:]
     return float(1.0 - sizes.max() / sizes.sum())
+
+
+def superior_extent_mm(img: sitk.Image) -> float:
+    """Extent of the image's voxel boxes along the patient's superior (LPS z) axis."""
+    size = np.asarray(img.GetSize(), dtype=np.float64)
+    corners = np.array(
+        [
+            [x, y, z]
+            for x in (-0.5, size[0] - 0.5)
+            for y in (-0.5, size[1] - 0.5)
+            for z in (-0.5, size[2] - 0.5)
+        ]
+    )
+    sup = index_to_world(img, corners)[:, 2]
+    return float(sup.max() - sup.min())
 
 
 def confidence(probabilities: np.ndarray, foreground: np.ndarray) -> dict[str, float]:
@@ -179,12 +197,15 @@ def quality_flags(
             what.append(f"{_names(untrained)} not among the model's trained levels")
         flags.append(_flag("unknown_levels", "; ".join(what), unknown + untrained))
 
-    if len(present) < th.min_levels:
+    fov = superior_extent_mm(labels)
+    measures["fov_superior_mm"] = round(fov, 2)
+    expected = min(th.min_levels, int(fov // th.max_level_step_mm))
+    if len(present) < max(expected, 1):
         flags.append(
             _flag(
                 "few_levels",
-                f"only {len(present)} level(s) found ({_names(present) or 'none'}); "
-                f"at least {th.min_levels} expected",
+                f"only {len(present)} level(s) found ({_names(present) or 'none'}) in a "
+                f"{fov:.0f} mm field of view; at least {max(expected, 1)} expected",
                 present,
                 len(present),
             )
@@ -261,7 +282,7 @@ def quality_flags(
     measures["fragment_fraction"] = {
         VERSE_NAMES.get(x, str(x)): round(f, 4) for x, f in frag.items()
     }
-    bad = [x for x in present if frag[x] > th.fragment_fraction]
+    bad = [x for x in present if frag[x] > th.fragment_fraction and x not in cut]
     for x in bad:
         flags.append(
             _flag(
