@@ -175,3 +175,14 @@ def test_thresholds_can_be_overridden_and_typos_refused():
     assert "few_levels" not in names(quality_flags(image(arr), thresholds={"min_levels": 2}))
     with pytest.raises(ValueError, match="unknown QC thresholds"):
         QCThresholds.from_dict({"min_level": 2})
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_phantom_truth_is_trusted(seed):
+    """An in-distribution phantom's true labelling (T1-L5, 4 mm) raises no flag."""
+    from ctseg.phantom import generate
+
+    ph = generate(seed)
+    qc = quality_flags(ph.image("labels"), ph.image("hu"), trained_ids=range(1, 26))
+    assert qc["trusted"], qc["flags"]
+    assert qc["measures"]["n_levels"] == 17

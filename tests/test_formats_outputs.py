@@ -1,0 +1,64 @@
+"""All standard outputs of one case from a phantom stored as DICOM, read back by their readers."""
+
+from __future__ import annotations
+
+import json
+
+import highdicom as hd
+import nrrd
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from PIL import Image
+
+from ctseg.evaluation.centroids import centroids_from_labels
+from ctseg.formats.centroid_io import read_centroids
+from ctseg.formats.outputs import write_case_outputs
+from ctseg.ingest.dicomwrite import write_dicom_series
+from ctseg.phantom import generate
+
+
+def test_case_outputs_from_a_dicom_phantom(tmp_path):
+    ph = generate(5, {"shape": [64, 56, 72], "spacing_mm": [4.0, 4.0, 4.0], "first_level": "T9"})
+    files = write_dicom_series(ph.hu, ph.spacing, ph.origin, ph.direction, tmp_path / "dcm", seed=5)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
+    ct = reader.Execute()
+    labels = sitk.GetImageFromArray(ph.labels)
+    labels.CopyInformation(ct)
+
+    paths = write_case_outputs(labels, ct, tmp_path / "out", source_dicom_files=files, title="ph05")
+    assert set(paths) == {
+        "labels", "seg_nrrd", "dicom_seg", "centroids", "centroids_verse", "centroids_markups",
+        "statistics", "statistics_tsv", "qc", "qc_png",
+    }  # fmt: skip
+    back = sitk.ReadImage(str(paths["labels"]))
+    assert np.array_equal(sitk.GetArrayFromImage(back), ph.labels)
+    assert np.allclose(back.GetOrigin(), ct.GetOrigin())
+
+    present = sorted(int(v) for v in np.unique(ph.labels) if v)
+    _, h = nrrd.read(str(paths["seg_nrrd"]))
+    assert sorted(int(h[f"Segment{i}_LabelValue"]) for i in range(len(present))) == present
+
+    seg = hd.seg.segread(str(paths["dicom_seg"]))
+    assert len(seg.get_segment_numbers()) == len(present)
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    px = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, combine_segments=True, relabel=False
+    )
+    assert np.array_equal(np.array([0, *present])[px], ph.labels)
+
+    truth = {c["label"]: c for c in centroids_from_labels(labels)}
+    for key in ("centroids", "centroids_verse", "centroids_markups"):
+        rows = read_centroids(paths[key], ct)
+        assert [r["label"] for r in rows] == sorted(truth)
+        for r in rows:
+            t = truth[r["label"]]
+            assert np.allclose(r["world"], [t["x"], t["y"], t["z"]], atol=0.05), key
+
+    stats = json.loads(paths["statistics"].read_text())
+    assert [r["label"] for r in stats["levels"]] == present
+    qc = json.loads(paths["qc"].read_text())
+    assert qc["trusted"], qc["flags"]
+    with Image.open(paths["qc_png"]) as im:
+        assert im.size == (900, 700)
