@@ -20,6 +20,7 @@ def box_case():
     hu = np.full(lab.shape, -100, np.int16)
     lab[8:14, 10:20, 5:25] = 20  # L1: 6 x 10 x 20 voxels
     hu[8:14, 10:20, 5:25] = 300
+    hu[8:14, 16:20, 5:25] = 500  # j runs anterior: rows 16-19 are the front 40 % (the "body")
     lab[0:5, 12:18, 6:24] = 21  # L2: touches k = 0, the inferior face
     hu[0:5, 12:18, 6:24] = np.arange(5, dtype=np.int16)[:, None, None] * 100 + 200  # 200..600
     metal = np.zeros(lab.shape, np.uint8)
@@ -44,7 +45,9 @@ def test_statistics_of_boxes():
     assert (l1["name"], l2["name"]) == ("L1", "L2")
     assert l1["voxels"] == 6 * 10 * 20 and l1["volume_mm3"] == pytest.approx(1200 * v)
     assert l1["volume_ml"] == pytest.approx(1200 * v / 1000)
-    assert l1["hu_mean"] == 300 and l1["hu_median"] == 300 and l1["hu_std"] == 0
+    assert l1["hu_mean"] == pytest.approx(380) and l1["hu_median"] == 300
+    assert l1["hu_std"] == pytest.approx(np.std([500] * 4 + [300] * 6))
+    assert l1["body_hu_mean"] == 500 and l1["body_hu_median"] == 500
     assert l2["hu_mean"] == pytest.approx(400) and l2["hu_median"] == 400
     centre = labels.TransformContinuousIndexToPhysicalPoint((14.5, 14.5, 10.5))
     assert np.allclose(l1["centroid"], centre)
@@ -65,7 +68,7 @@ def test_statistics_of_boxes():
         "metal_ml": pytest.approx(5 * v / 1000),
         "levels_with_metal": ["L1"],
     }
-    assert totalseg_style(st) == {"L1": {"volume": pytest.approx(1200 * v), "intensity": 300.0},
+    assert totalseg_style(st) == {"L1": {"volume": pytest.approx(1200 * v), "intensity": pytest.approx(380.0)},
                                   "L2": {"volume": pytest.approx(540 * v), "intensity": pytest.approx(400.0)}}  # fmt: skip
 
 

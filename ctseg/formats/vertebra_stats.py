@@ -8,6 +8,12 @@ its volume and height are lower bounds) and, given a metal mask, how much implan
 The spine direction at a level is the line through its neighbours' centroids (previous and next
 present level), falling back to the patient's superior axis for a lone level. Height is the
 extent of the level's voxels along that direction, voxel size included.
+
+The vertebral body has no label of its own, so its HU are taken over the level's voxels in the
+anterior :data:`BODY_FRACTION` of the level's extent along the patient's anterior axis (LPS
+-y): the body is 35-45 % of a vertebra's antero-posterior depth from C3 to L5 (the canal and
+the arch with its spinous process make up the rest). An approximation, labelled as such
+(``body_hu_*``), for opportunistic bone-density reading (L1 body HU).
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ _FACE_WORD = {
     "I": "inferior",
 }
 _OPP = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
+
+#: Anterior share of a level's antero-posterior extent taken as its vertebral body.
+BODY_FRACTION = 0.4
 
 #: Spine order of the VerSe ids (T13 between T12 and L1, L6 before the sacrum).
 SPINE_ORDER: list[int] = [*range(1, 20), 28, *range(20, 27)]
@@ -64,7 +73,7 @@ def vertebra_statistics(
 
     Returns ``{"voxel_volume_mm3", "levels": [row, ...] in spine order, "metal": summary or
     None}``; each row holds label, name, voxels, volume_mm3, volume_ml, hu_mean, hu_median,
-    hu_std (None without ``ct``), centroid (world mm), bbox_index_min/max, bbox_world_min/max
+    hu_std, body_hu_mean, body_hu_median (None without ``ct``), centroid (world mm), bbox_index_min/max, bbox_world_min/max
     (world extent of the box's voxel centres), height_mm, touches_fov_edge, fov_edges (the
     faces it touches, e.g. ["inferior"]) and, with ``metal``, metal_voxels and metal_ml.
     """
@@ -110,6 +119,8 @@ def vertebra_statistics(
             "hu_mean": None,
             "hu_median": None,
             "hu_std": None,
+            "body_hu_mean": None,
+            "body_hu_median": None,
             "centroid": index_to_world(labels, idx.mean(axis=0)).tolist(),
             "bbox_index_min": lo.tolist(),
             "bbox_index_max": hi.tolist(),
@@ -121,10 +132,15 @@ def vertebra_statistics(
         }
         if hu is not None:
             values = np.asarray(hu[sl][mask], dtype=np.float64)
+            anterior = -index_to_world(labels, idx)[:, 1]  # LPS y runs posterior
+            front = anterior.max()
+            body = anterior >= front - BODY_FRACTION * (front - anterior.min())
             row.update(
                 hu_mean=float(values.mean()),
                 hu_median=float(np.median(values)),
                 hu_std=float(values.std()),
+                body_hu_mean=float(values[body].mean()),
+                body_hu_median=float(np.median(values[body])),
             )
         if metal_arr is not None:
             m = int(np.count_nonzero(metal_arr[sl][mask]))
@@ -167,7 +183,7 @@ def totalseg_style(stats: dict) -> dict:
 
 TSV_COLUMNS: Sequence[str] = (
     "label", "name", "voxels", "volume_mm3", "volume_ml", "hu_mean", "hu_median", "hu_std",
-    "height_mm", "centroid_x", "centroid_y", "centroid_z", "touches_fov_edge", "fov_edges",
+    "body_hu_mean", "body_hu_median", "height_mm", "centroid_x", "centroid_y", "centroid_z", "touches_fov_edge", "fov_edges",
     "metal_ml",
 )  # fmt: skip
 
