@@ -98,3 +98,22 @@ def test_off_grid_source_and_empty_labels_are_errors(tmp_path, series):
     with pytest.raises(InputError, match="outside"):
         write_dicom_seg(small, files, tmp_path / "c.dcm")
     assert not list(tmp_path.glob("*.dcm"))
+
+
+def test_anonymised_sources(tmp_path, series):
+    """Blank SOP Class / Study UIDs are restored; blank or repeated SOP Instance UIDs refused."""
+    files, labels, lab = series
+    dss = [pydicom.dcmread(f) for f in files]
+    for ds in dss:
+        ds.SOPClassUID = ""
+        ds.StudyInstanceUID = ""
+    out = write_dicom_seg(labels, dss, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(out)
+    assert seg.StudyInstanceUID and seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert dss[0].SOPClassUID == ""  # the caller's datasets are left alone
+    dss[2].SOPInstanceUID = dss[1].SOPInstanceUID
+    with pytest.raises(InputError, match="repeats the SOP Instance UID"):
+        write_dicom_seg(labels, dss, tmp_path / "b.dcm")
+    dss[2].SOPInstanceUID = ""
+    with pytest.raises(InputError, match="no SOP Instance UID"):
+        write_dicom_seg(labels, dss, tmp_path / "c.dcm")

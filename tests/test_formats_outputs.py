@@ -8,11 +8,14 @@ import highdicom as hd
 import nrrd
 import numpy as np
 import pydicom
+import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from ctseg.core.errors import InputError
 from ctseg.evaluation.centroids import centroids_from_labels
 from ctseg.formats.centroid_io import read_centroids
+from ctseg.formats.dicom_seg import write_dicom_seg
 from ctseg.formats.outputs import write_case_outputs
 from ctseg.ingest.dicomwrite import write_dicom_series
 from ctseg.phantom import generate
@@ -62,3 +65,40 @@ def test_case_outputs_from_a_dicom_phantom(tmp_path):
     assert qc["trusted"], qc["flags"]
     with Image.open(paths["qc_png"]) as im:
         assert im.size == (900, 700)
+
+
+@pytest.mark.real
+def test_real_series_outputs(real_series_dir, real_labels_path, tmp_path):
+    """The shared real series with its TotalSegmentator labels: every output, SEG frames right."""
+    from ctseg.core.labels import TOTALSEG_V2_TO_VERSE, apply_label_map
+
+    files = sorted(real_series_dir.iterdir())
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(reader.GetGDCMSeriesFileNames(str(real_series_dir))))
+    ct = reader.Execute()
+    raw = sitk.ReadImage(str(real_labels_path))
+    labels = sitk.GetImageFromArray(
+        apply_label_map(sitk.GetArrayFromImage(raw), TOTALSEG_V2_TO_VERSE)
+    )
+    labels.CopyInformation(ct)
+    # this anonymised series has blank SOP Instance UIDs: nothing a SEG could reference
+    with pytest.raises(InputError, match="no SOP Instance UID"):
+        write_case_outputs(labels, ct, tmp_path, source_dicom_files=files, png=False)
+    qc = json.loads((tmp_path / "qc.json").read_text())
+    assert qc["trusted"] and qc["measures"]["n_levels"] == 2
+    assert not (tmp_path / "labels.seg.dcm").exists()
+    # with UIDs restored (as a PACS export has them) the SEG frames match the labels
+    by_z = sorted(
+        (pydicom.dcmread(f) for f in files), key=lambda d: float(d.ImagePositionPatient[2])
+    )
+    for n, d in enumerate(by_z):
+        d.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["real", str(n)])
+    out = write_dicom_seg(labels, by_z, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(str(out))
+    names = [seg.get_segment_description(n).segment_label for n in seg.get_segment_numbers()]
+    assert names == ["T11", "T12"]
+    uids = [d.SOPInstanceUID for d in by_z]
+    px = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, combine_segments=True, relabel=False
+    )
+    assert np.array_equal(np.array([0, 18, 19])[px], sitk.GetArrayFromImage(labels))

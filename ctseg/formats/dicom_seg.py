@@ -5,7 +5,8 @@ A PACS or viewer that holds the source series can show a DICOM Segmentation obje
 highdicom from the label image on the source grid: every source slice is located in the label
 image through its ImagePositionPatient and the in-plane pixel steps, so the frames follow the
 source slices whatever order or flips the label image's own axes have. A source slice that does
-not lie on the label grid is an InputError naming that file.
+not lie on the label grid, or that has no (or a repeated) SOP Instance UID to be referenced by,
+is an InputError naming that file.
 
 Segment numbers are 1..n in VerSe-id order (DICOM requires consecutive numbers); each
 segment's label is the VerSe name and its tracking id ``verse:<id>``, its property the SNOMED
@@ -14,6 +15,7 @@ code of the level (:mod:`ctseg.formats.terminology`), its algorithm ctseg with i
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,20 +38,58 @@ from ctseg.formats.terminology import CATEGORY, SCT, type_code
 GRID_TOL = 1e-2
 
 
+def _usable(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds``, with the identifying UIDs that anonymisers blank filled in (on a copy).
+
+    An empty SOPClassUID is restored from the file meta's MediaStorageSOPClassUID (the same
+    value by definition); an empty StudyInstanceUID gets a UID derived from the series UID, so
+    the SEG still names a study (the same one for every SEG of that series).
+    """
+    if str(getattr(ds, "SOPClassUID", "")) and str(getattr(ds, "StudyInstanceUID", "")):
+        return ds
+    ds = copy.deepcopy(ds)
+    if not str(getattr(ds, "SOPClassUID", "")):
+        meta = getattr(ds, "file_meta", None)
+        ds.SOPClassUID = getattr(meta, "MediaStorageSOPClassUID", "") if meta is not None else ""
+    if not str(getattr(ds, "StudyInstanceUID", "")):
+        ds.StudyInstanceUID = pydicom.uid.generate_uid(
+            entropy_srcs=["ctseg-study-of", str(getattr(ds, "SeriesInstanceUID", ""))]
+        )
+    return ds
+
+
 def _read_sources(
     files: Sequence[str | Path | pydicom.Dataset],
 ) -> list[tuple[str, pydicom.Dataset]]:
     out = []
     for f in files:
         if isinstance(f, pydicom.Dataset):
-            out.append((str(getattr(f, "filename", "") or f.SOPInstanceUID), f))
+            out.append((str(getattr(f, "filename", "") or f.SOPInstanceUID), _usable(f)))
             continue
         try:
-            out.append((str(f), pydicom.dcmread(str(f))))
+            ds = pydicom.dcmread(str(f))
         except Exception as exc:  # pydicom raises several types for a non-DICOM file
             raise InputError(f"not a readable DICOM file ({exc})", path=f) from exc
+        if (
+            not str(getattr(ds, "SOPClassUID", ""))
+            and "MediaStorageSOPClassUID" not in ds.file_meta
+        ):
+            raise InputError("source slice has no SOP Class UID", path=f)
+        out.append((str(f), _usable(ds)))
     if not out:
         raise InputError("no source DICOM files given for the DICOM-SEG")
+    seen: dict[str, str] = {}
+    for name, ds in out:
+        uid = str(getattr(ds, "SOPInstanceUID", ""))
+        if not uid:
+            raise InputError(
+                "source slice has no SOP Instance UID (blanked by an anonymiser?); a DICOM-SEG "
+                "cannot reference it",
+                path=name,
+            )
+        if uid in seen:
+            raise InputError(f"source slice repeats the SOP Instance UID of {seen[uid]}", path=name)
+        seen[uid] = name
     return out
 
 

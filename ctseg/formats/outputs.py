@@ -47,7 +47,8 @@ def write_case_outputs(
 ) -> dict[str, Path]:
     """Write the standard outputs of one case into ``out_dir``; returns {kind: path}.
 
-    ``labels`` must be on the CT's grid. Optional evidence feeds the QC: ``probabilities``
+    ``labels`` must be on the CT's grid. The DICOM-SEG is written last; when the source series
+    cannot be referenced its InputError propagates with every other output already written. Optional evidence feeds the QC: ``probabilities``
     ``[C, z, y, x]``, ``raw_argmax`` (labels before the along-spine relabelling) and the
     model's ``trained_ids``; ``metal`` adds per-level implant volumes to the statistics.
     """
@@ -64,10 +65,6 @@ def write_case_outputs(
         sitk.WriteImage(labels, str(tmp), True)
     paths["labels"] = out / "labels.nii.gz"
     paths["seg_nrrd"] = write_slicer_seg(labels, out / "labels.seg.nrrd")
-    if source_dicom_files:
-        from ctseg.formats.dicom_seg import write_dicom_seg
-
-        paths["dicom_seg"] = write_dicom_seg(labels, source_dicom_files, out / "labels.seg.dcm")
     centroids = centroids_from_labels(labels)
     written = write_centroid_outputs(centroids, labels, out)
     paths.update(
@@ -91,4 +88,10 @@ def write_case_outputs(
     paths["qc"] = out / "qc.json"
     if png:
         paths["qc_png"] = write_qc_png(labels, ct, out / "qc.png", qc=qc, title=title)
+    if source_dicom_files:
+        # Last: a source series that cannot be referenced (anonymised UIDs) raises InputError
+        # after every other output is in place; the caller reports it and goes on.
+        from ctseg.formats.dicom_seg import write_dicom_seg
+
+        paths["dicom_seg"] = write_dicom_seg(labels, source_dicom_files, out / "labels.seg.dcm")
     return paths
