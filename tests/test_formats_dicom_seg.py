@@ -70,11 +70,16 @@ def test_seg_reads_back_with_right_segments_and_frames(tmp_path, series, kind):
     assert ds.FrameOfReferenceUID == pydicom.dcmread(files[0]).FrameOfReferenceUID
 
 
-def test_seg_follows_a_flipped_label_grid(tmp_path, series):
-    """The same labels on a grid with x and z flipped (other origin) give the same frames."""
+@pytest.mark.parametrize("kind", ["flip", "permute"])
+def test_seg_follows_a_reoriented_label_grid(tmp_path, series, kind):
+    """The same labels on a grid with x and z flipped, or with permuted axes, give the same
+    frames: each source slice is found by geometry."""
     files, labels, lab = series
-    flipped = sitk.Flip(labels, [True, False, True])
-    out = write_dicom_seg(flipped, files, tmp_path / "seg.dcm")
+    if kind == "flip":
+        grid = sitk.Flip(labels, [True, False, True])
+    else:
+        grid = sitk.PermuteAxes(labels, [1, 2, 0])  # label axes (y, z, x)
+    out = write_dicom_seg(grid, files, tmp_path / "seg.dcm")
     seg = hd.seg.segread(str(out))
     uids = [pydicom.dcmread(f).SOPInstanceUID for f in files]
     px = seg.get_pixels_by_source_instance(

@@ -67,7 +67,7 @@ def _read_sources(
             out.append((str(getattr(f, "filename", "") or f.SOPInstanceUID), _usable(f)))
             continue
         try:
-            ds = pydicom.dcmread(str(f))
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)  # geometry and UIDs only
         except Exception as exc:  # pydicom raises several types for a non-DICOM file
             raise InputError(f"not a readable DICOM file ({exc})", path=f) from exc
         if (
@@ -110,13 +110,23 @@ def _frame_of(arr_xyz: np.ndarray, img: sitk.Image, name: str, ds: pydicom.Datas
     if np.abs(steps - np.round(steps)).max() > GRID_TOL:
         raise InputError("source slice does not lie on the label image's grid", path=name)
     p0, dc, dr = (np.round(v).astype(np.int64) for v in (p0, dc, dr))
+    size = arr_xyz.shape
+    ends = [p0 + (rows - 1) * dr, p0 + (cols - 1) * dc, p0 + (rows - 1) * dr + (cols - 1) * dc]
+    for q in (p0, *ends):
+        if np.any(q < 0) or np.any(q >= np.asarray(size)):
+            raise InputError("source slice lies outside the label image", path=name)
+    ac, ar = int(np.argmax(np.abs(dc))), int(np.argmax(np.abs(dr)))
+    if np.abs(dc).sum() == 1 and np.abs(dr).sum() == 1 and ac != ar:
+        # Rows and columns run along label axes (the usual case): plain strided slicing.
+        sl: list[slice | int] = [int(p0[a]) for a in range(3)]
+        for a, step, n in ((ar, int(dr[ar]), rows), (ac, int(dc[ac]), cols)):
+            stop = int(p0[a]) + step * n
+            sl[a] = slice(int(p0[a]), None if stop < 0 else stop, step)
+        frame = arr_xyz[tuple(sl)]
+        return frame if ar < ac else frame.T
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
     idx = [p0[a] + r * dr[a] + c * dc[a] for a in range(3)]
-    size = arr_xyz.shape
-    for a in range(3):
-        if idx[a].min() < 0 or idx[a].max() >= size[a]:
-            raise InputError("source slice lies outside the label image", path=name)
     return arr_xyz[idx[0], idx[1], idx[2]]
 
 

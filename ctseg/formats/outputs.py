@@ -23,7 +23,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from ctseg.core.atomic import atomic_path, write_text
-from ctseg.evaluation.centroids import centroids_from_labels
 from ctseg.formats.centroid_io import write_centroid_outputs
 from ctseg.formats.qc import quality_flags
 from ctseg.formats.qc_png import write_qc_png
@@ -65,14 +64,15 @@ def write_case_outputs(
         sitk.WriteImage(labels, str(tmp), True)
     paths["labels"] = out / "labels.nii.gz"
     paths["seg_nrrd"] = write_slicer_seg(labels, out / "labels.seg.nrrd")
-    centroids = centroids_from_labels(labels)
+    stats = vertebra_statistics(labels, ct, metal=metal)
+    # the statistics' centroids are the centres of mass of each level (one pass, in spine order)
+    centroids = [{"label": r["label"], "world": r["centroid"]} for r in stats["levels"]]
     written = write_centroid_outputs(centroids, labels, out)
     paths.update(
         centroids=written["ours"],
         centroids_verse=written["verse"],
         centroids_markups=written["markups"],
     )
-    stats = vertebra_statistics(labels, ct, metal=metal)
     write_statistics(stats, out / "statistics.json", out / "statistics.tsv")
     paths.update(statistics=out / "statistics.json", statistics_tsv=out / "statistics.tsv")
     qc = quality_flags(
@@ -87,7 +87,7 @@ def write_case_outputs(
     write_text(out / "qc.json", json.dumps(qc, indent=1) + "\n")
     paths["qc"] = out / "qc.json"
     if png:
-        paths["qc_png"] = write_qc_png(labels, ct, out / "qc.png", qc=qc, title=title)
+        paths["qc_png"] = write_qc_png(labels, ct, out / "qc.png", qc=qc, title=title, stats=stats)
     if source_dicom_files:
         # Last: a source series that cannot be referenced (anonymised UIDs) raises InputError
         # after every other output is in place; the caller reports it and goes on.

@@ -24,33 +24,52 @@ WINDOW = (-250.0, 1250.0)
 
 
 def write_qc_png(
-    labels: sitk.Image, ct: sitk.Image, path: str | Path, *, qc: dict | None = None, title: str = ""
+    labels: sitk.Image,
+    ct: sitk.Image,
+    path: str | Path,
+    *,
+    qc: dict | None = None,
+    title: str = "",
+    stats: dict | None = None,
 ) -> Path:
-    """Write the sagittal + coronal QC PNG to ``path`` (atomically); returns ``path``."""
+    """Write the sagittal + coronal QC PNG to ``path`` (atomically); returns ``path``.
+
+    ``stats`` (:func:`~ctseg.formats.vertebra_stats.vertebra_statistics` of ``labels``) saves
+    finding the spine again: the slices go through the median of its level centroids.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    lab = sitk.GetArrayFromImage(sitk.DICOMOrient(labels, "LPS"))  # [z (S), y (P), x (L)]
-    hu = sitk.GetArrayFromImage(sitk.DICOMOrient(ct, "LPS")).astype(np.float32)
+    lab_img = sitk.DICOMOrient(labels, "LPS")
+    ct_img = sitk.DICOMOrient(ct, "LPS")
+    lab = sitk.GetArrayViewFromImage(lab_img)  # [z (S), y (P), x (L)]
+    hu = sitk.GetArrayViewFromImage(ct_img)
     if lab.shape != hu.shape:
         raise ValueError(f"labels {lab.shape} and CT {hu.shape} are not on the same grid")
-    sx, sy, sz = sitk.DICOMOrient(ct, "LPS").GetSpacing()
-    fg = np.nonzero(lab)
-    if fg[0].size:
-        kz, jy, ix = (int(np.median(a)) for a in fg)
+    sx, sy, sz = ct_img.GetSpacing()
+    if stats is None:
+        from ctseg.formats.vertebra_stats import vertebra_statistics
+
+        stats = vertebra_statistics(labels)
+    if stats["levels"]:
+        centre = np.median([r["centroid"] for r in stats["levels"]], axis=0)
+        idx = np.round(lab_img.TransformPhysicalPointToContinuousIndex(centre.tolist()))
+        ix, jy, _ = (int(np.clip(v, 0, n - 1)) for v, n in zip(idx, lab_img.GetSize(), strict=True))
     else:
-        kz, jy, ix = (n // 2 for n in lab.shape)
+        ix, jy = lab_img.GetSize()[0] // 2, lab_img.GetSize()[1] // 2
     lo, hi = WINDOW
-    gray = np.clip((hu - lo) / (hi - lo), 0, 1)
-    present = [int(v) for v in np.unique(lab) if v]
-    lut = np.zeros((int(lab.max(initial=0)) + 1, 4), np.float32)
+    present = [r["label"] for r in stats["levels"]]
+    lut = np.zeros((max(present, default=0) + 1, 4), np.float32)
     for v in present:
         lut[v] = (*color_of(v), 0.55)
 
+    def gray(a: np.ndarray) -> np.ndarray:
+        return np.clip((a.astype(np.float32) - lo) / (hi - lo), 0, 1)
+
     # sagittal: rows z (superior up), columns y (anterior left); coronal: columns x (right left)
     panels = [
-        ("sagittal", gray[:, :, ix], lab[:, :, ix], sz / sy),
-        ("coronal", gray[:, jy, :], lab[:, jy, :], sz / sx),
+        ("sagittal", gray(hu[:, :, ix]), np.array(lab[:, :, ix]), sz / sy),
+        ("coronal", gray(hu[:, jy, :]), np.array(lab[:, jy, :]), sz / sx),
     ]
     verdict = ""
     if qc is not None:

@@ -71,7 +71,7 @@ def write_slicer_seg(
     """Write ``labels`` (VerSe ids) as a Slicer ``.seg.nrrd``; ``names`` overrides VerSe names.
 
     The data is stored x-fastest (NRRD/Fortran order) as uint8 (uint16 past 255), gzip
-    encoded. Written atomically; returns ``path``.
+    encoded at level 1 (a label map is mostly zeros: level 9 is 5 x slower for a few % size). Written atomically; returns ``path``.
     """
     path = Path(path)
     arr = label_array(labels)
@@ -90,9 +90,11 @@ def write_slicer_seg(
         "encoding": "gzip",
     }
     header.update(segment_header(arr, names))
-    data = np.ascontiguousarray(arr.transpose(2, 1, 0))  # [z, y, x] -> [x, y, z]
     with atomic_path(path) as tmp:
-        nrrd.write(str(tmp), data, header, index_order="F")
+        # C index order: the [z, y, x] array is written as it lies, x fastest, as NRRD wants
+        nrrd.write(
+            str(tmp), np.ascontiguousarray(arr), header, index_order="C", compression_level=1
+        )
     return path
 
 
