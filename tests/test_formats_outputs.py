@@ -102,3 +102,23 @@ def test_real_series_outputs(real_series_dir, real_labels_path, tmp_path):
         source_sop_instance_uids=uids, combine_segments=True, relabel=False
     )
     assert np.array_equal(np.array([0, 18, 19])[px], sitk.GetArrayFromImage(labels))
+
+
+@pytest.mark.parametrize(
+    "perm,flip",
+    [([0, 1, 2], [False] * 3), ([1, 2, 0], [True, False, True]), ([2, 0, 1], [False, True, False])],
+)
+def test_qc_picture_view_equals_dicomorient(perm, flip, tmp_path):
+    """The QC picture's no-copy LPS view of a permuted / flipped grid is SimpleITK's LPS image."""
+    from ctseg.formats.qc_png import _lps_view, write_qc_png
+
+    arr = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.5, 0.7, 2.0))
+    img = sitk.Flip(sitk.PermuteAxes(img, perm), flip)
+    view, spacing, _ = _lps_view(img)
+    ref = sitk.DICOMOrient(img, "LPS")
+    assert np.array_equal(view, sitk.GetArrayViewFromImage(ref))
+    assert np.allclose(spacing, ref.GetSpacing())
+    labels = sitk.Cast(img > 100, sitk.sitkUInt8) * 20
+    assert write_qc_png(labels, img, tmp_path / "q.png").stat().st_size > 1000

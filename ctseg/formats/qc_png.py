@@ -2,7 +2,8 @@
 
 A reader checks a labelling at a glance on a mid-sagittal view (level order, gaps, a level
 drawn twice) and a coronal one (lateral drift, scoliosis). Both images are put on an LPS
-grid first (``DICOMOrient``), so that superior is up and the patient's right is on the
+order first (axes transposed and flipped, ``DICOMOrient`` for strongly oblique scans), so
+that superior is up and the patient's right is on the
 viewer's left (radiological convention) whatever the scan's storage order. The slices go
 through the median centroid of the labelled voxels; each level's name is written at its
 centroid in its colour, and the QC verdict (and flag names) is the title.
@@ -18,9 +19,47 @@ import SimpleITK as sitk
 from ctseg.core.atomic import atomic_path
 from ctseg.core.labels import VERSE_NAMES
 from ctseg.formats.colors import color_of
+from ctseg.formats.grid import axcodes
 
 #: Display window in HU (bone).
 WINDOW = (-250.0, 1250.0)
+
+
+def _lps_view(img: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float], sitk.Image]:
+    """The image's array as a ``[S, P, L]``-increasing view, its spacing along the view's x, y,
+    z, and the image whose index space the view is (to locate points in it).
+
+    Axis-aligned storage (any permutation / flip, mild obliquity) gives a view without a copy
+    (transposes and flips only); a scan too oblique for axis codes is reoriented by SimpleITK.
+    """
+    try:
+        codes = axcodes(img)
+    except ValueError:
+        img = sitk.DICOMOrient(img, "LPS")
+        codes = ("L", "P", "S")
+    arr = sitk.GetArrayViewFromImage(img)  # [k, j, i]
+    world_axis = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+    src_for = [[world_axis[c] for c in codes].index(w) for w in range(3)]  # world -> index axis
+    view = np.transpose(arr, [2 - src_for[w] for w in (2, 1, 0)])
+    flips = tuple(
+        slice(None, None, -1) if codes[src_for[w]] in "RAI" else slice(None) for w in (2, 1, 0)
+    )
+    sp = img.GetSpacing()
+    return view[flips], (sp[src_for[0]], sp[src_for[1]], sp[src_for[2]]), img
+
+
+def _view_index(img: sitk.Image, world: np.ndarray) -> tuple[int, int]:
+    """(x, y) indices in the LPS view of ``img`` nearest to a world point."""
+    codes = axcodes(img)
+    world_axis = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+    idx = img.TransformPhysicalPointToContinuousIndex([float(v) for v in world])
+    out = []
+    for w in (0, 1):
+        a = [world_axis[c] for c in codes].index(w)
+        n = img.GetSize()[a]
+        v = n - 1 - idx[a] if codes[a] in "RAI" else idx[a]
+        out.append(int(np.clip(round(v), 0, n - 1)))
+    return out[0], out[1]
 
 
 def write_qc_png(
@@ -40,23 +79,20 @@ def write_qc_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    lab_img = sitk.DICOMOrient(labels, "LPS")
-    ct_img = sitk.DICOMOrient(ct, "LPS")
-    lab = sitk.GetArrayViewFromImage(lab_img)  # [z (S), y (P), x (L)]
-    hu = sitk.GetArrayViewFromImage(ct_img)
+    lab, spacing, lab_img = _lps_view(labels)  # [z (S), y (P), x (L)]
+    hu, _, _ = _lps_view(ct)
     if lab.shape != hu.shape:
         raise ValueError(f"labels {lab.shape} and CT {hu.shape} are not on the same grid")
-    sx, sy, sz = ct_img.GetSpacing()
+    sx, sy, sz = spacing
     if stats is None:
         from ctseg.formats.vertebra_stats import vertebra_statistics
 
         stats = vertebra_statistics(labels)
     if stats["levels"]:
         centre = np.median([r["centroid"] for r in stats["levels"]], axis=0)
-        idx = np.round(lab_img.TransformPhysicalPointToContinuousIndex(centre.tolist()))
-        ix, jy, _ = (int(np.clip(v, 0, n - 1)) for v, n in zip(idx, lab_img.GetSize(), strict=True))
+        ix, jy = _view_index(lab_img, centre)
     else:
-        ix, jy = lab_img.GetSize()[0] // 2, lab_img.GetSize()[1] // 2
+        ix, jy = lab.shape[2] // 2, lab.shape[1] // 2
     lo, hi = WINDOW
     present = [r["label"] for r in stats["levels"]]
     lut = np.zeros((max(present, default=0) + 1, 4), np.float32)
