@@ -102,6 +102,17 @@ def test_biomedia_lml_millimetres_along_index_axes(tmp_path, direction):
     check(read_centroids(path, img), img, tol=1e-4)
 
 
+def test_lml_under_another_name_is_recognised_by_content(tmp_path):
+    img = make_image(RAS)
+    path = tmp_path / "centroids.json"  # as the case folder stores whatever it was given
+    path.write_text("# 0\n200\tL1_center\t2.4\t4.95\t4.0\n")
+    (row,) = read_centroids(path, img)
+    assert row["label"] == 20 and np.allclose(row["world"], world(img, (3.0, 4.5, 2.0)))
+    path.write_text("not json and not lml\n")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_centroids(path, img)
+
+
 def test_lml_s1_is_the_sacrum_and_ids_stand_in_for_unknown_names(tmp_path):
     img = make_image(OBLIQUE)
     path = tmp_path / "a.lml"

@@ -50,6 +50,25 @@ def verse_id_of(name: str, lml_id: str) -> int | None:
     raise InputError(f"unknown vertebra {name!r} (id {lml_id})")
 
 
+def looks_like_lml(text: str) -> bool:
+    """Whether every non-comment line after an optional header is ``id name x y z``."""
+    rows = [
+        ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    if rows and len(rows[0]) != 5:
+        rows = rows[1:]
+    if not rows:
+        return False
+    try:
+        for r in rows:
+            if len(r) != 5:
+                return False
+            [float(v) for v in (r[0], *r[2:])]
+    except ValueError:
+        return False
+    return True
+
+
 def parse_lml(text: str, image: sitk.Image, *, path: str | Path) -> list[tuple[int, list[float]]]:
     """(label, world LPS mm) pairs from the text of an .lml file."""
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)

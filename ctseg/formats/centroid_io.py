@@ -111,14 +111,16 @@ def read_centroids(
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read centroid file ({exc})", path=path, case=case) from exc
-    try:
-        data = (
-            None
-            if path.name.lower().endswith(".lml") and fmt in (None, "lml")
-            else json.loads(text)
-        )
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON ({exc})", path=path, case=case) from exc
+    data = None
+    if not (path.name.lower().endswith(".lml") or fmt == "lml"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            # an .lml copied under another name (the case folder's centroids.json) is still read
+            if fmt is None and biomedia_lml.looks_like_lml(text):
+                fmt = "lml"
+            else:
+                raise InputError(f"not valid JSON ({exc})", path=path, case=case) from exc
     try:
         kind = fmt or detect_format(path, data)
         if kind == "lml":
