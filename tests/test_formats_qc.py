@@ -167,6 +167,13 @@ def test_confidence_and_relabelling():
     assert "relabelled" in names(qc) and qc["measures"]["relabelled_fraction"] == pytest.approx(0.2)
     assert "relabelled" not in names(quality_flags(image(arr), raw_argmax=arr))
 
+    # the same evidence as figures from the working grid
+    qc = quality_flags(image(arr), confidence_measures={"mean_max_prob": 0.5, "mean_entropy": 0.2})
+    assert names(qc) == ["low_confidence"] and qc["measures"]["mean_max_prob"] == 0.5
+    qc = quality_flags(image(arr), relabelled_fraction=0.3)
+    assert names(qc) == ["relabelled"]
+    assert quality_flags(image(arr), relabelled_fraction=0.1)["trusted"]
+
 
 def test_thresholds_can_be_overridden_and_typos_refused():
     arr = np.zeros((spine([20, 21]).shape[0] + 40, 25, 30), np.uint8)

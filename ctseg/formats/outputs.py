@@ -41,6 +41,8 @@ def write_case_outputs(
     trained_ids: Iterable[int] | None = None,
     metal: sitk.Image | None = None,
     qc_thresholds: dict | None = None,
+    confidence_measures: dict | None = None,
+    relabelled_fraction: float | None = None,
     title: str = "",
     png: bool = True,
 ) -> dict[str, Path]:
@@ -49,7 +51,8 @@ def write_case_outputs(
     ``labels`` must be on the CT's grid. The DICOM-SEG is written last; when the source series
     cannot be referenced its InputError propagates with every other output already written. Optional evidence feeds the QC: ``probabilities``
     ``[C, z, y, x]``, ``raw_argmax`` (labels before the along-spine relabelling) and the
-    model's ``trained_ids``; ``metal`` adds per-level implant volumes to the statistics.
+    model's ``trained_ids`` (or, computed on the working grid, ``confidence_measures`` and
+    ``relabelled_fraction``, see :func:`~ctseg.formats.qc.quality_flags`); ``metal`` adds per-level implant volumes to the statistics.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,6 +86,8 @@ def write_case_outputs(
         trained_ids=trained_ids,
         thresholds=qc_thresholds,
         stats=stats,
+        confidence_measures=confidence_measures,
+        relabelled_fraction=relabelled_fraction,
     )
     write_text(out / "qc.json", json.dumps(qc, indent=1) + "\n")
     paths["qc"] = out / "qc.json"

@@ -166,12 +166,19 @@ def quality_flags(
     trained_ids: Iterable[int] | None = None,
     thresholds: QCThresholds | dict | None = None,
     stats: dict | None = None,
+    confidence_measures: dict | None = None,
+    relabelled_fraction: float | None = None,
 ) -> dict:
     """Flags for one predicted label image (VerSe ids); see the module docstring.
 
     Returns ``{"trusted": bool, "flags": [{"name", "reason", "levels", "value"}], "notes":
     [...], "measures": {...}, "thresholds": {...}}``. ``stats`` may pass a precomputed
     :func:`vertebra_statistics` result of the same labels.
+
+    Class probabilities on the source grid can be large (C x the CT), so the network's
+    evidence may come as figures computed on the working grid instead:
+    ``confidence_measures`` = :func:`confidence`'s ``{"mean_max_prob", "mean_entropy"}`` and
+    ``relabelled_fraction`` = the share of foreground voxels the relabelling changed.
     """
     th = thresholds if isinstance(thresholds, QCThresholds) else QCThresholds.from_dict(thresholds)
     arr = label_array(labels)
@@ -320,8 +327,12 @@ def quality_flags(
                     )
                 )
 
+    conf = None
     if probabilities is not None:
         conf = confidence(probabilities, arr > 0)
+    elif confidence_measures is not None:
+        conf = {k: float(confidence_measures[k]) for k in ("mean_max_prob", "mean_entropy")}
+    if conf is not None:
         measures.update({k: round(v, 4) for k, v in conf.items()})
         if (
             conf["mean_max_prob"] < th.min_mean_max_prob
@@ -336,6 +347,7 @@ def quality_flags(
                 )
             )
 
+    changed = None
     if raw_argmax is not None:
         raw = (
             sitk.GetArrayViewFromImage(raw_argmax)
@@ -346,6 +358,9 @@ def quality_flags(
             raise ValueError(f"raw_argmax shape {raw.shape} differs from labels {arr.shape}")
         fg = (raw > 0) | (arr > 0)
         changed = float(np.count_nonzero((raw != arr) & fg) / max(np.count_nonzero(fg), 1))
+    elif relabelled_fraction is not None:
+        changed = float(relabelled_fraction)
+    if changed is not None:
         measures["relabelled_fraction"] = round(changed, 4)
         if changed > th.max_relabelled_fraction:
             flags.append(
