@@ -17,6 +17,9 @@ and statistically plausible, and whether the network itself was sure:
   (levels the field of view cuts are exempt: the cut may separate arch and body);
 - ``centroid_spacing``: a gap between consecutive centroids (divided by the number of levels
   it spans) below 0.5 or above 1.6 times the case's median gap, or below 8 mm;
+- ``centroid_offset``: a level's centroid off the line through its two neighbours' by more
+  than 0.25 median steps (a spine bends smoothly: 0.17 at most in the phantoms' lordosis; an
+  arch given to the next level shifts both centroids off it);
 - ``low_confidence``: mean max-probability inside the prediction below 0.75, or mean
   normalised entropy above 0.35 (needs the class probabilities);
 - ``relabelled``: the fraction of foreground voxels whose arg-max label the along-spine
@@ -74,6 +77,7 @@ class QCThresholds:
     spacing_ratio_low: float = 0.5
     spacing_ratio_high: float = 1.6
     spacing_min_mm: float = 8.0
+    max_centroid_offset: float = 0.25
     min_mean_max_prob: float = 0.75
     max_mean_entropy: float = 0.35
     max_relabelled_fraction: float = 0.15
@@ -324,6 +328,26 @@ def quality_flags(
                         f"{ratio:.2f} x the median step {med:.1f} mm",
                         [a, b],
                         ratio,
+                    )
+                )
+
+    # Centroid path: each interior level near the midpoint of its neighbours (consecutive,
+    # uncut levels only), relative to the median step.
+    if steps:
+        for n in range(1, len(present) - 1):
+            a, x, b = present[n - 1], present[n], present[n + 1]
+            if a in cut or x in cut or b in cut or _gaps([a, x, b]):
+                continue
+            mid = (np.asarray(by[a]["centroid"]) + np.asarray(by[b]["centroid"])) / 2
+            off = float(np.linalg.norm(np.asarray(by[x]["centroid"]) - mid)) / med
+            if off > th.max_centroid_offset:
+                flags.append(
+                    _flag(
+                        "centroid_offset",
+                        f"{_names([x])} centroid lies {off * med:.1f} mm ({off:.2f} median steps) "
+                        f"off the line between {_names([a])} and {_names([b])}",
+                        [x],
+                        off,
                     )
                 )
 
