@@ -27,8 +27,14 @@ TOTALSEG_V2_TO_VERSE: dict[int, int] = {
     **{44 + k: 7 - k for k in range(7)},  # C7..C1 -> 7..1
 }
 
+#: TotalSegmentator v3 ("total" task): v2 with id 26 relabelled from S1 to L6 (the corrected
+#: vertebra labelling of v3); every other vertebra id is unchanged. v2's S1 (26) has no VerSe
+#: id (VerSe labels the sacrum as a whole), so v2 drops it while v3 maps 26 to VerSe L6 (25).
+TOTALSEG_V3_TO_VERSE: dict[int, int] = {**TOTALSEG_V2_TO_VERSE, 26: 25}
+
 BUILTIN_LABEL_MAPS: dict[str, dict[int, int]] = {
     "totalseg_v2": TOTALSEG_V2_TO_VERSE,
+    "totalseg_v3": TOTALSEG_V3_TO_VERSE,
 }
 
 

@@ -1,0 +1,405 @@
+"""Quality flags for a predicted vertebra labelling, from the prediction's own evidence.
+
+No ground truth exists for a new scan, so the checks ask whether the result is anatomically
+and statistically plausible, and whether the network itself was sure:
+
+- ``unknown_levels``: ids outside VerSe, or outside the ids the model was trained on;
+- ``few_levels``: fewer levels than the field of view holds: at least 3, or as many as fit
+  in the image's superior-inferior extent at 35 mm per level when that is fewer;
+- ``non_consecutive``: a level missing between two found ones (T13 and L6 are optional);
+- ``order``: levels out of cranio-caudal order (a swapped pair: T12 found above T11), from
+  the centroids' superior (LPS z) coordinates;
+- ``volume``: a level whose volume is implausible next to its neighbours (ratio to the median
+  of the two nearest found levels on each side outside [0.6, 1.7]) or for its region
+  (absolute ml ranges per cervical / thoracic / lumbar level); levels the field of view cuts
+  are exempt, their volume being a lower bound;
+- ``fragmented``: a level whose voxels outside its largest 26-connected component exceed 5 %
+  (levels the field of view cuts are exempt: the cut may separate arch and body);
+- ``centroid_spacing``: a gap between consecutive centroids (divided by the number of levels
+  it spans) below 0.5 or above 1.6 times the case's median gap, or below 8 mm;
+- ``centroid_offset``: a level's centroid off the line through its two neighbours' by more
+  than 0.25 median steps (a spine bends smoothly: 0.17 at most in the phantoms' lordosis; an
+  arch given to the next level shifts both centroids off it);
+- ``low_confidence``: mean max-probability inside the prediction below 0.75, or mean
+  normalised entropy above 0.35 (needs the class probabilities);
+- ``relabelled``: the fraction of foreground voxels whose arg-max label the along-spine
+  relabelling changed is above 15 % (needs the raw arg-max).
+
+Each flag names the levels concerned and the measured value; ``trusted`` is true when no flag
+is raised. Thresholds live in :class:`QCThresholds` and can be overridden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from ctseg.core.labels import VERSE_NAMES
+from ctseg.formats.grid import index_to_world, label_array
+from ctseg.formats.vertebra_stats import spine_rank, vertebra_statistics
+
+#: Levels that a normal spine may lack without a gap: T13 (28) and L6 (25).
+OPTIONAL_LEVELS = frozenset({25, 28})
+#: Standard sequence C1..L5, sacrum (optional levels excluded).
+STANDARD_SEQUENCE: list[int] = [*range(1, 25), 26]
+
+#: Plausible volume range in ml per region (adult vertebrae, including posterior elements,
+#: with wide margins for children, elderly and partial segmentations of the arch).
+REGION_ML: dict[str, tuple[float, float]] = {
+    "cervical": (1.0, 45.0),
+    "thoracic": (3.0, 130.0),
+    "lumbar": (10.0, 220.0),
+}
+
+
+def region_of(label: int) -> str | None:
+    label = int(label)
+    if 1 <= label <= 7:
+        return "cervical"
+    if 8 <= label <= 19 or label == 28:
+        return "thoracic"
+    if 20 <= label <= 25:
+        return "lumbar"
+    return None  # sacrum and ids outside VerSe: no range
+
+
+@dataclass(frozen=True)
+class QCThresholds:
+    min_levels: int = 3
+    max_level_step_mm: float = 35.0
+    volume_ratio_low: float = 0.6
+    volume_ratio_high: float = 1.7
+    fragment_fraction: float = 0.05
+    spacing_ratio_low: float = 0.5
+    spacing_ratio_high: float = 1.6
+    spacing_min_mm: float = 8.0
+    max_centroid_offset: float = 0.25
+    min_mean_max_prob: float = 0.75
+    max_mean_entropy: float = 0.35
+    max_relabelled_fraction: float = 0.15
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> QCThresholds:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d or {}) - known
+        if unknown:
+            raise ValueError(f"unknown QC thresholds {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**(d or {}))
+
+
+def _flag(name: str, reason: str, levels: Iterable[int] = (), value: float | None = None) -> dict:
+    return {
+        "name": name,
+        "reason": reason,
+        "levels": [VERSE_NAMES.get(int(x), str(int(x))) for x in levels],
+        "value": None if value is None else float(value),
+    }
+
+
+def _names(ids: Iterable[int]) -> str:
+    return ", ".join(VERSE_NAMES.get(int(i), str(int(i))) for i in ids)
+
+
+def _gaps(present: list[int]) -> list[tuple[int, int, list[int]]]:
+    """(upper, lower, missing standard levels between them) for consecutive found levels."""
+    std = [x for x in present if x in STANDARD_SEQUENCE]
+    out = []
+    for a, b in zip(std, std[1:], strict=False):
+        ia, ib = STANDARD_SEQUENCE.index(a), STANDARD_SEQUENCE.index(b)
+        missing = STANDARD_SEQUENCE[ia + 1 : ib]
+        if missing:
+            out.append((a, b, missing))
+    return out
+
+
+def _fragment_fraction(arr: np.ndarray, label: int, box: tuple[slice, ...]) -> float:
+    sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+    mask = arr[sl] == label
+    comp, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return 0.0
+    sizes = np.bincount(comp.ravel())[1:]
+    return float(1.0 - sizes.max() / sizes.sum())
+
+
+def superior_extent_mm(img: sitk.Image) -> float:
+    """Extent of the image's voxel boxes along the patient's superior (LPS z) axis."""
+    size = np.asarray(img.GetSize(), dtype=np.float64)
+    corners = np.array(
+        [
+            [x, y, z]
+            for x in (-0.5, size[0] - 0.5)
+            for y in (-0.5, size[1] - 0.5)
+            for z in (-0.5, size[2] - 0.5)
+        ]
+    )
+    sup = index_to_world(img, corners)[:, 2]
+    return float(sup.max() - sup.min())
+
+
+def confidence(probabilities: np.ndarray, foreground: np.ndarray) -> dict[str, float]:
+    """Mean max-probability and mean normalised entropy over ``foreground`` voxels.
+
+    ``probabilities`` is ``[C, z, y, x]`` (softmax output on the label grid, background
+    included); entropy is divided by log C so that 1 means uniform.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 4 or p.shape[1:] != foreground.shape:
+        raise ValueError(
+            f"probabilities must be [C, z, y, x] = [C, {foreground.shape}], got {p.shape}"
+        )
+    fg = p[:, foreground]  # [C, n]
+    if fg.shape[1] == 0:
+        return {"mean_max_prob": float("nan"), "mean_entropy": float("nan")}
+    s = fg.sum(axis=0, keepdims=True)
+    fg = fg / np.where(s > 0, s, 1.0)
+    ent = -(fg * np.log(np.clip(fg, 1e-12, 1.0))).sum(axis=0) / np.log(p.shape[0])
+    return {"mean_max_prob": float(fg.max(axis=0).mean()), "mean_entropy": float(ent.mean())}
+
+
+def quality_flags(
+    labels: sitk.Image,
+    ct: sitk.Image | None = None,
+    probabilities: np.ndarray | None = None,
+    *,
+    raw_argmax: np.ndarray | sitk.Image | None = None,
+    trained_ids: Iterable[int] | None = None,
+    thresholds: QCThresholds | dict | None = None,
+    stats: dict | None = None,
+    confidence_measures: dict | None = None,
+    relabelled_fraction: float | None = None,
+) -> dict:
+    """Flags for one predicted label image (VerSe ids); see the module docstring.
+
+    Returns ``{"trusted": bool, "flags": [{"name", "reason", "levels", "value"}], "notes":
+    [...], "measures": {...}, "thresholds": {...}}``. ``stats`` may pass a precomputed
+    :func:`vertebra_statistics` result of the same labels.
+
+    Class probabilities on the source grid can be large (C x the CT), so the network's
+    evidence may come as figures computed on the working grid instead:
+    ``confidence_measures`` = :func:`confidence`'s ``{"mean_max_prob", "mean_entropy"}`` and
+    ``relabelled_fraction`` = the share of foreground voxels the relabelling changed.
+    """
+    th = thresholds if isinstance(thresholds, QCThresholds) else QCThresholds.from_dict(thresholds)
+    arr = label_array(labels)
+    st = stats if stats is not None else vertebra_statistics(labels, ct)
+    rows = st["levels"]
+    present = [r["label"] for r in rows]  # spine order
+    by = {r["label"]: r for r in rows}
+    flags: list[dict] = []
+    notes: list[str] = []
+    measures: dict = {"n_levels": len(present), "levels": [r["name"] for r in rows]}
+
+    unknown = [x for x in present if x not in VERSE_NAMES]
+    untrained = [
+        x
+        for x in present
+        if trained_ids is not None and x in VERSE_NAMES and x not in set(trained_ids)
+    ]
+    if unknown or untrained:
+        what = []
+        if unknown:
+            what.append(f"ids {', '.join(map(str, unknown))} are not VerSe vertebrae")
+        if untrained:
+            what.append(f"{_names(untrained)} not among the model's trained levels")
+        flags.append(_flag("unknown_levels", "; ".join(what), unknown + untrained))
+
+    fov = superior_extent_mm(labels)
+    measures["fov_superior_mm"] = round(fov, 2)
+    expected = min(th.min_levels, int(fov // th.max_level_step_mm))
+    if len(present) < max(expected, 1):
+        flags.append(
+            _flag(
+                "few_levels",
+                f"only {len(present)} level(s) found ({_names(present) or 'none'}) in a "
+                f"{fov:.0f} mm field of view; at least {max(expected, 1)} expected",
+                present,
+                len(present),
+            )
+        )
+
+    for a, b, missing in _gaps(present):
+        flags.append(
+            _flag(
+                "non_consecutive",
+                f"{_names(missing)} missing between {_names([a])} and {_names([b])}",
+                missing,
+                len(missing),
+            )
+        )
+
+    cut = [r["label"] for r in rows if r["touches_fov_edge"]]
+    if cut:
+        notes.append(
+            f"cut by the field of view (volume and height are lower bounds): {_names(cut)}"
+        )
+
+    # Cranio-caudal order: superior coordinate must fall along the spine order.
+    sup = [by[x]["centroid"][2] for x in present]
+    inverted = [
+        (present[n], present[n + 1]) for n in range(len(present) - 1) if sup[n + 1] >= sup[n]
+    ]
+    if inverted:
+        pairs = "; ".join(f"{_names([b])} lies above {_names([a])}" for a, b in inverted)
+        flags.append(
+            _flag(
+                "order",
+                f"levels out of cranio-caudal order: {pairs}",
+                sorted({x for p in inverted for x in p}, key=spine_rank),
+            )
+        )
+
+    # Volumes: against neighbours, and against the region's plausible range.
+    vols = {x: by[x]["volume_ml"] for x in present}
+    measures["volume_ml"] = {by[x]["name"]: round(vols[x], 3) for x in present}
+    full = [x for x in present if x not in cut]
+    for n, x in enumerate(present):
+        if x in cut:
+            continue
+        neigh = [y for y in present[max(n - 2, 0) : n] + present[n + 1 : n + 3] if y in full]
+        if len(neigh) >= 2:
+            ratio = vols[x] / float(np.median([vols[y] for y in neigh]))
+            if not th.volume_ratio_low <= ratio <= th.volume_ratio_high:
+                flags.append(
+                    _flag(
+                        "volume",
+                        f"{_names([x])} volume {vols[x]:.1f} ml is {ratio:.2f} x its neighbours' "
+                        f"median ({_names(neigh)})",
+                        [x],
+                        ratio,
+                    )
+                )
+                continue
+        region = region_of(x)
+        if region:
+            lo, hi = REGION_ML[region]
+            if not lo <= vols[x] <= hi:
+                flags.append(
+                    _flag(
+                        "volume",
+                        f"{_names([x])} volume {vols[x]:.1f} ml is outside the plausible "
+                        f"{region} range {lo:g}-{hi:g} ml",
+                        [x],
+                        vols[x],
+                    )
+                )
+
+    boxes = ndimage.find_objects(arr)
+    frag = {x: _fragment_fraction(arr, x, boxes[x - 1]) for x in present}
+    measures["fragment_fraction"] = {
+        VERSE_NAMES.get(x, str(x)): round(f, 4) for x, f in frag.items()
+    }
+    bad = [x for x in present if frag[x] > th.fragment_fraction and x not in cut]
+    for x in bad:
+        flags.append(
+            _flag(
+                "fragmented",
+                f"{_names([x])}: {100 * frag[x]:.1f} % of its voxels lie outside its largest "
+                "connected piece",
+                [x],
+                frag[x],
+            )
+        )
+
+    # Centroid spacing along the spine, per level spanned.
+    steps = []
+    for a, b in zip(present, present[1:], strict=False):
+        if a in cut or b in cut:
+            continue
+        span = max(spine_rank(b) - spine_rank(a), 1)
+        if a in STANDARD_SEQUENCE and b in STANDARD_SEQUENCE:
+            span = max(STANDARD_SEQUENCE.index(b) - STANDARD_SEQUENCE.index(a), 1)
+        d = float(np.linalg.norm(np.subtract(by[a]["centroid"], by[b]["centroid"])))
+        steps.append((a, b, d, d / span))
+    if steps:
+        med = float(np.median([s[3] for s in steps]))
+        measures["median_centroid_step_mm"] = round(med, 3)
+        for a, b, d, per in steps:
+            ratio = per / med if med > 0 else float("inf")
+            if d < th.spacing_min_mm or not th.spacing_ratio_low <= ratio <= th.spacing_ratio_high:
+                flags.append(
+                    _flag(
+                        "centroid_spacing",
+                        f"{_names([a])}-{_names([b])} centroids {d:.1f} mm apart, "
+                        f"{ratio:.2f} x the median step {med:.1f} mm",
+                        [a, b],
+                        ratio,
+                    )
+                )
+
+    # Centroid path: each interior level near the midpoint of its neighbours (consecutive,
+    # uncut levels only), relative to the median step.
+    if steps:
+        for n in range(1, len(present) - 1):
+            a, x, b = present[n - 1], present[n], present[n + 1]
+            if a in cut or x in cut or b in cut or _gaps([a, x, b]):
+                continue
+            mid = (np.asarray(by[a]["centroid"]) + np.asarray(by[b]["centroid"])) / 2
+            off = float(np.linalg.norm(np.asarray(by[x]["centroid"]) - mid)) / med
+            if off > th.max_centroid_offset:
+                flags.append(
+                    _flag(
+                        "centroid_offset",
+                        f"{_names([x])} centroid lies {off * med:.1f} mm ({off:.2f} median steps) "
+                        f"off the line between {_names([a])} and {_names([b])}",
+                        [x],
+                        off,
+                    )
+                )
+
+    conf = None
+    if probabilities is not None:
+        conf = confidence(probabilities, arr > 0)
+    elif confidence_measures is not None:
+        conf = {k: float(confidence_measures[k]) for k in ("mean_max_prob", "mean_entropy")}
+    if conf is not None:
+        measures.update({k: round(v, 4) for k, v in conf.items()})
+        if (
+            conf["mean_max_prob"] < th.min_mean_max_prob
+            or conf["mean_entropy"] > th.max_mean_entropy
+        ):
+            flags.append(
+                _flag(
+                    "low_confidence",
+                    f"mean max-probability {conf['mean_max_prob']:.2f} (min {th.min_mean_max_prob}), "
+                    f"mean normalised entropy {conf['mean_entropy']:.2f} (max {th.max_mean_entropy})",
+                    value=conf["mean_max_prob"],
+                )
+            )
+
+    changed = None
+    if raw_argmax is not None:
+        raw = (
+            sitk.GetArrayViewFromImage(raw_argmax)
+            if isinstance(raw_argmax, sitk.Image)
+            else np.asarray(raw_argmax)
+        )
+        if raw.shape != arr.shape:
+            raise ValueError(f"raw_argmax shape {raw.shape} differs from labels {arr.shape}")
+        fg = (raw > 0) | (arr > 0)
+        changed = float(np.count_nonzero((raw != arr) & fg) / max(np.count_nonzero(fg), 1))
+    elif relabelled_fraction is not None:
+        changed = float(relabelled_fraction)
+    if changed is not None:
+        measures["relabelled_fraction"] = round(changed, 4)
+        if changed > th.max_relabelled_fraction:
+            flags.append(
+                _flag(
+                    "relabelled",
+                    f"{100 * changed:.1f} % of the foreground changed label in the along-spine "
+                    "relabelling (the network's own labels disagree with the level order)",
+                    value=changed,
+                )
+            )
+
+    return {
+        "trusted": not flags,
+        "flags": flags,
+        "notes": notes,
+        "measures": measures,
+        "thresholds": asdict(th),
+    }

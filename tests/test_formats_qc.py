@@ -1,0 +1,195 @@
+"""Quality flags on synthetic box spines: a good spine raises none, each defect its own flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ctseg.formats.qc import QCThresholds, confidence, quality_flags
+
+SPACING = (2.0, 2.0, 2.0)
+#: L1..L5 as 40 x 30 x 24 mm boxes (28.8 ml), discs 8 mm, L1 on top (superior = +k)
+LEVELS = [20, 21, 22, 23, 24]
+
+
+def spine(levels=LEVELS) -> np.ndarray:
+    nz = 4 + len(levels) * 16
+    arr = np.zeros((nz, 25, 30), np.uint8)  # [k, j, i]
+    for n, label in enumerate(levels):
+        top = nz - 4 - n * 16  # L1 highest
+        arr[top - 12 : top, 5:20, 5:25] = label
+    return arr
+
+
+def image(arr: np.ndarray) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(SPACING)
+    img.SetOrigin((-30.0, -25.0, -40.0))
+    return img
+
+
+def names(qc):
+    return [f["name"] for f in qc["flags"]]
+
+
+def test_good_spine_has_no_flags():
+    arr = spine()
+    qc = quality_flags(image(arr), trained_ids=range(1, 26))
+    assert qc["flags"] == [] and qc["trusted"] is True
+    assert qc["measures"]["n_levels"] == 5
+    assert qc["measures"]["median_centroid_step_mm"] == pytest.approx(32.0)
+    assert qc["measures"]["volume_ml"]["L3"] == pytest.approx(28.8)
+
+
+def test_swapped_pair_is_out_of_order():
+    arr = spine()
+    l2, l3 = arr == 21, arr == 22
+    arr[l2], arr[l3] = 22, 21
+    qc = quality_flags(image(arr))
+    assert not qc["trusted"]
+    (order,) = [f for f in qc["flags"] if f["name"] == "order"]
+    assert order["levels"] == ["L2", "L3"] and "L3 lies above L2" in order["reason"]
+
+
+def test_missing_middle_level_is_non_consecutive():
+    arr = spine()
+    arr[arr == 22] = 0
+    qc = quality_flags(image(arr))
+    assert names(qc) == ["non_consecutive"]
+    f = qc["flags"][0]
+    assert f["levels"] == ["L3"] and "L3 missing between L2 and L4" in f["reason"]
+
+
+def test_optional_levels_leave_no_gap():
+    arr = spine([19, 28, 20, 21])  # T12, T13, L1, L2
+    assert "non_consecutive" not in names(quality_flags(image(arr)))
+    arr = spine([18, 19, 20, 21])
+    assert "non_consecutive" not in names(quality_flags(image(arr)))
+
+
+def test_half_volume_level_is_flagged():
+    arr = spine()
+    k = np.nonzero(arr == 22)[0]
+    arr[k.min() : k.min() + 6][arr[k.min() : k.min() + 6] == 22] = 0  # lower half of L3 gone
+    qc = quality_flags(image(arr))
+    vol = [f for f in qc["flags"] if f["name"] == "volume"]
+    assert [f["levels"] for f in vol] == [["L3"]]
+    assert vol[0]["value"] == pytest.approx(0.5)
+
+
+def test_implausible_absolute_volume_for_the_region():
+    arr = spine()
+    img = image(arr)
+    img.SetSpacing((0.5, 0.5, 0.5))  # same voxels, 1/64 of the volume: 0.45 ml lumbar levels
+    qc = quality_flags(img)
+    vol = [f for f in qc["flags"] if f["name"] == "volume"]
+    assert {f["levels"][0] for f in vol} == {"L1", "L2", "L3", "L4", "L5"}
+    assert "plausible lumbar range" in vol[0]["reason"]
+
+
+def test_fragmented_level_is_flagged():
+    arr = spine()
+    k = np.nonzero(arr == 22)[0]
+    # a detached piece beside L3 (a one-voxel gap at j = 20): 12 * 3 * 8 = 288 voxels
+    arr[k.min() : k.max() + 1, 21:24, 20:28] = 22
+    qc = quality_flags(image(arr))
+    frag = [f for f in qc["flags"] if f["name"] == "fragmented"]
+    assert [f["levels"] for f in frag] == [["L3"]]
+    assert frag[0]["value"] == pytest.approx(288 / (3600 + 288))
+    assert qc["measures"]["fragment_fraction"]["L2"] == 0
+
+
+def test_centroid_spacing_too_small():
+    """One vertebra split into two levels: L3 above, "L4" below, the rest shifted by one."""
+    good = spine()
+    arr = good.copy()
+    arr[good == 24] = 0
+    arr[good == 23] = 24
+    k3 = np.nonzero(good == 22)[0]
+    lower = np.zeros_like(good, bool)
+    lower[k3.min() : k3.min() + 6] = True
+    arr[(good == 22) & lower] = 23
+    qc = quality_flags(image(arr))
+    sp = [f for f in qc["flags"] if f["name"] == "centroid_spacing"]
+    assert sp and ["L3", "L4"] in [f["levels"] for f in sp]
+
+
+def test_few_and_unknown_levels():
+    arr = spine([20, 21])
+    padded = np.zeros((arr.shape[0] + 40, *arr.shape[1:]), arr.dtype)
+    padded[:-40] = arr  # 160 mm more of the field of view, no vertebra in it
+    (f,) = quality_flags(image(padded))["flags"]
+    assert f["name"] == "few_levels" and "at least 3 expected" in f["reason"]
+    # a 72 mm field of view holds two levels at most: two found is no flag
+    assert quality_flags(image(arr))["measures"]["fov_superior_mm"] == pytest.approx(72.0)
+    assert "few_levels" not in names(quality_flags(image(arr)))
+    arr = spine([20, 21, 22])
+    qc = quality_flags(image(arr), trained_ids=[20, 21])
+    (f,) = [f for f in qc["flags"] if f["name"] == "unknown_levels"]
+    assert f["levels"] == ["L3"]
+    arr[arr == 22] = 40  # not a VerSe id
+    qc = quality_flags(image(arr))
+    assert "40" in [lv for f in qc["flags"] if f["name"] == "unknown_levels" for lv in f["levels"]]
+
+
+def test_levels_cut_by_the_field_of_view_are_only_noted():
+    arr = spine()[:-4]  # L1's top face now on the image edge ...
+    k = np.nonzero(arr == 20)[0]
+    arr[k.max() - 5 : k.max() + 1][arr[k.max() - 5 : k.max() + 1] == 20] = 0
+    arr = arr[: k.max() - 5]  # ... and half of L1 cut off
+    qc = quality_flags(image(arr))
+    assert qc["trusted"], qc["flags"]
+    assert any("L1" in n for n in qc["notes"])
+
+
+def test_confidence_and_relabelling():
+    arr = spine()
+    fg = arr > 0
+    # confident softmax: 0.95 on the predicted class
+    n_cls = 6
+    lut = np.zeros(25, int)
+    lut[LEVELS] = np.arange(1, 6)
+    p = np.full((n_cls, *arr.shape), 0.01)
+    np.put_along_axis(p, lut[arr][None], 0.95, axis=0)
+    qc = quality_flags(image(arr), probabilities=p)
+    assert "low_confidence" not in names(qc) and qc["measures"]["mean_max_prob"] == pytest.approx(
+        0.95 / 1.0, abs=0.01
+    )
+    flat = np.full((n_cls, *arr.shape), 1.0 / n_cls)
+    qc = quality_flags(image(arr), probabilities=flat)
+    assert "low_confidence" in names(qc)
+    assert confidence(flat, fg)["mean_entropy"] == pytest.approx(1.0)
+
+    raw = arr.copy()
+    raw[raw == 21] = 22  # the network called L2 "L3"; relabelling restored order
+    qc = quality_flags(image(arr), raw_argmax=raw)
+    assert "relabelled" in names(qc) and qc["measures"]["relabelled_fraction"] == pytest.approx(0.2)
+    assert "relabelled" not in names(quality_flags(image(arr), raw_argmax=arr))
+
+    # the same evidence as figures from the working grid
+    qc = quality_flags(image(arr), confidence_measures={"mean_max_prob": 0.5, "mean_entropy": 0.2})
+    assert names(qc) == ["low_confidence"] and qc["measures"]["mean_max_prob"] == 0.5
+    qc = quality_flags(image(arr), relabelled_fraction=0.3)
+    assert names(qc) == ["relabelled"]
+    assert quality_flags(image(arr), relabelled_fraction=0.1)["trusted"]
+
+
+def test_thresholds_can_be_overridden_and_typos_refused():
+    arr = np.zeros((spine([20, 21]).shape[0] + 40, 25, 30), np.uint8)
+    arr[:-40] = spine([20, 21])
+    assert "few_levels" in names(quality_flags(image(arr)))
+    assert "few_levels" not in names(quality_flags(image(arr), thresholds={"min_levels": 2}))
+    with pytest.raises(ValueError, match="unknown QC thresholds"):
+        QCThresholds.from_dict({"min_level": 2})
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_phantom_truth_is_trusted(seed):
+    """An in-distribution phantom's true labelling (T1-L5, 4 mm) raises no flag."""
+    from ctseg.phantom import generate
+
+    ph = generate(seed)
+    qc = quality_flags(ph.image("labels"), ph.image("hu"), trained_ids=range(1, 26))
+    assert qc["trusted"], qc["flags"]
+    assert qc["measures"]["n_levels"] == 17
