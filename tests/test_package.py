@@ -182,6 +182,20 @@ def test_segment_writes_outputs_on_each_inputs_own_grid(package, tmp_path):
         np.testing.assert_allclose(labels.GetDirection(), ref.GetDirection(), atol=1e-6)
         assert set(np.unique(sitk.GetArrayFromImage(labels))) <= {0, 8, 9, 10}
         assert isinstance(json.loads((out / name / "centroids.json").read_text()), list)
+    expected = {
+        "labels.seg.nrrd",
+        "centroids.mrk.json",
+        "centroids_ctd.json",
+        "statistics.json",
+        "qc.json",
+        "qc.png",
+    }
+    for name in ("scan_one", "scan2", "dicom_scan"):
+        assert expected <= {p.name for p in (out / name).iterdir()}
+        qc = json.loads((out / name / "qc.json").read_text())
+        assert isinstance(qc["trusted"], bool) and isinstance(qc["flags"], list)
+    assert (out / "dicom_scan" / "labels.seg.dcm").is_file()  # DICOM input: a DICOM-SEG too
+    assert not (out / "scan2" / "labels.seg.dcm").exists()
     # the same scan stored as RAS NIfTI and as LPS NRRD gives the same labels in world space
     a = sitk.GetArrayFromImage(
         sitk.DICOMOrient(sitk.ReadImage(str(out / "scan_one" / "labels.nii.gz")), "LPS")

@@ -14,6 +14,7 @@ whole (padded to a multiple of the network divisor), and the views are stacked a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -143,15 +144,26 @@ def labels_onto_grid(
     return out
 
 
-def predict_volume(
+@dataclass
+class VolumePrediction:
+    """A label image on the source grid plus the network's evidence, for quality control."""
+
+    labels: sitk.Image
+    #: mean max-probability / normalised entropy over the predicted foreground (working grid)
+    confidence: dict = field(default_factory=dict)
+    #: share of predicted foreground voxels whose id the along-spine relabelling changed
+    relabelled_fraction: float | None = None
+
+
+def predict_volume_with_evidence(
     model: torch.nn.Module,
     meta: dict,
     ct: sitk.Image,
     *,
-    device: torch.device,
+    device: torch.device | str,
     tta_flip: bool | None = None,
-) -> sitk.Image:
-    """Segment one CT image; returns a uint8 label image on exactly the CT grid.
+) -> VolumePrediction:
+    """Segment one CT image; the labels lie on exactly the CT grid.
 
     The CT is permuted to the canonical orientation (:mod:`ctseg.core.orientation`, lossless),
     resampled to the model's working spacing, normalised as in training and segmented; the
@@ -159,6 +171,7 @@ def predict_volume(
     CT grid by :func:`labels_onto_grid` (linear interpolation of the foreground probability),
     and the result is permuted back onto the source grid with its exact geometry.
     """
+    device = torch.device(device)
     exp = meta["experiment"]
     tta = bool(exp.get("tta_flip", False)) if tta_flip is None else tta_flip
     canon = to_canonical(ct)
@@ -167,14 +180,36 @@ def predict_volume(
     )
     image = hu_to_float(sitk.GetArrayFromImage(ct_r), meta["hu_window"])
     logits = working_grid_logits(model, meta, image, device=device, tta=tta)
-    ids = classes_to_ids(decode_logits(logits), meta["class_ids"])
+    raw = classes_to_ids(decode_logits(logits), meta["class_ids"])
+    ids, relabelled = raw, None
     if meta["task"] == "vertebrae" and exp.get("postprocess", True):
         ids = relabel_along_spine(
-            ids, ct_r.GetDirection(), ct_r.GetSpacing(), [c for c in meta["class_ids"] if c]
+            raw, ct_r.GetDirection(), ct_r.GetSpacing(), [c for c in meta["class_ids"] if c]
         )
-    fg = foreground_probability(logits)
-    labels = labels_onto_grid(fg, ids, ct_r, canon)
-    return from_canonical(labels, ct)
+        fg = raw > 0
+        relabelled = float((ids[fg] != raw[fg]).mean()) if fg.any() else 0.0
+    probs = torch.softmax(torch.from_numpy(np.ascontiguousarray(logits)), dim=0).numpy()
+    fg_prob = 1.0 - probs[0]
+    conf = {}
+    if (ids > 0).any():
+        p = probs[:, ids > 0]
+        p = p / np.clip(p.sum(0, keepdims=True), 1e-12, None)
+        ent = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(0) / np.log(p.shape[0])
+        conf = {"mean_max_prob": float(p.max(0).mean()), "mean_entropy": float(ent.mean())}
+    labels = labels_onto_grid(fg_prob, ids, ct_r, canon)
+    return VolumePrediction(from_canonical(labels, ct), conf, relabelled)
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    meta: dict,
+    ct: sitk.Image,
+    *,
+    device: torch.device | str,
+    tta_flip: bool | None = None,
+) -> sitk.Image:
+    """The label image of :func:`predict_volume_with_evidence`."""
+    return predict_volume_with_evidence(model, meta, ct, device=device, tta_flip=tta_flip).labels
 
 
 def predict_case(

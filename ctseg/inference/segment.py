@@ -9,7 +9,6 @@ failed input leaves nothing that looks complete; a failing input does not stop t
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ from ctseg.core.atomic import atomic_dir
 from ctseg.core.device import resolve_device
 from ctseg.core.errors import CtsegError, InputError
 from ctseg.core.tasks import get_task
-from ctseg.evaluation.centroids import centroids_from_labels
+from ctseg.formats.outputs import write_case_outputs
 from ctseg.inference.package import load_package
-from ctseg.inference.predict import predict_volume
+from ctseg.inference.predict import VolumePrediction, predict_volume_with_evidence
 
 
 def input_name(path: Path) -> str:
@@ -68,30 +67,42 @@ class Segmenter:
             raise InputError(f"expected a 3D CT, got size {img.GetSize()}", path=source)
         return img, (source if source.is_dir() else None)
 
-    def segment(self, ct: sitk.Image) -> sitk.Image:
+    def segment(self, ct: sitk.Image) -> VolumePrediction:
         with torch.inference_mode():
-            return predict_volume(self.model, self.plan, ct, device=self.device, tta_flip=self.tta)
+            return predict_volume_with_evidence(
+                self.model, self.plan, ct, device=self.device, tta_flip=self.tta
+            )
 
     def write_outputs(
-        self, tmp: Path, ct: sitk.Image, labels: sitk.Image, dicom_dir: Path | None
+        self, tmp: Path, ct: sitk.Image, pred: VolumePrediction, dicom_dir: Path | None, title: str
     ) -> list[str]:
-        """Every output of one input into ``tmp``; the standard formats come from ctseg.formats."""
-        written = []
-        sitk.WriteImage(labels, str(tmp / "labels.nii.gz"), useCompression=True)
-        written.append("labels.nii.gz")
-        cents = centroids_from_labels(labels) if self.task.vertebrae else []
-        (tmp / "centroids.json").write_text(json.dumps(cents, indent=1, allow_nan=False) + "\n")
-        written.append("centroids.json")
-        return written
+        """Every output of one input into ``tmp``: labels NIfTI, Slicer .seg.nrrd, centroids
+        (ours, VerSe, Slicer markups), per-vertebra statistics, QC flags and image, and a
+        DICOM-SEG referencing the source series for DICOM input (:mod:`ctseg.formats`)."""
+        if not self.task.vertebrae:  # metal: the mask only
+            sitk.WriteImage(pred.labels, str(tmp / "labels.nii.gz"), useCompression=True)
+            return ["labels.nii.gz"]
+        dicom_files = sorted(p for p in dicom_dir.rglob("*") if p.is_file()) if dicom_dir else None
+        paths = write_case_outputs(
+            pred.labels,
+            ct,
+            tmp,
+            source_dicom_files=dicom_files,
+            trained_ids=[c for c in self.plan["class_ids"] if c],
+            confidence_measures=pred.confidence or None,
+            relabelled_fraction=pred.relabelled_fraction,
+            title=title,
+        )
+        return sorted(p.name for p in paths.values())
 
     def run_one(self, source: Path, out_root: Path, series_uid: str | None = None) -> SegmentResult:
         res = SegmentResult(source=source)
         try:
             ct, dicom_dir = self.read(source, series_uid)
-            labels = self.segment(ct)
+            pred = self.segment(ct)
             out = out_root / input_name(source)
             with atomic_dir(out) as tmp:
-                res.files = self.write_outputs(tmp, ct, labels, dicom_dir)
+                res.files = self.write_outputs(tmp, ct, pred, dicom_dir, input_name(source))
             res.out_dir = out
         except CtsegError as exc:
             res.error = str(exc) if str(source) in str(exc) else f"{source}: {exc}"
