@@ -250,16 +250,16 @@ def sample_case(population: PopulationParams | dict, seed: int) -> PhantomParams
         z_hi = hi_first + (3.0 + 37.0 * cut_top) * s
     else:
         up = seq[i - 1]
-        a, b = hi_first + 0.2 * (hi_first - lo_first) + 1.0, lay.z_c[up] - 0.25 * lay.H[up]
+        a, b = hi_first + 0.2 * (hi_first - lo_first) + 1.0, lay.z_c[up] - 0.3 * lay.H[up]
         z_hi = a + cut_top * max(b - a, 0.0)
     if run[-1] == SACRUM:
         z_lo = lo_last - (5.0 + 25.0 * cut_bottom) * s
     else:
         down = seq[j + 1]
         if down == SACRUM:
-            a = lay.z_extent(SACRUM)[1] - 15.0 * s
+            a = lay.z_extent(SACRUM)[1] - 4.0 * s
         else:
-            a = lay.z_c[down] + 0.4 * lay.H[down]
+            a = lay.z_c[down] + 0.35 * lay.H[down]
         b = lo_last - 0.2 * (hi_last - lo_last) - 1.0
         z_lo = b - cut_bottom * max(b - a, 0.0)
     # in-plane: square, the trunk (+4 % jitter), the table and the kyphotic back, plus margin
@@ -273,7 +273,10 @@ def sample_case(population: PopulationParams | dict, seed: int) -> PhantomParams
         spacing = np.maximum(spacing, pop.min_spacing_mm)
 
     def shape_for(sp):
-        return np.maximum(np.ceil(extent / sp).astype(int) + 1, 4)
+        # in-plane: cover the square; z: voxel centres stay inside [z_lo, z_hi]
+        n = np.ceil(extent / sp).astype(int) + 1
+        n[2] = int(np.floor(extent[2] / sp[2])) + 1
+        return np.maximum(n, 4)
 
     shape = shape_for(spacing)
     if pop.max_voxels is not None:
