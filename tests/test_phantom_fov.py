@@ -175,3 +175,30 @@ def test_stored_case_round_trips_through_dicom(tmp_path, reference, code):
     # in-plane axes as requested; a left-handed code keeps its slice order in InstanceNumber
     code_read = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
     assert code_read[:2] == code[:2]
+
+
+@pytest.mark.slow
+def test_512_by_512_by_300_at_0_8_mm_in_sane_time_and_memory():
+    import resource
+    import time
+
+    t0 = time.perf_counter()
+    ph = generate(
+        5,
+        {
+            "shape": (512, 512, 300),
+            "spacing_mm": (0.8, 0.8, 0.8),
+            "fit": False,
+            "first_level": "T9",
+            "last_level": "L3",
+            "body_scale": 1.1,
+            "implants": ["L1", "L2"],
+            "orientation": "PIL",
+        },
+    )
+    elapsed = time.perf_counter() - t0
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"512x512x300 at 0.8 mm: {elapsed:.1f} s, peak RSS {peak_gb:.2f} GB")
+    assert ph.hu.shape == (512, 300, 512)  # PIL: x is the slowest stored axis
+    assert ph.info["visible"] == ["T9", "T10", "T11", "T12", "L1", "L2", "L3"]
+    assert elapsed < 240 and peak_gb < 4.0
