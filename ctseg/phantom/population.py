@@ -79,7 +79,7 @@ class PopulationParams:
     spacing_inplane_mm: Range = (0.8, 4.0)
     spacing_slice_mm: Range = (1.0, 5.0)
     min_spacing_mm: tuple[float, float, float] | None = None  # coarsest-grid floor (x, y, z)
-    max_voxels: int | None = None  # coarsen the drawn spacing until the grid fits
+    max_voxels: int | None = 100_000_000  # coarsen the drawn spacing until the grid fits
     orientations: tuple[str, ...] = ORIENTATIONS
     kyphosis_mm: Range = (10.0, 45.0)
     lordosis_mm: Range = (5.0, 35.0)
