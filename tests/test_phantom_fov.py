@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ctseg.phantom import ORIENTATIONS, generate, reorient, write_phantom_case
+from ctseg.phantom import (
+    ORIENTATIONS,
+    PhantomParams,
+    crop_to_run,
+    generate,
+    reorient,
+    write_phantom_case,
+)
 from ctseg.phantom.generate import layout_of
 
 SP = 3.0
@@ -99,6 +106,30 @@ def test_crop_centroids_json(tmp_path, full):
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "c" / "labels.nii.gz")))
     assert [r["label"] for r in rows] == sorted(set(np.unique(labels).tolist()) - {0})
     assert 15 in [r["label"] for r in rows] and 21 in [r["label"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "cuts"),
+    [
+        ("T4", "T9", (0.0, 1.0)),
+        ("C1", "C6", (1.0, 0.0)),
+        ("T11", "S", (0.5, 1.0)),
+        ("C4", "L2", (1.0, 1.0)),
+    ],
+)
+def test_crop_to_run_shows_exactly_the_run(first, last, cuts):
+    p = crop_to_run(
+        PhantomParams(first_level=first, last_level=last, spacing_mm=(4.0, 4.0, 3.0), noise_hu=0.0),
+        cut_top=cuts[0],
+        cut_bottom=cuts[1],
+        margin_mm=10.0,
+    )
+    assert not p.fit and p.body_scale is not None and p.spacing_mm == (4.0, 4.0, 3.0)
+    ph = generate(11, p, progress=False)
+    assert ph.info["visible"][0] == first and ph.info["visible"][-1] == last.replace("S", "sacrum")
+    assert len(ph.info["visible"]) == len(p.levels)  # neighbours cut, but less than half seen
+    ids = sorted(c["label"] for c in ph.centroids)
+    assert ids == sorted(p.levels) and np.unique(ph.labels).tolist() == [0, *ids]
 
 
 TINY = {"shape": (30, 26, 36), "spacing_mm": (12.0, 11.0, 10.0), "noise_hu": 15.0}
