@@ -186,7 +186,7 @@ class Layout:
         return out
 
     def level_centres(self) -> dict[str, list[float]]:
-        return {VERSE_NAMES[k]: self.frame(k)[0].tolist() for k in self.seq}
+        return {VERSE_NAMES[k]: self.frame(k)[0].tolist() for k in self.painted}
 
 
 def _natural_depths(seq: list[int]) -> dict[int, float]:
