@@ -50,7 +50,7 @@ from ctseg.ingest.dicomwrite import write_dicom_series
 from ctseg.phantom.generate import Phantom, centroids_of, generate
 from ctseg.phantom.orientation import ORIENTATIONS, orientation_matrix, reorient
 from ctseg.phantom.params import TISSUE_HU, PhantomParams, Tissue, spine_ids
-from ctseg.phantom.population import PopulationParams, sample_case
+from ctseg.phantom.population import PopulationParams, crop_to_run, sample_case
 from ctseg.phantom.writer import centroids_json, write_phantom_case
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "Tissue",
     "TISSUE_HU",
     "centroids_json",
+    "crop_to_run",
     "centroids_of",
     "generate",
     "orientation_matrix",

@@ -110,23 +110,12 @@ def _per_level(rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     return rng.uniform(lo, hi, 28)
 
 
-def generate(
-    seed: int, params: PhantomParams | dict | None = None, *, progress: bool | None = None
-) -> Phantom:
-    """Build the phantom for ``seed`` on the grid of ``params`` (see the package docstring).
-
-    ``progress`` shows tqdm bars (default: only for volumes over 8 M voxels).
-    """
-    p = params if isinstance(params, PhantomParams) else PhantomParams.from_dict(params)
-    seed = int(seed)
+def _grid_and_layout(p: PhantomParams, u: np.ndarray) -> tuple[Grid, Layout]:
+    """The canonical grid and the resolved anatomy (fit: anatomy follows the grid; else v.v.)."""
     direction = p.direction or tuple(np.eye(3).ravel())
     m = np.asarray(direction, dtype=np.float64).reshape(3, 3)
     spacing = np.asarray(p.spacing_mm)
     shape = np.asarray(p.shape)
-    show = bool(progress) if progress is not None else int(np.prod(shape)) > 8_000_000
-
-    rng = np.random.default_rng(seed)
-    u = rng.random(7)
 
     def grid_at(centre: np.ndarray) -> Grid:
         if p.origin_mm is not None:
@@ -138,16 +127,33 @@ def generate(
 
     if p.fit:
         grid = grid_at(np.zeros(3))
-        lay = make_layout(
-            p,
-            u,
-            fov_mm=spacing * shape,
-            centre=grid.index_to_world((grid.shape_xyz - 1) / 2.0)[0],
-            spacing=spacing,
-        )
-    else:
-        lay = make_layout(p, u)
-        grid = grid_at(run_centre(lay))
+        centre = grid.index_to_world((grid.shape_xyz - 1) / 2.0)[0]
+        lay = make_layout(p, u, fov_mm=spacing * shape, centre=centre, spacing=spacing)
+        return grid, lay
+    lay = make_layout(p, u)
+    return grid_at(run_centre(lay)), lay
+
+
+def layout_of(seed: int, params: PhantomParams | dict | None = None) -> Layout:
+    """The anatomy :func:`generate` lays out for ``seed`` (level frames, extents, curves)."""
+    p = params if isinstance(params, PhantomParams) else PhantomParams.from_dict(params)
+    return _grid_and_layout(p, np.random.default_rng(int(seed)).random(7))[1]
+
+
+def generate(
+    seed: int, params: PhantomParams | dict | None = None, *, progress: bool | None = None
+) -> Phantom:
+    """Build the phantom for ``seed`` on the grid of ``params`` (see the package docstring).
+
+    ``progress`` shows tqdm bars (default: only for volumes over 8 M voxels).
+    """
+    p = params if isinstance(params, PhantomParams) else PhantomParams.from_dict(params)
+    seed = int(seed)
+    spacing = np.asarray(p.spacing_mm)
+    direction = p.direction or tuple(np.eye(3).ravel())
+    show = bool(progress) if progress is not None else int(np.prod(p.shape)) > 8_000_000
+    rng = np.random.default_rng(seed)
+    grid, lay = _grid_and_layout(p, rng.random(7))
 
     vh = np.stack([_per_level(rng, 1100, 1400), _per_level(rng, 210, 290)], axis=1)
     rh = np.stack([_per_level(rng, 1000, 1300), _per_level(rng, 200, 300)], axis=1)

@@ -12,7 +12,7 @@ sacral slope.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -90,6 +90,7 @@ class Layout:
     z_c: dict[int, float]  # body centre z per level (sacrum: its S1 endplate)
     H: dict[int, float]  # scaled heights (sacrum: scaled length)
     spans: dict[str, tuple[float, float]]
+    _frames: dict = field(default_factory=dict, repr=False, compare=False)
 
     # --- curves -------------------------------------------------------------------------
     def sag(self, z):
@@ -150,6 +151,9 @@ class Layout:
         The sacrum's frame sits on its S1 endplate with e_z along its axis, tilted back by
         the sacral slope (its lower end is posterior).
         """
+        if level in self._frames:
+            c, axes = self._frames[level]
+            return c.copy(), axes.copy()
         z = self.z_c[level]
         x, y = self.spine_xy(z)
         h = 0.5
@@ -163,7 +167,9 @@ class Layout:
         if level == SACRUM:
             t = math.radians(SACRAL_SLOPE_DEG)
             ez, ey = math.cos(t) * ez - math.sin(t) * ey, math.sin(t) * ez + math.cos(t) * ey
-        return np.array([float(x), float(y), z]), np.stack([ex, ey, ez])
+        out = np.array([float(x), float(y), z]), np.stack([ex, ey, ez])
+        self._frames[level] = out
+        return out[0].copy(), out[1].copy()
 
     def z_extent(self, level: int) -> tuple[float, float]:
         """World z range (bottom, top) of a level's body (the sacrum: endplate to tip)."""
@@ -180,7 +186,7 @@ class Layout:
         return out
 
     def level_centres(self) -> dict[str, list[float]]:
-        return {VERSE_NAMES[k]: self.frame(k)[0].tolist() for k in self.seq}
+        return {VERSE_NAMES[k]: self.frame(k)[0].tolist() for k in self.painted}
 
 
 def _natural_depths(seq: list[int]) -> dict[int, float]:

@@ -79,7 +79,7 @@ class PopulationParams:
     spacing_inplane_mm: Range = (0.8, 4.0)
     spacing_slice_mm: Range = (1.0, 5.0)
     min_spacing_mm: tuple[float, float, float] | None = None  # coarsest-grid floor (x, y, z)
-    max_voxels: int | None = None  # coarsen the drawn spacing until the grid fits
+    max_voxels: int | None = 100_000_000  # coarsen the drawn spacing until the grid fits
     orientations: tuple[str, ...] = ORIENTATIONS
     kyphosis_mm: Range = (10.0, 45.0)
     lordosis_mm: Range = (5.0, 35.0)
@@ -237,48 +237,77 @@ def sample_case(population: PopulationParams | dict, seed: int) -> PhantomParams
     sxy, sz = uni(pop.spacing_inplane_mm), uni(pop.spacing_slice_mm)
     margin = uni(pop.margin_mm)
     cut_top, cut_bottom = rng.random(2)
+    spacing = np.array([sxy, sxy, sz])
+    if pop.min_spacing_mm is not None:
+        spacing = np.maximum(spacing, pop.min_spacing_mm)
+    params["spacing_mm"] = tuple(float(v) for v in spacing)
+    return crop_to_run(
+        PhantomParams(**params),
+        cut_top=float(cut_top),
+        cut_bottom=float(cut_bottom),
+        margin_mm=margin,
+        max_voxels=pop.max_voxels,
+    )
 
-    # the anatomy in world mm (fit=False: independent of any grid)
-    probe = PhantomParams(shape=(8, 8, 8), **params)
-    lay = make_layout(probe, np.full(7, 0.5))
-    seq = lay.seq
+
+def crop_to_run(
+    params: PhantomParams,
+    *,
+    cut_top: float = 0.5,
+    cut_bottom: float = 0.5,
+    margin_mm: float = 30.0,
+    max_voxels: int | None = None,
+) -> PhantomParams:
+    """The same case on a grid cropped in z to its run ``first_level``-``last_level``.
+
+    The z edges fall between the run's end levels and the middle of their neighbours:
+    ``cut_top`` / ``cut_bottom`` in [0, 1] go from just past the end level (0) to deepest into
+    the neighbour (1), which still leaves the neighbour less than half visible. In-plane the
+    grid is a square holding the body plus ``margin_mm``. ``params.spacing_mm`` is kept unless
+    ``max_voxels`` forces all three spacings up by one factor. The result has ``fit=False``
+    and explicit values for body scale and curvature (those left to the seed become the
+    mid-range values).
+    """
+    p = dataclasses.replace(params, fit=False, origin_mm=None)
+    lay = make_layout(p, np.full(7, 0.5))
+    run, seq, s = p.levels, lay.seq, lay.s_z
     i, j = seq.index(run[0]), seq.index(run[-1])
     lo_first, hi_first = lay.z_extent(run[0])
     lo_last, hi_last = lay.z_extent(run[-1])
-    s = body
     if i == 0:
         z_hi = hi_first + (3.0 + 37.0 * cut_top) * s
     else:
         up = seq[i - 1]
-        a, b = hi_first + 0.2 * (hi_first - lo_first) + 1.0, lay.z_c[up] - 0.25 * lay.H[up]
+        a, b = hi_first + 0.2 * (hi_first - lo_first) + 1.0, lay.z_c[up] - 0.3 * lay.H[up]
         z_hi = a + cut_top * max(b - a, 0.0)
     if run[-1] == SACRUM:
         z_lo = lo_last - (5.0 + 25.0 * cut_bottom) * s
     else:
         down = seq[j + 1]
         if down == SACRUM:
-            a = lay.z_extent(SACRUM)[1] - 15.0 * s
+            a = lay.z_extent(SACRUM)[1] - 4.0 * s
         else:
-            a = lay.z_c[down] + 0.4 * lay.H[down]
+            a = lay.z_c[down] + 0.35 * lay.H[down]
         b = lo_last - 0.2 * (hi_last - lo_last) - 1.0
         z_lo = b - cut_bottom * max(b - a, 0.0)
     # in-plane: square, the trunk (+4 % jitter), the table and the kyphotic back, plus margin
-    half_w = 1.04 * 165.0 * s
-    y_front = lay.y_c - 1.04 * 120.0 * s
-    y_back = lay.y_c + 1.04 * 120.0 * s + max(params["kyphosis_mm"], 0.0) + TABLE_THICKNESS_MM
-    side = max(2 * half_w, y_back - y_front) + 2 * margin
+    half_w = 1.04 * 165.0 * lay.s_xy
+    y_front = lay.y_c - 1.04 * 120.0 * lay.s_xy
+    y_back = lay.y_c + 1.04 * 120.0 * lay.s_xy + max(lay.kyphosis, 0.0) + TABLE_THICKNESS_MM
+    side = max(2 * half_w, y_back - y_front) + 2 * margin_mm
     extent = np.array([side, side, z_hi - z_lo])
-    spacing = np.array([sxy, sxy, sz])
-    if pop.min_spacing_mm is not None:
-        spacing = np.maximum(spacing, pop.min_spacing_mm)
+    spacing = np.asarray(p.spacing_mm, dtype=np.float64)
 
     def shape_for(sp):
-        return np.maximum(np.ceil(extent / sp).astype(int) + 1, 4)
+        # in-plane: cover the square; z: voxel centres stay inside [z_lo, z_hi]
+        n = np.ceil(extent / sp).astype(int) + 1
+        n[2] = int(np.floor(extent[2] / sp[2])) + 1
+        return np.maximum(n, 4)
 
     shape = shape_for(spacing)
-    if pop.max_voxels is not None:
-        while int(np.prod(shape)) > int(pop.max_voxels):
-            spacing = spacing * max(1.01, (np.prod(shape) / pop.max_voxels) ** (1 / 3))
+    if max_voxels is not None:
+        while int(np.prod(shape)) > int(max_voxels):
+            spacing = spacing * max(1.01, (np.prod(shape) / max_voxels) ** (1 / 3))
             shape = shape_for(spacing)
     y_mid = (y_front + y_back) / 2
     origin = np.array(
@@ -288,9 +317,14 @@ def sample_case(population: PopulationParams | dict, seed: int) -> PhantomParams
             (z_lo + z_hi) / 2 - (shape[2] - 1) * spacing[2] / 2,
         ]
     )
-    params.update(
+    return dataclasses.replace(
+        p,
+        body_scale=lay.s_xy,  # drawn values (None) resolved, so the crop fits the anatomy
+        kyphosis_mm=lay.kyphosis,
+        lordosis_mm=lay.lordosis,
+        scoliosis_mm=lay.scoliosis,
+        cervical_lordosis_mm=lay.cervical,
         shape=tuple(int(v) for v in shape),
         spacing_mm=tuple(round(float(v), 4) for v in spacing),
         origin_mm=tuple(round(float(v), 4) for v in origin),
     )
-    return PhantomParams(**params)
