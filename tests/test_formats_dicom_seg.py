@@ -122,3 +122,7 @@ def test_anonymised_sources(tmp_path, series):
     dss[2].SOPInstanceUID = ""
     with pytest.raises(InputError, match="no SOP Instance UID"):
         write_dicom_seg(labels, dss, tmp_path / "c.dcm")
+    dss[2].SOPInstanceUID = "1.2.3.4.5"
+    dss[3].SeriesInstanceUID = ""
+    with pytest.raises(InputError, match="no Series Instance UID"):
+        write_dicom_seg(labels, dss, tmp_path / "d.dcm")

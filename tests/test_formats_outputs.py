@@ -91,8 +91,10 @@ def test_real_series_outputs(real_series_dir, real_labels_path, tmp_path):
     by_z = sorted(
         (pydicom.dcmread(f) for f in files), key=lambda d: float(d.ImagePositionPatient[2])
     )
+    series_uid = pydicom.uid.generate_uid(entropy_srcs=["real series"])
     for n, d in enumerate(by_z):
         d.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["real", str(n)])
+        d.SeriesInstanceUID = series_uid
     out = write_dicom_seg(labels, by_z, tmp_path / "seg.dcm")
     seg = hd.seg.segread(str(out))
     names = [seg.get_segment_description(n).segment_label for n in seg.get_segment_numbers()]

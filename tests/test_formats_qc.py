@@ -193,3 +193,16 @@ def test_phantom_truth_is_trusted(seed):
     qc = quality_flags(ph.image("labels"), ph.image("hu"), trained_ids=range(1, 26))
     assert qc["trusted"], qc["flags"]
     assert qc["measures"]["n_levels"] == 17
+
+
+def test_level_off_the_spine_line_is_flagged():
+    arr = spine()
+    k = np.nonzero(arr == 22)[0]
+    arr[arr == 22] = 0
+    arr[k.min() : k.max() + 1, 9:24, 9:29] = 22  # L3 moved 8 mm along j and 8 mm along i
+    qc = quality_flags(image(arr))
+    (f,) = [f for f in qc["flags"] if f["name"] == "centroid_offset"]
+    moved = np.sqrt(32**2 + 8**2 + 8**2)  # the L2-L3 and L3-L4 steps; the others stay 32 mm
+    assert f["levels"] == ["L3"]
+    assert f["value"] == pytest.approx(np.hypot(8, 8) / np.median([32, moved, moved, 32]))
+    assert "off the line between L2 and L4" in f["reason"]

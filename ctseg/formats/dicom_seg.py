@@ -89,6 +89,11 @@ def _read_sources(
             )
         if uid in seen:
             raise InputError(f"source slice repeats the SOP Instance UID of {seen[uid]}", path=name)
+        if not str(getattr(ds, "SeriesInstanceUID", "")):
+            raise InputError(
+                "source slice has no Series Instance UID; a DICOM-SEG cannot reference its series",
+                path=name,
+            )
         seen[uid] = name
     return out
 

@@ -195,10 +195,9 @@ def quality_flags(
     measures: dict = {"n_levels": len(present), "levels": [r["name"] for r in rows]}
 
     unknown = [x for x in present if x not in VERSE_NAMES]
+    trained = None if trained_ids is None else {int(x) for x in trained_ids}
     untrained = [
-        x
-        for x in present
-        if trained_ids is not None and x in VERSE_NAMES and x not in set(trained_ids)
+        x for x in present if trained is not None and x in VERSE_NAMES and x not in trained
     ]
     if unknown or untrained:
         what = []

@@ -10,6 +10,11 @@ MICCAI 2020 challenge form (``*_iso-ctd.json``): the same entries without the ``
 header, in *millimetres* (the challenge's 1 mm isotropic space) along the P, I, R axes from
 the image's corner voxel centre, i.e. PIR voxel coordinates times the spacing along each of
 those axes. A ``direction`` header, when such a file has one, is honoured.
+
+Flips follow nibabel (i -> n - 1 - i), which is how the VerSe tools compute centroids from a
+reoriented mask; their helper that maps centroids back (``reorient_centroids_to``), and some
+challenge code after it, flip with n - c instead. The two differ by one voxel along each
+flipped axis (1 mm in the iso files), below the annotations' own scatter.
 """
 
 from __future__ import annotations
