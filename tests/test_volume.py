@@ -80,20 +80,29 @@ def test_unannotated_case_gets_zero_labels_and_no_centroids(tmp_path):
 
 def test_raw_centroids_are_copied_sorted(tmp_path):
     raw, _ = _raw_dicom_case(tmp_path)
+    ct_out, lab_out, cen_out = _outs(tmp_path)
+    build_volume(raw, ct_out, lab_out, cen_out, case="c", label_map=None, ingest={})
+    ct = sitk.ReadImage(str(ct_out))
+    p1 = ct.TransformContinuousIndexToPhysicalPoint((1.0, 2.0, 1.0))
+    p2 = ct.TransformContinuousIndexToPhysicalPoint((3.0, 3.0, 2.0))
     (raw / "centroids.json").write_text(
         json.dumps(
             [
-                {"label": 21, "x": 1, "y": 2, "z": 3},
-                {"label": 20, "name": "L1", "x": 4, "y": 5, "z": 6},
+                {"label": 21, "x": p1[0], "y": p1[1], "z": p1[2]},
+                {"label": 20, "name": "L1", "x": p2[0], "y": p2[1], "z": p2[2]},
             ]
         )
     )
-    ct_out, lab_out, cen_out = _outs(tmp_path)
     build_volume(raw, ct_out, lab_out, cen_out, case="c", label_map=None, ingest={})
-    assert json.loads(cen_out.read_text()) == [
-        {"label": 20, "name": "L1", "x": 4.0, "y": 5.0, "z": 6.0},
-        {"label": 21, "name": "L2", "x": 1.0, "y": 2.0, "z": 3.0},
-    ]
+    got = json.loads(cen_out.read_text())
+    assert [(c["label"], c["name"]) for c in got] == [(20, "L1"), (21, "L2")]
+    np.testing.assert_allclose([got[0][k] for k in "xyz"], p2, atol=1e-9)
+    np.testing.assert_allclose([got[1][k] for k in "xyz"], p1, atol=1e-9)
+    # a centroid outside the scan is an error naming the file
+    (raw / "centroids.json").write_text(json.dumps([{"label": 20, "x": 1e4, "y": 0, "z": 0}]))
+    with pytest.raises(InputError, match="lies outside the image") as e:
+        build_volume(raw, ct_out, lab_out, cen_out, case="c", label_map=None, ingest={})
+    assert "centroids.json" in str(e.value)
 
 
 def test_labels_on_other_grid_error_leaves_nothing_then_resample(tmp_path):

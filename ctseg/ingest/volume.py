@@ -13,7 +13,6 @@ for stats, metal and DRR, and evaluation treats it as having no vertebrae.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -269,24 +268,13 @@ def centroids_from_labels(img: sitk.Image) -> list[dict]:
     return shared(img)
 
 
-def _load_centroids(path: Path, case: str) -> list[dict]:
-    try:
-        data = json.loads(Path(path).read_text())
-        out = []
-        for item in data:
-            label = int(item["label"])
-            out.append(
-                {
-                    "label": label,
-                    "name": str(item.get("name") or VERSE_NAMES.get(label, str(label))),
-                    "x": float(item["x"]),
-                    "y": float(item["y"]),
-                    "z": float(item["z"]),
-                }
-            )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"invalid centroids.json ({exc})", path=path, case=case) from exc
-    return sorted(out, key=lambda c: c["label"])
+def _load_centroids(path: Path, case: str, image: sitk.Image) -> list[dict]:
+    """A case's annotated centroids in any supported format (ours, VerSe JSON in either release
+    form, BioMedia .lml, Slicer markups), as world LPS mm checked against the CT's extent."""
+    from ctseg.formats.centroid_io import read_centroids
+
+    rows = read_centroids(path, image, case=case)
+    return [{k: r[k] for k in ("label", "name", "x", "y", "z")} for r in rows]
 
 
 def to_int16(ct: sitk.Image) -> sitk.Image:
@@ -369,7 +357,9 @@ def convert_volume(
     lab_img.CopyInformation(ct16)
 
     centroids = (
-        _load_centroids(cen_path, case) if cen_path is not None else centroids_from_labels(lab_img)
+        _load_centroids(cen_path, case, ct16)
+        if cen_path is not None
+        else centroids_from_labels(lab_img)
     )
     cen_text = dumps(centroids, indent=1, what=centroids_out) + "\n"
 
