@@ -268,16 +268,6 @@ def _fetch_url(
         download_to.rename(tmp / _volume_name(name, url, case))
 
 
-def _phantom_params(phantom: dict | None, case: str) -> dict:
-    params = dict(phantom or {})
-    implants = params.get("implants")
-    if isinstance(implants, dict):  # whole-config form {case: [levels]}
-        params["implants"] = list(implants.get(case, []))
-    elif implants is None:
-        params["implants"] = []
-    return params
-
-
 def fetch_case(
     case: dict,
     out_dir: Path,
@@ -321,8 +311,10 @@ def fetch_case(
                     f"phantom location must be an integer seed, not {location!r}", case=name
                 ) from exc
             from ctseg.phantom import write_phantom_case
+            from ctseg.phantom.population import case_params
 
-            write_phantom_case(tmp, seed, _phantom_params(phantom, name))
+            params = case_params(phantom, name, seed, str(case.get("family", "") or ""))
+            write_phantom_case(tmp, seed, params)
         elif source == "dicom":
             _copy_dicom(Path(location), tmp / "dicom", case=name, series_uid=series_uid)
         elif source in {"nifti", "nrrd"}:

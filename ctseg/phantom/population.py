@@ -328,3 +328,48 @@ def crop_to_run(
         spacing_mm=tuple(round(float(v), 4) for v in spacing),
         origin_mm=tuple(round(float(v), 4) for v in origin),
     )
+
+
+def case_params(phantom: dict | None, case: str, seed: int, family: str = "") -> dict:
+    """The phantom parameters of one case-sheet row, from the config's ``phantom`` section.
+
+    Without ``population`` the section holds fixed :class:`PhantomParams` keys (the original
+    cohort; ``implants`` may map case -> levels). With ``population``, the case is drawn from it
+    by :func:`sample_case` with the row's seed; a row's ``family`` (the robustness suite's named
+    variations) names an entry of ``families`` whose keys override population keys, e.g.
+    ``{orientations: [PIL]}`` or ``{body_scale: [0.75, 0.75]}``.
+    """
+    cfg = dict(phantom or {})
+    population = cfg.pop("population", None)
+    families = cfg.pop("families", None) or {}
+    implants = cfg.pop("implants", None)
+    if population is None:
+        if family:
+            raise ConfigError(
+                f"case {case!r}: family {family!r} needs phantom.population and phantom.families"
+            )
+        cfg["implants"] = (
+            list((implants or {}).get(case, []))
+            if isinstance(implants, dict)
+            else list(implants or [])
+        )
+        return cfg
+    if cfg:
+        raise ConfigError(
+            f"phantom: with 'population', only 'families' and 'implants' may sit beside it, "
+            f"not {', '.join(sorted(cfg))}"
+        )
+    overrides = {}
+    if family:
+        if family not in families:
+            raise ConfigError(
+                f"case {case!r}: unknown family {family!r}; phantom.families has "
+                f"{', '.join(sorted(families)) or 'none'}"
+            )
+        overrides = dict(families[family] or {})
+    params = sample_case(
+        PopulationParams.from_dict({**population, **overrides}), int(seed)
+    ).to_dict()
+    if isinstance(implants, dict) and case in implants:
+        params["implants"] = list(implants[case])
+    return params
