@@ -140,6 +140,76 @@ def test_unknown_source_kind_names_the_case(tmp_path):
     assert "'bad7'" in err and "pacs" in err and "cases.tsv" in err
 
 
+BAD_SHEET = (
+    "case\tsource\tlocation\tlabel_map\tsplit\n"
+    "ok1\tphantom\t1\t\ttrain\n"
+    "nofile\tnifti\tscans/missing.nii.gz\t\ttrain\n"
+    "badmap\tphantom\t2\tno_such_map\tval\n"
+    "bad7\tpacs\tfoo\t\ttest\n"
+    "dotted.id\tphantom\t3\t\ttest\n"
+)
+
+
+def test_every_bad_row_is_listed_in_one_error_before_any_job(tmp_path):
+    """Fail fast: with --keep-going too, one message names every bad row and nothing runs."""
+    work = make_workdir(tmp_path, sheet=BAD_SHEET)
+    proc = snakemake("--keep-going", "--cores", "1", cwd=work)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "cases.tsv: 4 problem(s)" in err, err[-3000:]
+    assert "case 'nofile': location: nifti file" in err and "missing.nii.gz does not exist" in err
+    assert "case 'badmap': label_map: unknown label_map 'no_such_map'" in err
+    assert "case 'bad7'" in err and "pacs" in err
+    assert "case 'dotted.id'" in err
+    assert "'ok1'" not in err
+    assert "exclude_cases" in err
+    assert not (work / "results").exists()
+
+
+def test_excluded_cases_leave_every_job_and_aggregate(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["exclude_cases"] = {
+        "nofile": "scan not delivered",
+        "badmap": "labels in an unknown convention",
+        "bad7": "PACS export pending",
+        "dotted.id": "rename",
+    }
+    sheet = BAD_SHEET + "ok2\tphantom\t4\t\ttrain\n"
+    work = make_workdir(tmp_path, config=cfg, sheet=sheet)
+    proc = snakemake("-n", "--configfile", "config.yaml", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    jobs = planned_jobs(out)
+    assert jobs["fetch"] == 2 and jobs["drr"] == 2 * len(cfg["drr"]["views"])
+    for case in cfg["exclude_cases"]:
+        assert f"/{case}" not in out and f"case={case}" not in out
+
+
+def test_header_only_case_sheet_names_the_sheet(tmp_path):
+    work = make_workdir(tmp_path, sheet="case\tsource\tlocation\tsplit\n")
+    proc = snakemake("-n", cwd=work)
+    assert proc.returncode != 0
+    assert "case sheet cases.tsv has a header but no cases" in proc.stdout + proc.stderr
+
+
+def test_unknown_case_sheet_column_is_named(tmp_path):
+    work = make_workdir(
+        tmp_path, sheet="case\tsource\tlocation\tsplit\tspilt\nx1\tphantom\t1\ttrain\ttest\n"
+    )
+    proc = snakemake("-n", cwd=work)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "unknown column(s) 'spilt'" in err and "cases.tsv" in err
+
+
+def test_case_id_rule_agrees_in_readme_and_schema():
+    schema = yaml.safe_load((REPO / "schemas/cases.schema.yaml").read_text())
+    assert schema["properties"]["case"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_-]*$"
+    readme = (REPO / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `case` |"))
+    assert "starts with a letter or digit" in row and "`_`, `-`" in row and "no `.`" in row
+
+
 def test_unreadable_scan_fails_its_case_alone(tmp_path):
     """--keep-going finishes the good case; the bad one names case and file, leaves nothing."""
     broken = tmp_path / "broken.nii.gz"
