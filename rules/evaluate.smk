@@ -137,5 +137,6 @@ rule report_tables:
         runtime=runtime(),
     params:
         experiments=report_experiments(),
+        excluded=EXCLUDED,
     script:
         "../scripts/report_tables.py"

@@ -235,6 +235,42 @@ def test_unreadable_scan_fails_its_case_alone(tmp_path):
     assert "bad1" in logs and "broken.nii.gz" in logs, logs[-2000:]
 
 
+def test_a_failed_case_excluded_gives_aggregates_of_the_rest(tmp_path):
+    """One broken case blocks the cohort tables; listed in exclude_cases, the tables are built
+    from the cases that succeeded (never from a stale output of the broken one)."""
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"this is not a nifti file")
+    sheet = (
+        f"case\tsource\tlocation\tsplit\ngood1\tphantom\t5\ttrain\nbad1\tnifti\t{broken}\ttest\n"
+    )
+    (tmp_path / "w").mkdir()
+    work = make_workdir(tmp_path / "w", sheet=sheet)
+    targets = ["results/stats/summary.tsv", "results/metal/summary.tsv"]
+    proc = snakemake("--cores", "2", "--keep-going", *targets, cwd=work)
+    assert proc.returncode != 0
+    assert not (work / targets[0]).exists() and not (work / targets[1]).exists()
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["exclude_cases"] = {"bad1": "unreadable NIfTI from the scanner export"}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = snakemake("--cores", "2", "--keep-going", *targets, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for target in targets:
+        table = pd.read_csv(work / target, sep="\t", dtype=str)
+        assert list(table["case"]) == ["good1"], table
+
+
+def test_report_lists_the_excluded_cases(tmp_path):
+    from ctseg.report import write_summary_md
+
+    out = tmp_path / "summary.md"
+    write_summary_md(
+        out, stats_tsv=None, metal_tsv=None, experiments={}, excluded={"bad1": "unreadable"}
+    )
+    md = out.read_text()
+    assert "## Cases left out (config exclude_cases)" in md
+    assert "| bad1 | unreadable |" in md
+
+
 # ------------------------------------------------------------------ end to end
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
