@@ -206,9 +206,13 @@ def _alternation(names):
 # out of memory or time with twice, then three times, as much. Sizes are read when the job is
 # ready to run, after its inputs exist.
 USE_GPU = bool(config.get("use_gpu", False))
-# MB of peak memory per MB of input. Uncompressed DICOM: the int16 volume, its float64 copy
-# and SimpleITK's buffers. gzip'd NIfTI inputs unpack to several times their size on disk.
-DICOM_MEM_PER_MB = 12.0
+# MB of peak memory per MB of input, above the base (resources.default.mem_mb, which covers the
+# interpreter and libraries, about 200 MB). Measured on a 300 x 256 x 256 uncompressed series
+# (39.6 MB): dicom_summary peaked at 485 MB (the int16 volume and its float64 copy), to_volume at
+# 311 MB. JPEG-compressed series unpack to several times their size: retries then double it.
+# gzip'd NIfTI inputs unpack to several times their size on disk as well.
+STATS_MEM_PER_MB = 8.0
+VOLUME_MEM_PER_MB = 4.0
 NIFTI_MEM_PER_MB = 30.0
 
 

@@ -15,7 +15,7 @@ rule to_volume:
         "../envs/io.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(DICOM_MEM_PER_MB),
+        mem_mb=mem_mb(VOLUME_MEM_PER_MB),
         runtime=runtime(0.02),
     params:
         label_map=lambda wildcards: label_map_for(wildcards.case),
@@ -39,7 +39,7 @@ rule dicom_summary:
         "../envs/io.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(DICOM_MEM_PER_MB),
+        mem_mb=mem_mb(STATS_MEM_PER_MB),
         runtime=runtime(0.02),
     params:
         ingest=config.get("ingest", {}),
