@@ -286,8 +286,11 @@ def _module_file(module):
     return None
 
 
+@cache
 def _imported_modules(path):
-    """ctseg modules a file imports (absolute, relative and function-level imports alike)."""
+    """ctseg modules a file imports (absolute, relative and function-level imports alike).
+
+    Cached: the 17 scripts share most of the library, and each file is parsed once."""
     tree = ast.parse(path.read_text(), filename=str(path))
     here = path.relative_to(WORKFLOW_ROOT).with_suffix("").parts
     package = here[:-1] if here[-1] != "__init__" else here[:-1]
@@ -303,7 +306,7 @@ def _imported_modules(path):
                 mod = node.module or ""
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)
-    return {m for m in found if m.split(".")[0] == "ctseg"}
+    return frozenset(m for m in found if m.split(".")[0] == "ctseg")
 
 
 def import_closure(script):
