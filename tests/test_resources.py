@@ -154,3 +154,41 @@ def test_every_rule_has_a_benchmark_file():
             m = re.match(r"rule (\w+):", block)
             if m:
                 assert "\n    benchmark:\n" in block, f"rule {m.group(1)} ({smk.name})"
+
+
+def common_functions(*names: str, **namespace) -> dict:
+    """Functions of rules/common.smk (plain Python) compiled on their own, for unit tests."""
+    import ast
+    import math
+    import os
+
+    tree = ast.parse((REPO / "rules" / "common.smk").read_text())
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    assert {d.name for d in defs} == set(names)
+    ns = {"math": math, "os": os, **namespace}
+    exec(compile(ast.Module(body=defs, type_ignores=[]), "common.smk", "exec"), ns)
+    return ns
+
+
+def test_estimates_scale_with_input_size_and_attempt(tmp_path):
+    ns = common_functions(
+        "_input_mb", "mem_mb", "runtime", DEFAULT_RES={"mem_mb": 1000, "runtime": 10}
+    )
+    folder = tmp_path / "raw"
+    (folder / "dicom").mkdir(parents=True)
+    for k in range(4):
+        (folder / "dicom" / f"s{k}.dcm").write_bytes(b"\0" * 2_500_000)  # 10 MB in all
+    code = tmp_path / "code.py"
+    code.write_text("x" * 5_000_000)
+
+    class Inputs(list):  # what Snakemake passes: iterable, with named entries
+        pass
+
+    inputs = Inputs([str(folder), str(code)])
+    inputs.code = [str(code)]  # code inputs do not count
+    mem, minutes = ns["mem_mb"](8.0), ns["runtime"](0.5)
+    assert ns["_input_mb"](inputs) == pytest.approx(10.0)
+    assert mem(None, inputs, 1) == 1000 + 80
+    assert mem(None, inputs, 2) == 2 * 1080 and mem(None, inputs, 3) == 3 * 1080
+    assert minutes(None, inputs, 1) == 15 and minutes(None, inputs, 2) == 30
+    assert ns["mem_mb"](8.0, base=4000)(None, Inputs(), 1) == 4000
