@@ -42,8 +42,8 @@ def _own_ctseg():
             f"ctseg is already imported from {loaded.__file__}, not from this workflow's "
             f"{WORKFLOW_ROOT}; start snakemake from an environment without that ctseg"
         )
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    if sys.path[:1] != [root]:
+        sys.path[:] = [root] + [p for p in sys.path if p != root]
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ.update(
         PYTHONPATH=os.pathsep.join([root] + [p for p in paths if p != root]),

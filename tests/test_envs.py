@@ -157,7 +157,7 @@ def test_workflow_puts_its_own_root_on_the_jobs_path():
     (tests/test_module.py runs a job with a decoy ctseg on the host's PYTHONPATH)."""
     text = (RULES / "common.smk").read_text()
     assert "PYTHONPATH=os.pathsep.join([root]" in text
-    assert "sys.path.insert(0, root)" in text
+    assert "sys.path[:] = [root] + [p for p in sys.path if p != root]" in text
 
 
 # ------------------------------------------------------------------ envs versus rules
