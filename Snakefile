@@ -3,14 +3,13 @@
 Run `snakemake --cores all` (default phantom cohort) or see README.md.
 """
 
-import os
-
 from snakemake.utils import min_version
 
 min_version("9.0")
 
-# envs/*.yaml install ctseg editable from ${CTSEG_ROOT} (pip expands it): this checkout.
-os.environ.setdefault("CTSEG_ROOT", workflow.basedir)
+# The library runs from this workflow's own folder (rules/common.smk puts it first on sys.path
+# and on the jobs' PYTHONPATH and sets CTSEG_ROOT to it), also when this Snakefile is used as a
+# module of another workflow.
 
 
 # A --configfile on the command line replaces config.yaml instead of merging into it, so that
@@ -27,7 +26,7 @@ include: "rules/common.smk"
 
 
 wildcard_constraints:
-    case=_alternation(CASE_IDS),
+    case=CASE_ID_PATTERN,
     view=_alternation(VIEWS),
     experiment=_alternation(EXPERIMENTS),
     cube=_alternation(CUBES),
@@ -40,6 +39,17 @@ include: "rules/drr.smk"
 include: "rules/cube.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+
+
+# Cheap aggregates and plots run on the node snakemake runs on, never queued on a cluster.
+localrules:
+    all,
+    summary_table,
+    metal_summary,
+    drr_stack,
+    dice_plot,
+    centroid_plot,
+    report_tables,
 
 
 rule all:

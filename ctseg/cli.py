@@ -37,6 +37,7 @@ VERBS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctseg", description=__doc__.splitlines()[0])
+    parser.add_argument("-V", "--version", action="store_true", help="print the version")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (_module, help_text) in VERBS.items():
         sub.add_parser(verb, help=help_text, add_help=False)
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        from ctseg import __version__
+
+        print(f"ctseg {__version__}")
+        return 0
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in VERBS:
         parser = build_parser()
         if argv and argv[0] not in {"-h", "--help"}:

@@ -174,8 +174,12 @@ def write_summary_md(
     stats_tsv: str | Path | None,
     metal_tsv: str | Path | None,
     experiments: Mapping[str, Mapping],
+    excluded: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``summary.md`` with every seed's table from this run's TSVs (atomically).
+
+    ``excluded`` (config ``exclude_cases``, ``{case: reason}``) lists the cases that every table
+    leaves out, so that a cohort with failed cases is never mistaken for a complete one.
 
     ``experiments`` maps a name to ``{"config": dict, "summary": path, "metrics": path,
     "centroids": path}``; ``config`` supplies task, model and preprocess.
@@ -356,6 +360,9 @@ def write_summary_md(
         else "_no experiments in this run._",
         "",
     ]
+    if excluded:
+        parts += ["## Cases left out (config exclude_cases)", ""]
+        parts += [_md_table(["case", "reason"], [[c, r] for c, r in sorted(excluded.items())]), ""]
     write_text(out_md, "\n".join(parts))
 
 

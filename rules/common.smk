@@ -1,17 +1,70 @@
-"""The case sheet, config accessors, input functions and wildcard constraints.
+"""The case sheet, config accessors, input functions, resources and wildcard constraints.
 
 Everything the rules need to wire files together lives here; rules compute nothing.
 """
 
 import ast
+import importlib
+import math
 import os
 import re
+import sys
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
+import yaml
+from jsonschema import Draft202012Validator
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ctseg.core.labels import resolve_label_map
+# The workflow's own folder, taken from this file's path rather than workflow.basedir, so that
+# the paths stay right when the workflow is used as a module of another Snakefile (there
+# workflow.basedir is the host's folder).
+WORKFLOW_ROOT = Path(workflow.current_basedir).parent.resolve()
+
+
+def _own_ctseg():
+    """Make `import ctseg` resolve to this workflow's copy, at parse time and in every job.
+
+    The library is not installed into the conda envs (whose content would then not identify
+    the code they run); instead the workflow's root goes first on this process's sys.path and
+    on the jobs' PYTHONPATH. Conda jobs, for which Snakemake drops PYTHONPATH, still find it:
+    the script preamble appends this process's sys.path and the env holds no other ctseg.
+    """
+    root = str(WORKFLOW_ROOT)
+    loaded = sys.modules.get("ctseg")
+    if (
+        loaded is not None
+        and Path(loaded.__file__).resolve().parent.parent != WORKFLOW_ROOT
+    ):
+        raise WorkflowError(
+            f"ctseg is already imported from {loaded.__file__}, not from this workflow's "
+            f"{WORKFLOW_ROOT}; start snakemake from an environment without that ctseg"
+        )
+    if sys.path[:1] != [root]:
+        sys.path[:] = [root] + [p for p in sys.path if p != root]
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join([root] + [p for p in paths if p != root]),
+        CTSEG_ROOT=root,
+    )
+
+
+def own_module(name):
+    """A ctseg module imported from this workflow's folder, never from another install."""
+    _own_ctseg()
+    mod = importlib.import_module(name)
+    if not Path(mod.__file__).resolve().is_relative_to(WORKFLOW_ROOT):
+        raise WorkflowError(
+            f"{name} resolved to {mod.__file__}, outside {WORKFLOW_ROOT}"
+        )
+    return mod
+
+
+_own_ctseg()
+ConfigError = own_module("ctseg.core.errors").ConfigError
+_labels = own_module("ctseg.core.labels")
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -19,6 +72,9 @@ CASE_COLUMNS = ["case", "source", "location", "split"]
 OPTIONAL_COLUMNS = ["sha256", "labels", "centroids", "label_map", "series_uid"]
 SOURCES = {"phantom", "dicom", "nifti", "nrrd", "url"}
 LIST_SUFFIXES = {".txt", ".csv", ".lst", ".list"}
+CASE_SCHEMA = yaml.safe_load(
+    (WORKFLOW_ROOT / "schemas" / "cases.schema.yaml").read_text()
+)
 
 
 def _relative(path):
@@ -34,57 +90,106 @@ def _resolve(path, base):
     return _relative(p if p.is_absolute() else (base / p))
 
 
-def load_case_sheet(path):
-    """Read and check the case sheet; errors name the sheet and the case."""
+def _row_problems(row, label_maps):
+    """Every reason one case-sheet row (paths already resolved) cannot run; [] when it can."""
+    problems = []
+    for err in sorted(Draft202012Validator(CASE_SCHEMA).iter_errors(row), key=str):
+        where = ".".join(str(p) for p in err.absolute_path) or "row"
+        problems.append(f"{where}: {err.message}")
+    if problems:
+        return problems
+    src = row["source"]
+    if src == "dicom" and not Path(row["location"]).exists():
+        problems.append(
+            f"location: DICOM folder or file {row['location']} does not exist"
+        )
+    if src in ("nifti", "nrrd") and not Path(row["location"]).is_file():
+        problems.append(f"location: {src} file {row['location']} does not exist")
+    for col in ("labels", "centroids"):
+        if row[col] and not Path(row[col]).is_file():
+            problems.append(f"{col}: file {row[col]} does not exist")
+    if row["label_map"]:
+        try:
+            _labels.resolve_label_map(row["label_map"], label_maps)
+        except KeyError as exc:
+            problems.append(f"label_map: {exc.args[0]}")
+    return problems
+
+
+def load_case_sheet(path, label_maps=None, exclude=()):
+    """Read and check the case sheet as a whole, before any job runs.
+
+    A bad row (unknown source, a local file that is missing, an unknown label_map, ...) fails
+    the run with one error that lists every bad row, so that one edit fixes them all; rows the
+    config's `exclude_cases` names are dropped first and never checked.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"case sheet {path} does not exist (config key 'cases')")
+        raise ConfigError(f"case sheet {path} does not exist (config key 'cases')")
     if path.suffix.lower() in LIST_SUFFIXES:
-        from ctseg.ingest.volume import read_case_list
-
-        sheet = pd.DataFrame(read_case_list(path))
+        sheet = pd.DataFrame(own_module("ctseg.ingest.volume").read_case_list(path))
     else:
         sheet = pd.read_csv(
             path, sep="\t", dtype=str, keep_default_na=False, comment="#"
         )
-    sheet.columns = [c.strip() for c in sheet.columns]
+    sheet.columns = [str(c).strip() for c in sheet.columns]
     missing = [c for c in CASE_COLUMNS if c not in sheet.columns]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"case sheet {path}: missing column(s) {', '.join(missing)}; "
             f"required: {', '.join(CASE_COLUMNS)}"
         )
+    unknown = [c for c in sheet.columns if c not in CASE_COLUMNS + OPTIONAL_COLUMNS]
+    if unknown:
+        raise ConfigError(
+            f"case sheet {path}: unknown column(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(CASE_COLUMNS + OPTIONAL_COLUMNS)}"
+        )
+    if sheet.empty:
+        raise ConfigError(f"case sheet {path} has a header but no cases")
     for col in OPTIONAL_COLUMNS:
         if col not in sheet.columns:
             sheet[col] = ""
     sheet = sheet.fillna("").astype(str)
-    for _, row in sheet.iterrows():
-        if row["source"] not in SOURCES:
-            raise ValueError(
-                f"case sheet {path}: case {row['case']!r} has unknown source "
-                f"{row['source']!r}; choose from {', '.join(sorted(SOURCES))}"
-            )
-    dupes = sheet["case"][sheet["case"].duplicated()].tolist()
-    if dupes:
-        raise ValueError(f"case sheet {path}: duplicate case id(s) {', '.join(dupes)}")
-    validate(sheet, schema="../schemas/cases.schema.yaml")
+    sheet = sheet[~sheet["case"].isin(set(exclude))]
+    if sheet.empty:
+        raise ConfigError(f"case sheet {path}: every case is in exclude_cases")
     base = path.resolve().parent
     for col in ("location", "labels", "centroids"):
         sheet[col] = [
             v if col == "location" and src in ("phantom", "url") else _resolve(v, base)
             for v, src in zip(sheet[col], sheet["source"])
         ]
+    bad = []
+    dupes = sorted(set(sheet["case"][sheet["case"].duplicated()]))
+    bad += [f"case {c!r}: duplicate case id" for c in dupes]
+    for row in sheet.to_dict("records"):
+        for problem in _row_problems(row, label_maps or {}):
+            bad.append(f"case {row['case']!r}: {problem}")
+    if bad:
+        raise ConfigError(
+            f"case sheet {path}: {len(bad)} problem(s); fix these rows, or list their cases "
+            "in config exclude_cases to run the others:\n  " + "\n  ".join(bad)
+        )
     return sheet.set_index("case", drop=False)
 
 
-CASES = load_case_sheet(config["cases"])
+EXCLUDED = {str(k): str(v) for k, v in (config.get("exclude_cases") or {}).items()}
+CASES = load_case_sheet(config["cases"], config.get("label_maps", {}), EXCLUDED)
 CASE_IDS = list(CASES.index)
+ROWS = {row["case"]: row for row in CASES.to_dict("records")}
+SPLITS = {
+    s: [c for c in CASE_IDS if ROWS[c]["split"] == s] for s in ("train", "val", "test")
+}
 VIEWS = {v["name"]: v for v in config["drr"]["views"]}
 EXPERIMENTS = config.get("experiments", {})
 CUBES = config.get("cubes", {})
 RES = config.get("resources", {})
 DEFAULT_RES = RES.get("default", {"mem_mb": 2000, "runtime": 30})
 TRAIN_RES = RES.get("train", {"gpu": 0, "mem_mb": 8000, "runtime": 120, "threads": 2})
+# Case ids as schemas/cases.schema.yaml defines them, as a wildcard constraint: a pattern rather than
+# an alternation of every id, whose matching cost grows with the cohort (quadratic DAG build).
+CASE_ID_PATTERN = CASE_SCHEMA["properties"]["case"]["pattern"].strip("^$")
 
 
 def _alternation(names):
@@ -93,12 +198,81 @@ def _alternation(names):
     )
 
 
+# ---------------------------------------------------------------- resources
+# Memory and time grow with the scan: a job's estimate is a base plus a factor times the size
+# of its input files (a folder counts every file below it), measured with the rules'
+# `benchmark:` files (tests/test_resources.py checks the estimate against measured peak RSS).
+# Both are multiplied by `attempt`, so that `--retries` (profiles: 2) resubmits a job that ran
+# out of memory or time with twice, then three times, as much. Sizes are read when the job is
+# ready to run, after its inputs exist.
+USE_GPU = bool(config.get("use_gpu", False))
+# MB of peak memory per MB of input, above the base (resources.default.mem_mb, which covers the
+# interpreter and libraries, about 200 MB). Measured on a 300 x 256 x 256 uncompressed series
+# (39.6 MB): dicom_summary peaked at 485 MB (the int16 volume and its float64 copy), to_volume at
+# 311 MB. JPEG-compressed series unpack to several times their size: retries then double it.
+# gzip'd NIfTI inputs unpack to several times their size on disk as well.
+STATS_MEM_PER_MB = 8.0
+VOLUME_MEM_PER_MB = 4.0
+NIFTI_MEM_PER_MB = 30.0
+
+
+def _input_mb(input):
+    """MB of a job's data inputs (its `code` inputs, the library's sources, do not count)."""
+    code = set(getattr(input, "code", []))
+    total = 0
+    for f in (f for f in input if f not in code):
+        if os.path.isdir(f):
+            for dirpath, _, names in os.walk(f):
+                total += sum(os.path.getsize(os.path.join(dirpath, n)) for n in names)
+        elif os.path.exists(f):
+            total += os.path.getsize(f)
+    return total / 1e6
+
+
+def mem_mb(per_input_mb=0.0, base=None):
+    """mem_mb callable: (base + per_input_mb x input MB) x attempt; base from resources.default."""
+    base = DEFAULT_RES.get("mem_mb", 2000) if base is None else base
+
+    def estimate(wildcards, input, attempt):
+        return int(math.ceil((base + per_input_mb * _input_mb(input)) * attempt))
+
+    return estimate
+
+
+def runtime(per_input_mb=0.0, base=None):
+    """runtime (minutes) callable: (base + per_input_mb x input MB) x attempt."""
+    base = DEFAULT_RES.get("runtime", 30) if base is None else base
+
+    def estimate(wildcards, input, attempt):
+        return int(math.ceil((base + per_input_mb * _input_mb(input)) * attempt))
+
+    return estimate
+
+
+def gpus_for(device, requested=0):
+    """GPUs a job asks the scheduler for, following the device it is configured to use.
+
+    `cpu` -> 0; `cuda` / `cuda:N` -> at least 1; `auto` -> 1 when config `use_gpu: true` (the
+    one switch for a GPU partition), else what resources.train.gpu requests (0 by default).
+    """
+    device = str(device or "auto")
+    if device == "cpu":
+        return 0
+    if device.startswith("cuda"):
+        return max(1, int(requested))
+    return max(int(requested), 1 if USE_GPU else 0)
+
+
+def experiment_gpus(requested=0):
+    def gpus(wildcards):
+        return gpus_for(
+            EXPERIMENTS[wildcards.experiment].get("device", "auto"), requested
+        )
+
+    return gpus
+
+
 # ---------------------------------------------------------------- library code as input
-# The workflow's own folder, taken from this file's path rather than workflow.basedir, so that
-# the paths stay right when the workflow is used as a module of another Snakefile.
-WORKFLOW_ROOT = Path(workflow.current_basedir).parent
-
-
 def _module_file(module):
     """The source file of a ctseg module name ('ctseg.drr.render'), or None if not ctseg's."""
     parts = module.split(".")
@@ -112,8 +286,11 @@ def _module_file(module):
     return None
 
 
+@cache
 def _imported_modules(path):
-    """ctseg modules a file imports (absolute, relative and function-level imports alike)."""
+    """ctseg modules a file imports (absolute, relative and function-level imports alike).
+
+    Cached: the 17 scripts share most of the library, and each file is parsed once."""
     tree = ast.parse(path.read_text(), filename=str(path))
     here = path.relative_to(WORKFLOW_ROOT).with_suffix("").parts
     package = here[:-1] if here[-1] != "__init__" else here[:-1]
@@ -129,7 +306,7 @@ def _imported_modules(path):
                 mod = node.module or ""
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)
-    return {m for m in found if m.split(".")[0] == "ctseg"}
+    return frozenset(m for m in found if m.split(".")[0] == "ctseg")
 
 
 def import_closure(script):
@@ -159,11 +336,13 @@ def code_of(script):
 
 # ---------------------------------------------------------------- case accessors
 def case_row(case):
-    return {k: str(v) for k, v in CASES.loc[case].items()}
+    if case not in ROWS:
+        raise ConfigError(f"case {case!r} is not in the case sheet {config['cases']}")
+    return dict(ROWS[case])
 
 
 def cases_in(split):
-    return [c for c in CASE_IDS if CASES.loc[c, "split"] == split]
+    return SPLITS[split]
 
 
 def phantom_params(case):
@@ -175,20 +354,33 @@ def phantom_params(case):
 
 
 def label_map_for(case):
-    return resolve_label_map(CASES.loc[case, "label_map"], config.get("label_maps", {}))
+    return _labels.resolve_label_map(
+        case_row(case)["label_map"], config.get("label_maps", {})
+    )
+
+
+@cache
+def files_under(path):
+    """Every file below a folder (or the file itself), sorted; walked once per DAG build."""
+    if not os.path.isdir(path):
+        return (path,)
+    found, todo = [], [path]
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    todo.append(entry.path)
+                elif entry.is_file():
+                    found.append(entry.path)
+    return tuple(sorted(found))
 
 
 def fetch_inputs(wildcards):
     """Local source files of a case, so that editing one reruns that case's chain only."""
-    row = CASES.loc[wildcards.case]
+    row = case_row(wildcards.case)
     files = []
     if row["source"] == "dicom":
-        folder = Path(row["location"])
-        files += (
-            sorted(str(p) for p in folder.rglob("*") if p.is_file())
-            if folder.is_dir()
-            else [str(folder)]
-        )
+        files += files_under(row["location"])
     elif row["source"] in ("nifti", "nrrd"):
         files.append(row["location"])
     for col in ("labels", "centroids"):

@@ -12,8 +12,8 @@ rule cube:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=mem_mb(NIFTI_MEM_PER_MB, base=4000),
+        runtime=runtime(0.05, base=60),
     params:
         cases=cube_items,
         recipe=lambda wildcards: CUBES[wildcards.cube],
@@ -35,11 +35,13 @@ rule check_cube:
         tsv="results/cubes/{cube}_labels.tsv",
     log:
         "results/logs/check_cube/{cube}.log",
+    benchmark:
+        "results/benchmarks/check_cube/{cube}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(2.0),
+        runtime=runtime(),
     script:
         "../scripts/check_cube.py"

@@ -21,8 +21,9 @@ rule drr:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        gpu=gpus_for(config["drr"].get("device", "auto")),
+        mem_mb=mem_mb(NIFTI_MEM_PER_MB),
+        runtime=runtime(0.05),
     params:
         view=lambda wildcards: VIEWS[wildcards.view],
         energy_kev=config["drr"].get("energy_kev", 70),
@@ -40,11 +41,13 @@ rule drr_stack:
         "results/drr/{case}/labels_stack.nii.gz",
     log:
         "results/logs/drr_stack/{case}.log",
+    benchmark:
+        "results/benchmarks/drr_stack/{case}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(10.0),
+        runtime=runtime(),
     script:
         "../scripts/drr_stack.py"

@@ -29,8 +29,8 @@ rule evaluate:
         "../envs/eval.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=mem_mb(NIFTI_MEM_PER_MB),
+        runtime=runtime(0.05),
     params:
         pairs=eval_pairs,
         task=lambda wildcards: EXPERIMENTS[wildcards.experiment]["task"],
@@ -51,12 +51,14 @@ rule dice_plot:
         ),
     log:
         "results/logs/dice_plot/{experiment}.log",
+    benchmark:
+        "results/benchmarks/dice_plot/{experiment}.tsv"
     conda:
         "../envs/eval.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     script:
         "../scripts/dice_plot.py"
 
@@ -74,12 +76,14 @@ rule centroid_plot:
         ),
     log:
         "results/logs/centroid_plot/{experiment}.log",
+    benchmark:
+        "results/benchmarks/centroid_plot/{experiment}.tsv"
     conda:
         "../envs/eval.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     script:
         "../scripts/centroid_plot.py"
 
@@ -97,12 +101,14 @@ rule overlay_plot:
         ),
     log:
         "results/logs/overlay_plot/{experiment}.log",
+    benchmark:
+        "results/benchmarks/overlay_plot/{experiment}.tsv"
     conda:
         "../envs/eval.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(NIFTI_MEM_PER_MB),
+        runtime=runtime(),
     script:
         "../scripts/overlay_plot.py"
 
@@ -121,13 +127,16 @@ rule report_tables:
         ),
     log:
         "results/logs/report_tables.log",
+    benchmark:
+        "results/benchmarks/report_tables.tsv"
     conda:
         "../envs/eval.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     params:
         experiments=report_experiments(),
+        excluded=EXCLUDED,
     script:
         "../scripts/report_tables.py"

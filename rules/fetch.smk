@@ -13,8 +13,8 @@ rule fetch:
         "../envs/io.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(2.0),
+        runtime=runtime(0.02),
     params:
         case=lambda wildcards: case_row(wildcards.case),
         phantom=lambda wildcards: phantom_params(wildcards.case),

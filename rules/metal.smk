@@ -19,8 +19,8 @@ rule metal:
         "../envs/io.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(NIFTI_MEM_PER_MB),
+        runtime=runtime(0.05),
     params:
         threshold_hu=config["metal"]["threshold_hu"],
         min_size=config["metal"]["min_size"],
@@ -49,7 +49,7 @@ rule metal_summary:
         "../envs/io.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     script:
         "../scripts/metal_summary.py"

@@ -19,9 +19,9 @@ rule train:
         "../envs/torch.yaml"
     threads: TRAIN_RES.get("threads", 2)
     resources:
-        gpu=TRAIN_RES.get("gpu", 0),
-        mem_mb=TRAIN_RES.get("mem_mb", 8000),
-        runtime=TRAIN_RES.get("runtime", 120),
+        gpu=experiment_gpus(TRAIN_RES.get("gpu", 0)),
+        mem_mb=lambda wildcards, attempt: TRAIN_RES.get("mem_mb", 8000) * attempt,
+        runtime=lambda wildcards, attempt: TRAIN_RES.get("runtime", 120) * attempt,
     params:
         experiment=lambda wildcards: experiment_cfg(wildcards.experiment),
         train_data=train_data,
@@ -48,8 +48,9 @@ rule predict:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=experiment_gpus(),
+        mem_mb=mem_mb(NIFTI_MEM_PER_MB, base=4000),
+        runtime=runtime(0.05),
     params:
         inputs=predict_data,
         device=lambda wildcards: EXPERIMENTS[wildcards.experiment].get("device", "auto"),

@@ -15,8 +15,8 @@ rule to_volume:
         "../envs/io.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(VOLUME_MEM_PER_MB),
+        runtime=runtime(0.02),
     params:
         label_map=lambda wildcards: label_map_for(wildcards.case),
         ingest=config.get("ingest", {}),
@@ -39,8 +39,8 @@ rule dicom_summary:
         "../envs/io.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(STATS_MEM_PER_MB),
+        runtime=runtime(0.02),
     params:
         ingest=config.get("ingest", {}),
     script:
@@ -65,7 +65,7 @@ rule summary_table:
         "../envs/io.yaml"
     threads: 1
     resources:
-        mem_mb=DEFAULT_RES["mem_mb"],
-        runtime=DEFAULT_RES["runtime"],
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     script:
         "../scripts/summary_table.py"

@@ -11,4 +11,5 @@ with job(snakemake.log[0]):
         stats_tsv=Path(snakemake.input.stats),
         metal_tsv=Path(snakemake.input.metal),
         experiments=dict(snakemake.params.experiments),
+        excluded=dict(snakemake.params.excluded),
     )

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata as md
-import json
-import os
 import re
-import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -23,7 +20,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ENVS = REPO / "envs"
 RULES = REPO / "rules"
-CTSEG_LINE = "-e ${CTSEG_ROOT}"
 
 # conda-forge package names that differ from the PyPI names used in requirements.txt.
 CONDA_TO_PYPI = {"matplotlib-base": "matplotlib", "simpleitk": "SimpleITK", "pytorch": "torch"}
@@ -143,37 +139,25 @@ def test_torch_comes_from_pip_at_the_required_version(path):
 
 
 @pytest.mark.parametrize("path", env_files(), ids=lambda p: p.name)
-def test_env_installs_ctseg_from_the_checkout(path):
-    _, _, pip = load_env(path)
-    assert CTSEG_LINE in pip, f"{path.name}: pip section must install ctseg with {CTSEG_LINE!r}"
-
-
-def test_ctseg_line_installs_this_checkout(tmp_path):
-    """pip itself expands ${CTSEG_ROOT} and resolves the line to the ctseg package here."""
-    req = tmp_path / "requirements.txt"
-    req.write_text(CTSEG_LINE + "\n")
-    env = dict(os.environ, CTSEG_ROOT=str(REPO), PIP_NO_INDEX="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--quiet",
-         "--no-build-isolation", "--report", "-", "-r", str(req)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=REPO.parent,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout)
-    items = [(i["metadata"]["name"], i["download_info"]["url"]) for i in report["install"]]
-    assert items == [("ctseg", REPO.as_uri())], items
-
-
-def test_snakefile_sets_ctseg_root_for_env_creation():
-    """Snakemake builds envs from a copy under .snakemake/conda, so a relative path to the
-    checkout would point elsewhere; the Snakefile exports CTSEG_ROOT before envs are built."""
-    sources = [REPO / "Snakefile", *sorted(RULES.glob("*.smk"))]
-    text = "\n".join(p.read_text() for p in sources if p.is_file())
-    assert re.search(r"os\.environ(\.setdefault\(|\[)\s*['\"]CTSEG_ROOT['\"]", text), (
-        "Snakefile must set os.environ['CTSEG_ROOT'] (e.g. "
-        "os.environ.setdefault('CTSEG_ROOT', workflow.basedir)) so that envs/*.yaml's "
-        f"{CTSEG_LINE!r} finds the checkout"
+def test_env_does_not_install_ctseg(path):
+    """An env is named by the hash of its file: were ctseg installed into it (``-e ${CTSEG_ROOT}``),
+    an env built once in a shared --conda-prefix would run whichever checkout built it first.
+    The envs hold third-party pins only; jobs import ctseg from the workflow's own folder."""
+    _, conda, pip = load_env(path)
+    names = {norm(conda_name_version(s)[0]) for s in conda}
+    names |= {norm(split_spec(s)[0]) for s in pip if not s.startswith("-")}
+    assert "ctseg" not in names, f"{path.name} installs ctseg"
+    assert not [s for s in pip if s.startswith("-e") or "CTSEG_ROOT" in s], (
+        f"{path.name}: installs a checkout; jobs import ctseg from the workflow's folder"
     )
+
+
+def test_workflow_puts_its_own_root_on_the_jobs_path():
+    """rules/common.smk prepends the workflow's folder to sys.path and to the jobs' PYTHONPATH
+    (tests/test_module.py runs a job with a decoy ctseg on the host's PYTHONPATH)."""
+    text = (RULES / "common.smk").read_text()
+    assert "PYTHONPATH=os.pathsep.join([root]" in text
+    assert "sys.path[:] = [root] + [p for p in sys.path if p != root]" in text
 
 
 # ------------------------------------------------------------------ envs versus rules

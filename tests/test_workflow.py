@@ -73,24 +73,53 @@ def test_snakefmt_check_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_default_dag_has_a_job_per_case_and_stage():
+def expected_jobs(cfg: dict, sheet: pd.DataFrame) -> dict[str, int]:
+    """Every job a fresh run of ``cfg`` must plan, per rule, computed from the config alone."""
+    n = len(sheet)
+    n_test = int((sheet["split"] == "test").sum())
+    exps = cfg["experiments"]
+    tasks = [e["task"] for e in exps.values()]
+    cubes = {e["cube"] for e in exps.values() if e.get("cube")}
+    jobs = {
+        "fetch": n,
+        "dicom_summary": n,
+        "to_volume": n,
+        "metal": n,
+        "summary_table": 1,
+        "metal_summary": 1,
+        "drr": n * len(cfg["drr"]["views"]),
+        "drr_stack": n_test if "bone_drr" in tasks else 0,
+        "cube": len(cubes),
+        "check_cube": len(cubes),
+        "train": len(exps),
+        "predict": len(exps) * n_test,
+        "evaluate": len(exps),
+        "dice_plot": len(exps),
+        "centroid_plot": tasks.count("vertebrae"),
+        "overlay_plot": sum(t != "bone_drr" for t in tasks) if n_test else 0,
+        "report_tables": 1,
+        "all": 1,
+    }
+    return {rule: k for rule, k in jobs.items() if k}
+
+
+def test_default_dag_has_a_job_per_case_and_stage(tmp_path):
+    """In a fresh copy (never the repository's own results/): exactly the jobs of a full run."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     sheet = pd.read_csv(REPO / cfg["cases"], sep="\t", dtype=str)
-    proc = subprocess.run(
-        [SNAKEMAKE, "-n", "--cores", "2"], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    work = make_workdir(tmp_path, config=cfg)
+    proc = snakemake("-n", "--cores", "2", "--configfile", "config.yaml", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = planned_jobs(proc.stdout)
-    if not jobs:  # results already complete from an earlier `make run`
-        assert "Nothing to be done" in proc.stdout + proc.stderr
-        return
-    n_cases = len(sheet)
-    n_test = int((sheet["split"] == "test").sum())
-    n_exp = len(cfg["experiments"])
-    assert jobs.get("fetch", 0) in (0, n_cases)
-    assert jobs.get("train", 0) in (0, n_exp)
-    assert jobs.get("predict", 0) in (0, n_exp * n_test)
-    assert jobs.get("drr", 0) in (0, n_cases * len(cfg["drr"]["views"]))
+    assert planned_jobs(proc.stdout) == expected_jobs(cfg, sheet)
+
+
+def test_tiny_dag_plans_the_exact_job_set(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    sheet = pd.read_csv(REPO / cfg["cases"], sep="\t", dtype=str)
+    work = make_workdir(tmp_path)
+    proc = snakemake("-n", "--configfile", "config.yaml", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc.stdout) == expected_jobs(cfg, sheet)
 
 
 # ------------------------------------------------------------------ bad case sheets
@@ -109,6 +138,76 @@ def test_unknown_source_kind_names_the_case(tmp_path):
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
     assert "'bad7'" in err and "pacs" in err and "cases.tsv" in err
+
+
+BAD_SHEET = (
+    "case\tsource\tlocation\tlabel_map\tsplit\n"
+    "ok1\tphantom\t1\t\ttrain\n"
+    "nofile\tnifti\tscans/missing.nii.gz\t\ttrain\n"
+    "badmap\tphantom\t2\tno_such_map\tval\n"
+    "bad7\tpacs\tfoo\t\ttest\n"
+    "dotted.id\tphantom\t3\t\ttest\n"
+)
+
+
+def test_every_bad_row_is_listed_in_one_error_before_any_job(tmp_path):
+    """Fail fast: with --keep-going too, one message names every bad row and nothing runs."""
+    work = make_workdir(tmp_path, sheet=BAD_SHEET)
+    proc = snakemake("--keep-going", "--cores", "1", cwd=work)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "cases.tsv: 4 problem(s)" in err, err[-3000:]
+    assert "case 'nofile': location: nifti file" in err and "missing.nii.gz does not exist" in err
+    assert "case 'badmap': label_map: unknown label_map 'no_such_map'" in err
+    assert "case 'bad7'" in err and "pacs" in err
+    assert "case 'dotted.id'" in err
+    assert "'ok1'" not in err
+    assert "exclude_cases" in err
+    assert not (work / "results").exists()
+
+
+def test_excluded_cases_leave_every_job_and_aggregate(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["exclude_cases"] = {
+        "nofile": "scan not delivered",
+        "badmap": "labels in an unknown convention",
+        "bad7": "PACS export pending",
+        "dotted.id": "rename",
+    }
+    sheet = BAD_SHEET + "ok2\tphantom\t4\t\ttrain\n"
+    work = make_workdir(tmp_path, config=cfg, sheet=sheet)
+    proc = snakemake("-n", "--configfile", "config.yaml", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    jobs = planned_jobs(out)
+    assert jobs["fetch"] == 2 and jobs["drr"] == 2 * len(cfg["drr"]["views"])
+    for case in cfg["exclude_cases"]:
+        assert f"/{case}" not in out and f"case={case}" not in out
+
+
+def test_header_only_case_sheet_names_the_sheet(tmp_path):
+    work = make_workdir(tmp_path, sheet="case\tsource\tlocation\tsplit\n")
+    proc = snakemake("-n", cwd=work)
+    assert proc.returncode != 0
+    assert "case sheet cases.tsv has a header but no cases" in proc.stdout + proc.stderr
+
+
+def test_unknown_case_sheet_column_is_named(tmp_path):
+    work = make_workdir(
+        tmp_path, sheet="case\tsource\tlocation\tsplit\tspilt\nx1\tphantom\t1\ttrain\ttest\n"
+    )
+    proc = snakemake("-n", cwd=work)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "unknown column(s) 'spilt'" in err and "cases.tsv" in err
+
+
+def test_case_id_rule_agrees_in_readme_and_schema():
+    schema = yaml.safe_load((REPO / "schemas/cases.schema.yaml").read_text())
+    assert schema["properties"]["case"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_-]*$"
+    readme = (REPO / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `case` |"))
+    assert "starts with a letter or digit" in row and "`_`, `-`" in row and "no `.`" in row
 
 
 def test_unreadable_scan_fails_its_case_alone(tmp_path):
@@ -134,6 +233,42 @@ def test_unreadable_scan_fails_its_case_alone(tmp_path):
     assert not list((work / "results/volumes").glob("bad1/*.nii.gz"))
     logs = "".join(p.read_text() for p in (work / "results/logs").rglob("*bad1*.log"))
     assert "bad1" in logs and "broken.nii.gz" in logs, logs[-2000:]
+
+
+def test_a_failed_case_excluded_gives_aggregates_of_the_rest(tmp_path):
+    """One broken case blocks the cohort tables; listed in exclude_cases, the tables are built
+    from the cases that succeeded (never from a stale output of the broken one)."""
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"this is not a nifti file")
+    sheet = (
+        f"case\tsource\tlocation\tsplit\ngood1\tphantom\t5\ttrain\nbad1\tnifti\t{broken}\ttest\n"
+    )
+    (tmp_path / "w").mkdir()
+    work = make_workdir(tmp_path / "w", sheet=sheet)
+    targets = ["results/stats/summary.tsv", "results/metal/summary.tsv"]
+    proc = snakemake("--cores", "2", "--keep-going", *targets, cwd=work)
+    assert proc.returncode != 0
+    assert not (work / targets[0]).exists() and not (work / targets[1]).exists()
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["exclude_cases"] = {"bad1": "unreadable NIfTI from the scanner export"}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = snakemake("--cores", "2", "--keep-going", *targets, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for target in targets:
+        table = pd.read_csv(work / target, sep="\t", dtype=str)
+        assert list(table["case"]) == ["good1"], table
+
+
+def test_report_lists_the_excluded_cases(tmp_path):
+    from ctseg.report import write_summary_md
+
+    out = tmp_path / "summary.md"
+    write_summary_md(
+        out, stats_tsv=None, metal_tsv=None, experiments={}, excluded={"bad1": "unreadable"}
+    )
+    md = out.read_text()
+    assert "## Cases left out (config exclude_cases)" in md
+    assert "| bad1 | unreadable |" in md
 
 
 # ------------------------------------------------------------------ end to end

@@ -29,6 +29,7 @@ refused by the ``data`` extraction filter.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tarfile
 import urllib.error
@@ -183,8 +184,22 @@ def unpack_archive(
         raise InputError(f"cannot unpack archive: {exc}", path=src, case=case) from exc
 
 
+def link_or_copy(src: Path, dest: Path) -> None:
+    """Hard-link ``src`` to ``dest``, copying only where a link is impossible.
+
+    raw/ then costs no second copy of a cohort's bytes on the same file system; across file
+    systems (EXDEV) or where links are refused (EPERM, e.g. protected_hardlinks on files of
+    another user) it falls back to a copy. Nothing downstream writes into raw/, and an edited
+    source reruns fetch (Snakemake sees the changed input), so sharing the inode is safe.
+    """
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
 def _copy_dicom(src: Path, dest: Path, *, case: str, series_uid: str) -> None:
-    """Copy the DICOM files of ``src`` (only ``series_uid``'s when given) keeping relative paths."""
+    """Link the DICOM files of ``src`` (only ``series_uid``'s when given) keeping relative paths."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -203,7 +218,7 @@ def _copy_dicom(src: Path, dest: Path, *, case: str, series_uid: str) -> None:
                 continue
         target = dest / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        link_or_copy(path, target)
         n += 1
     if n == 0:
         what = f"no files of series {series_uid}" if series_uid else "no files"
@@ -213,7 +228,7 @@ def _copy_dicom(src: Path, dest: Path, *, case: str, series_uid: str) -> None:
 def _copy_file(src: Path, dest: Path, case: str, what: str) -> None:
     if not src.is_file():
         raise InputError(f"{what} file does not exist", path=src, case=case)
-    shutil.copy2(src, dest)
+    link_or_copy(src, dest)
 
 
 def _check_header(src: Path, case: str, what: str, ingest: dict | None = None) -> None:
