@@ -168,6 +168,33 @@ def _per_vertebra(centroids: pd.DataFrame | None) -> list[list[str]]:
     return out
 
 
+def family_rows(
+    per_case: Mapping[str, pd.DataFrame | None], families: Mapping[str, str]
+) -> list[list[str]]:
+    """Rows (family, experiment, cases, Dice, centroid error, identification) of the
+    per-case summaries, grouped by the family each test case belongs to."""
+    rows = []
+    for fam in sorted({f or "in-distribution" for f in families.values()}):
+        members = {c for c, f in families.items() if (f or "in-distribution") == fam}
+        for name, df in per_case.items():
+            if df is None or df.empty:
+                continue
+            sub = df[df["case"].astype(str).isin(members)]
+            if sub.empty:
+                continue
+            dice = pd.to_numeric(sub["dice_mean"], errors="coerce")
+            n_c = pd.to_numeric(sub["n_centroids"], errors="coerce").fillna(0)
+            err = pd.to_numeric(sub["centroid_error_mean_mm"], errors="coerce")
+            n_true = pd.to_numeric(sub["n_true_vertebrae"], errors="coerce").fillna(0).sum()
+            n_id = pd.to_numeric(sub["n_identified"], errors="coerce").fillna(0).sum()
+            pooled = float((err.fillna(0) * n_c).sum() / n_c.sum()) if n_c.sum() else float("nan")
+            rate = f"{n_id / n_true:.3f} ({int(n_id)} of {int(n_true)})" if n_true else NA
+            rows.append(
+                [fam, name, str(len(sub)), fmt(float(dice.mean()), 3), fmt(pooled, 3), rate]
+            )
+    return rows
+
+
 def write_summary_md(
     out_md: Path,
     *,
@@ -175,6 +202,7 @@ def write_summary_md(
     metal_tsv: str | Path | None,
     experiments: Mapping[str, Mapping],
     excluded: Mapping[str, str] | None = None,
+    families: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``summary.md`` with every seed's table from this run's TSVs (atomically).
 
@@ -208,6 +236,7 @@ def write_summary_md(
         cfg = dict(exp.get("config") or {})
         loaded[name] = {
             "cfg": cfg,
+            "cases": _read_tsv(exp.get("summary")),
             "all": _all_row(_read_tsv(exp.get("summary"))),
             "centroids": _read_tsv(exp.get("centroids")),
         }
@@ -324,6 +353,26 @@ def write_summary_md(
             )
             if pv
             else "_no centroid rows._",
+            "",
+        ]
+
+    # the robustness suite: the test cases' named families of variation
+    if families and any(families.values()):
+        parts += ["## Vertebra models by family of variation (robustness suite)", ""]
+        parts += [
+            "Per family and model: mean over the family's cases of the per-case mean Dice, the "
+            "centroid error pooled over matched vertebrae, and the identification rate "
+            "(identified / true vertebrae; VerSe's 20 mm rule).",
+            "",
+        ]
+        rows = family_rows({n: loaded[n]["cases"] for n in by_task("vertebrae")}, families)
+        parts += [
+            _md_table(
+                ["family", "experiment", "cases", "Dice", "centroid error (mm)", "identification"],
+                rows,
+            )
+            if rows
+            else "_no vertebra results per case._",
             "",
         ]
 

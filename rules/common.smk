@@ -69,7 +69,14 @@ _labels = own_module("ctseg.core.labels")
 validate(config, schema="../schemas/config.schema.yaml")
 
 CASE_COLUMNS = ["case", "source", "location", "split"]
-OPTIONAL_COLUMNS = ["sha256", "labels", "centroids", "label_map", "series_uid"]
+OPTIONAL_COLUMNS = [
+    "sha256",
+    "labels",
+    "centroids",
+    "label_map",
+    "series_uid",
+    "family",
+]
 SOURCES = {"phantom", "dicom", "nifti", "nrrd", "url"}
 LIST_SUFFIXES = {".txt", ".csv", ".lst", ".list"}
 CASE_SCHEMA = yaml.safe_load(
@@ -346,10 +353,20 @@ def cases_in(split):
 
 
 def phantom_params(case):
-    params = {k: v for k, v in config.get("phantom", {}).items() if k != "implants"}
-    params["implants"] = list(
-        config.get("phantom", {}).get("implants", {}).get(case, [])
-    )
+    """This case's part of the phantom config (so that editing another case's entry reruns
+    nothing here); ctseg.phantom.population.case_params turns it into the case's phantom.
+    """
+    cfg = config.get("phantom", {})
+    implants = cfg.get("implants", {}).get(case)
+    if "population" in cfg:
+        family = ROWS[case]["family"]
+        params = {"population": cfg["population"]}
+        known = cfg.get("families") or {}
+        if family:
+            params["families"] = {family: known[family]} if family in known else {}
+    else:
+        params = {k: v for k, v in cfg.items() if k != "implants"}
+    params["implants"] = list(implants or [])
     return params
 
 

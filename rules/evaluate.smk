@@ -138,5 +138,6 @@ rule report_tables:
     params:
         experiments=report_experiments(),
         excluded=EXCLUDED,
+        families={c: ROWS[c]["family"] for c in cases_in("test")},
     script:
         "../scripts/report_tables.py"

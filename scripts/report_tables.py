@@ -12,4 +12,5 @@ with job(snakemake.log[0]):
         metal_tsv=Path(snakemake.input.metal),
         experiments=dict(snakemake.params.experiments),
         excluded=dict(snakemake.params.excluded),
+        families=dict(snakemake.params.families),
     )

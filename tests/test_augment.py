@@ -145,3 +145,23 @@ def test_float32_noise_has_the_requested_spread_and_dtype():
     assert out.dtype == np.float32
     assert abs(float(out.mean()) - 0.5) < 1e-3
     assert abs(float(out.std()) - 0.02) < 5e-4
+
+
+def test_unknown_augment_key_is_an_error_naming_it():
+    from ctseg.core.errors import ConfigError
+    from ctseg.training.augment import build_augmentation
+
+    with pytest.raises(ConfigError, match="'rotate'"):
+        build_augmentation({"rotate": 10})
+
+
+def test_intensity_shift_scales_and_shifts_the_image_only():
+    from ctseg.training.augment import augment_pair, build_augmentation
+
+    img = np.linspace(0, 1, 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    lab = (img > 0.5).astype(np.uint8)
+    off = {"p_affine": 0.0, "p_flip": 0.0, "p_blur": 0.0, "p_noise": 0.0}
+    cfg = {**off, "intensity_scale": [1.2, 1.2], "intensity_shift": [0.1, 0.1], "p_intensity": 1.0}
+    out, out_lab = augment_pair(img, lab, build_augmentation(cfg), seed=3)
+    np.testing.assert_allclose(out, img * 1.2 + 0.1, rtol=1e-6)
+    assert np.array_equal(out_lab, lab)

@@ -370,6 +370,8 @@ def case_params(phantom: dict | None, case: str, seed: int, family: str = "") ->
     params = sample_case(
         PopulationParams.from_dict({**population, **overrides}), int(seed)
     ).to_dict()
-    if isinstance(implants, dict) and case in implants:
-        params["implants"] = list(implants[case])
+    if isinstance(implants, dict):
+        implants = implants.get(case)
+    if implants:  # levels given for this case replace the drawn ones
+        params["implants"] = list(implants)
     return params

@@ -35,6 +35,8 @@ from scipy import ndimage
 from volumentations import Compose
 from volumentations.core.transforms_interface import DualTransform, ImageOnlyTransform
 
+from ctseg.core.errors import ConfigError
+
 #: Default HU window: air (-1000) to dense cortical bone (2000). Values are clipped to it and
 #: scaled linearly to [0, 1], so air is 0 and zero padding / constant borders look like air.
 
@@ -51,6 +53,10 @@ DEFAULT_AUGMENT: dict = {
     "p_blur": 0.3,
     "noise_std": [0.005, 0.02],  # in normalised units (1.0 = the HU window width)
     "p_noise": 0.5,
+    # window shifts: img * scale + shift (another scanner's calibration or window), off by default
+    "intensity_scale": [1.0, 1.0],
+    "intensity_shift": [0.0, 0.0],
+    "p_intensity": 0.0,
 }
 
 
@@ -153,6 +159,21 @@ class GaussianBlur(ImageOnlyTransform):
         return ndimage.gaussian_filter(img, sigma=sigma, mode="nearest").astype(np.float32)
 
 
+class IntensityShift(ImageOnlyTransform):
+    """``img * scale + shift`` with both drawn uniformly: a shifted / stretched HU window, as
+    another scanner's calibration or reconstruction kernel gives (image only)."""
+
+    def __init__(self, scale=(1.0, 1.0), shift=(0.0, 0.0), always_apply=False, p=0.5):
+        super().__init__(always_apply, p)
+        self.scale, self.shift = tuple(map(float, scale)), tuple(map(float, shift))
+
+    def get_params(self, **data):
+        return {"a": random.uniform(*self.scale), "b": random.uniform(*self.shift)}
+
+    def apply(self, img, a=1.0, b=0.0):
+        return (img * np.float32(a) + np.float32(b)).astype(np.float32, copy=False)
+
+
 class Float32GaussianNoise(ImageOnlyTransform):
     """Additive Gaussian noise drawn in float32; replaces volumentations' ``GaussianNoise``
     (float64 draw and result). ``var_limit`` is its variance range, ``mean`` its mean."""
@@ -186,6 +207,12 @@ def normalise_augment_config(cfg: dict | None) -> dict:
     every axis), a scalar ``noise_std`` (range [0, value]), a scalar ``blur_sigma`` (range
     [0, value]), a scalar ``scale`` (range [1 - value, 1 + value]) and ``flip: true/false``
     (left-right flips on/off)."""
+    unknown = sorted(set(cfg or {}) - set(DEFAULT_AUGMENT) - {"flip"})
+    if unknown:
+        raise ConfigError(
+            f"augment: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted([*DEFAULT_AUGMENT, 'flip']))}"
+        )
     c = {**DEFAULT_AUGMENT, **(cfg or {})}
     if np.isscalar(c["rotate_deg"]):
         c["rotate_deg"] = [float(c["rotate_deg"])] * 3
@@ -214,6 +241,10 @@ def build_augmentation(cfg: dict | None = None) -> Compose:
         GaussianBlur(c["blur_sigma"], p=float(c["p_blur"])),
         Float32GaussianNoise(var_limit=(noise[0], noise[1]), mean=0.0, p=float(c["p_noise"])),
     ]
+    if float(c["p_intensity"]) > 0:  # appended last: the draws of the transforms above stay
+        transforms.append(
+            IntensityShift(c["intensity_scale"], c["intensity_shift"], p=float(c["p_intensity"]))
+        )
     return Compose(transforms, p=1.0)
 
 
