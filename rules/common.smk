@@ -115,6 +115,15 @@ def _row_problems(row, label_maps):
     for col in ("labels", "centroids"):
         if row[col] and not Path(row[col]).is_file():
             problems.append(f"{col}: file {row[col]} does not exist")
+    if (
+        row["split"] == "test"
+        and src != "phantom"
+        and not (row["labels"] or row["centroids"])
+    ):
+        problems.append(
+            "split: a test case needs labels or centroids to be scored; "
+            "use split 'predict' to segment it without scoring"
+        )
     if row["label_map"]:
         try:
             _labels.resolve_label_map(row["label_map"], label_maps)
@@ -186,7 +195,8 @@ CASES = load_case_sheet(config["cases"], config.get("label_maps", {}), EXCLUDED)
 CASE_IDS = list(CASES.index)
 ROWS = {row["case"]: row for row in CASES.to_dict("records")}
 SPLITS = {
-    s: [c for c in CASE_IDS if ROWS[c]["split"] == s] for s in ("train", "val", "test")
+    s: [c for c in CASE_IDS if ROWS[c]["split"] == s]
+    for s in ("train", "val", "test", "predict")
 }
 VIEWS = {v["name"]: v for v in config["drr"]["views"]}
 EXPERIMENTS = config.get("experiments", {})
@@ -546,6 +556,40 @@ def report_inputs(wildcards):
     return files
 
 
+def model_path(name):
+    """The model an experiment applies: its own training's, or a package trained elsewhere
+    (``pretrained``), in which case the DAG holds no cube or train job for it."""
+    pre = EXPERIMENTS[name].get("pretrained")
+    if pre:
+        p = Path(pre).expanduser()
+        return _relative(p if p.is_absolute() else Path(workflow.basedir) / p)
+    return f"results/models/{name}/model.pt"
+
+
+def model_input(wildcards):
+    return model_path(wildcards.experiment)
+
+
+def segmented_cases():
+    """Cases that get the standard outputs (labels, .seg.nrrd, centroids, statistics, QC):
+    the test cases (QC next to the scores) and the unlabelled 'predict' cases."""
+    return cases_in("test") + cases_in("predict")
+
+
+def outputs_inputs(wildcards):
+    return {
+        "ct": volume(wildcards.case, "ct"),
+        "prediction": f"results/predictions/{wildcards.experiment}/{wildcards.case}.nii.gz",
+    }
+
+
+def outputs_dicom(wildcards):
+    """The raw DICOM folder the DICOM-SEG references, for DICOM (and phantom) cases."""
+    if ROWS[wildcards.case]["source"] in ("dicom", "phantom"):
+        return f"results/raw/{wildcards.case}/dicom"
+    return ""
+
+
 def all_outputs():
     out = [
         "results/report/summary.md",
@@ -555,13 +599,22 @@ def all_outputs():
     out += [f"results/raw/{c}.manifest.json" for c in CASE_IDS]
     out += [f"results/metal/{c}_qc.png" for c in CASE_IDS]
     out += [f"results/drr/{c}/{v}.png" for c in CASE_IDS for v in VIEWS]
-    used_cubes = {e["cube"] for e in EXPERIMENTS.values() if e.get("cube")}
+    used_cubes = {
+        e["cube"]
+        for e in EXPERIMENTS.values()
+        if e.get("cube") and not e.get("pretrained")
+    }
     out += [f"results/cubes/{c}_qc.png" for c in sorted(used_cubes)]
     for name, exp in EXPERIMENTS.items():
-        out += [
-            f"results/models/{name}/loss.png",
-            f"results/report/{name}/dice_box.png",
-        ]
+        if not exp.get("pretrained"):
+            out.append(f"results/models/{name}/loss.png")
+        out.append(f"results/report/{name}/dice_box.png")
+        if exp["task"] == "vertebrae":
+            out += [f"results/outputs/{name}/{c}/qc.json" for c in segmented_cases()]
+        elif exp["task"] == "metal":
+            out += [
+                f"results/predictions/{name}/{c}.nii.gz" for c in cases_in("predict")
+            ]
         if exp["task"] == "vertebrae":
             out.append(f"results/report/{name}/centroid_errors.png")
         if exp["task"] != "bone_drr" and overlay_case(name):

@@ -36,7 +36,7 @@ rule train:
 rule predict:
     input:
         predict_inputs,
-        model="results/models/{experiment}/model.pt",
+        model=model_input,
         code=code_of("predict"),
     output:
         "results/predictions/{experiment}/{case}.nii.gz",
@@ -56,3 +56,27 @@ rule predict:
         device=lambda wildcards: EXPERIMENTS[wildcards.experiment].get("device", "auto"),
     script:
         "../scripts/predict.py"
+
+
+rule case_outputs:
+    input:
+        unpack(outputs_inputs),
+        code=code_of("case_outputs"),
+    output:
+        qc="results/outputs/{experiment}/{case}/qc.json",
+    log:
+        "results/logs/case_outputs/{experiment}/{case}.log",
+    benchmark:
+        "results/benchmarks/case_outputs/{experiment}/{case}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(NIFTI_MEM_PER_MB),
+        runtime=runtime(0.05),
+    params:
+        out_dir="results/outputs/{experiment}/{case}",
+        dicom=outputs_dicom,
+        trained_ids=lambda wildcards: EXPERIMENTS[wildcards.experiment].get("labels"),
+    script:
+        "../scripts/case_outputs.py"

@@ -71,3 +71,51 @@ def test_report_shows_every_family(robustness_run):
     section = md.split("## Vertebra models by family of variation")[1].split("\n## ")[0]
     for family in ("orient_pil", "small", "in-distribution"):
         assert f"| {family} | vert3d | 1 |" in section, section
+
+
+def dry_run_jobs(tmp_path, cfg, sheet):
+    from test_workflow import planned_jobs
+
+    work = make_workdir(tmp_path, config=cfg, sheet=sheet)
+    proc = snakemake("-n", "--configfile", "config.yaml", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return planned_jobs(proc.stdout), proc
+
+
+def test_pretrained_experiment_has_no_cube_or_train_job(tmp_path, monkeypatch):
+    cfg = yaml.safe_load(TINY.read_text())
+    model = tmp_path / "elsewhere" / "model.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"stand-in: a dry run only checks that the file exists")
+    cfg["experiments"] = {"vert3d": {**cfg["experiments"]["vert3d"], "pretrained": str(model)}}
+    (tmp_path / "w").mkdir()
+    jobs, proc = dry_run_jobs(tmp_path / "w", cfg, None)
+    assert "train" not in jobs and "cube" not in jobs
+    assert jobs["predict"] == 1 and jobs["evaluate"] == 1  # the tiny sheet's one test case
+    assert str(model) in proc.stdout or "elsewhere/model.pt" in proc.stdout
+
+
+def test_predict_split_cases_are_segmented_but_not_scored(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    sheet = (REPO / cfg["cases"]).read_text().rstrip(
+        "\n"
+    ) + "\nnew1\tphantom\t99\t\t\t\t\tpredict\n"
+    (tmp_path / "w").mkdir()
+    jobs, proc = dry_run_jobs(tmp_path / "w", cfg, sheet)
+    assert "results/outputs/vert3d/new1/qc.json" in proc.stdout
+    assert "results/predictions/metal2d/new1.nii.gz" in proc.stdout
+    # the test case and the predict case get the standard outputs; only the test case is scored
+    assert jobs["case_outputs"] == 2
+
+
+def test_test_case_without_labels_is_an_error_naming_it(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    img = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkInt16), str(img))
+    sheet = (REPO / cfg["cases"]).read_text().rstrip(
+        "\n"
+    ) + f"\nreal1\tnifti\t{img}\t\t\t\t\ttest\n"
+    work = make_workdir(tmp_path, config=cfg, sheet=sheet)
+    proc = snakemake("-n", "--configfile", "config.yaml", cwd=work)
+    assert proc.returncode != 0
+    assert "case 'real1': split: a test case needs labels" in proc.stderr + proc.stdout

@@ -100,3 +100,41 @@ def write_case_outputs(
 
         paths["dicom_seg"] = write_dicom_seg(labels, source_dicom_files, out / "labels.seg.dcm")
     return paths
+
+
+def write_case_outputs_from_files(
+    prediction: Path,
+    ct_path: Path,
+    out_dir: Path,
+    *,
+    dicom_dir: Path | None = None,
+    trained_ids: Iterable[int] | None = None,
+    case: str | None = None,
+) -> dict[str, Path]:
+    """The workflow's form of :func:`write_case_outputs`: read a prediction and its CT, write
+    every output into a temporary folder that replaces ``out_dir`` only when complete.
+
+    A DICOM-SEG that cannot reference its source series (e.g. anonymised UIDs) is reported in
+    the log and in ``qc.json``'s notes instead of failing the case: every other output stands.
+    """
+    from ctseg.core.atomic import atomic_dir
+    from ctseg.core.errors import InputError
+    from ctseg.core.imageio import read_image_file
+
+    labels = read_image_file(prediction, case)
+    ct = read_image_file(ct_path, case)
+    files = sorted(p for p in Path(dicom_dir).rglob("*") if p.is_file()) if dicom_dir else None
+    with atomic_dir(Path(out_dir)) as tmp:
+        try:
+            paths = write_case_outputs(
+                labels, ct, tmp, source_dicom_files=files, trained_ids=trained_ids, title=case or ""
+            )
+        except InputError as exc:
+            if not files:
+                raise
+            print(f"DICOM-SEG not written: {exc}")
+            paths = write_case_outputs(labels, ct, tmp, trained_ids=trained_ids, title=case or "")
+            qc = json.loads((tmp / "qc.json").read_text())
+            qc.setdefault("notes", []).append(f"DICOM-SEG not written: {exc}")
+            write_text(tmp / "qc.json", json.dumps(qc, indent=1) + "\n")
+    return {k: Path(out_dir) / Path(v).name for k, v in paths.items()}
