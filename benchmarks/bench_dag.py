@@ -43,7 +43,7 @@ def dry_run(n_cases: int, root: Path, source: str = "dicom") -> tuple[float, flo
     """(wall s, CPU s, planned jobs) of one `snakemake -n` on an ``n_cases`` sheet."""
     work = root / f"n{n_cases}"
     work.mkdir()
-    splits = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+    splits = ["train"] * 6 + ["val"] * 2 + ["predict"] * 2  # no labels: unscored
     rows = ["case\tsource\tlocation\tsplit"]
     if source == "dicom":
         write_dicom_folders(work, n_cases)

@@ -35,7 +35,7 @@ main()
 
 def test_each_dicom_folder_is_walked_once_per_dag_build(tmp_path):
     rows = ["case\tsource\tlocation\tsplit"]
-    splits = ["train", "train", "val", "test"]
+    splits = ["train", "train", "val", "predict"]  # no labels: unscored
     for i in range(N):
         folder = tmp_path / "dicom" / f"c{i:03d}" / "series"
         folder.mkdir(parents=True)
