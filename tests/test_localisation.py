@@ -253,3 +253,117 @@ def test_weighted_bce_is_smallest_at_the_target():
     for eps in (0.05, -0.05):
         q = (t + eps).clamp(1e-4, 1 - 1e-4)
         assert weighted_bce(torch.log(q) - torch.log1p(-q), t, 50.0) > at
+
+
+# ------------------------------------------------------------------------------ training
+
+TINY = {
+    "shape": [32, 24, 40],
+    "spacing_mm": [8.0, 8.0, 8.0],
+    "first_level": "T8",
+    "last_level": "L3",
+}
+TINY_CFG = {"levels": "T8-L3", "epochs": 2, "steps_per_epoch": 20, "crop_prob": 0.0, "lr": 3e-3}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A localiser overfitted on one small phantom (T8-L3 at 8 mm), 40 steps on one thread."""
+    import torch
+
+    from ctseg import phantom
+    from ctseg.localisation import train_localiser
+
+    threads = torch.get_num_threads()
+    ph = phantom.generate(3, TINY)
+    item = {"case": "tiny", "ct": ph.image("hu"), "centroids": ph.centroids}
+    out = tmp_path_factory.mktemp("localiser")
+    try:
+        model = train_localiser([item], [item], out, TINY_CFG, seed=1, device="cpu", threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    return model, item
+
+
+def test_tiny_overfit_identifies_every_level_of_its_training_case(tiny_run):
+    from ctseg.localisation import predict_centroids
+
+    model, item = tiny_run
+    pred = predict_centroids(model, item["ct"], device="cpu")
+    s = identification_scores(identification_table(pred, item["centroids"]))
+    assert s["id_rate"] == 1.0 and s["false_positives"] == 0
+    assert s["mean_error_mm"] < 4.0  # 8 mm working voxels
+    assert [c["label"] for c in pred] == list(range(15, 23))  # head to feet
+
+
+def test_model_files_and_history(tiny_run):
+    import torch
+
+    model, _ = tiny_run
+    blob = torch.load(model, weights_only=True)
+    meta = json.loads(blob["meta_json"])
+    assert meta["task"] == "centroids" and meta["levels"] == list(range(15, 23))
+    assert meta["spacing_mm"] == [8.0, 8.0, 8.0]
+    rows = (model.parent / "history.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:4] == ["epoch", "train_loss", "val_loss", "val_id_rate"]
+    assert len(rows) == 3 and float(rows[-1].split("\t")[3]) == 1.0
+    assert (model.parent / "loss.png").stat().st_size > 0
+
+
+def test_prediction_does_not_depend_on_how_the_scan_is_stored(tiny_run):
+    """The same scan stored feet-first and right-to-left (same world geometry) gives the same
+    world centroids: the working grid is canonical LPS."""
+    from ctseg.localisation import predict_centroids
+
+    model, item = tiny_run
+    ct = item["ct"]
+    arr = sitk.GetArrayFromImage(ct)[::-1, :, ::-1]
+    flipped = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    flipped.SetSpacing(ct.GetSpacing())
+    far = [ct.GetSize()[0] - 1, 0, ct.GetSize()[2] - 1]
+    flipped.SetOrigin(ct.TransformIndexToPhysicalPoint(far))
+    flipped.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    a = predict_centroids(model, ct, device="cpu")
+    b = predict_centroids(model, flipped, device="cpu")
+    assert [c["label"] for c in a] == [c["label"] for c in b]
+    np.testing.assert_allclose([c["world"] for c in a], [c["world"] for c in b], atol=1e-3)
+
+
+def test_interrupted_training_resumes_to_the_same_model(tmp_path):
+    import torch
+
+    from ctseg import phantom
+    from ctseg.localisation.training import LocaliserTrainer
+
+    ph = phantom.generate(5, {**TINY, "shape": [24, 24, 32]})
+    item = {"case": "r", "ct": ph.image("hu"), "centroids": ph.centroids}
+    cfg = {**TINY_CFG, "steps_per_epoch": 2, "crop_prob": 0.5}
+    threads = torch.get_num_threads()
+
+    class Interrupted(LocaliserTrainer):
+        def end_of_epoch(self, epoch, losses, t0):
+            super().end_of_epoch(epoch, losses, t0)
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Interrupted([item], [], tmp_path / "a", cfg, 3, "cpu", 1).fit()
+        resumed = LocaliserTrainer([item], [], tmp_path / "a", cfg, 3, "cpu", 1)
+        resumed.fit()
+        assert resumed.start_epoch == 1
+        straight = LocaliserTrainer([item], [], tmp_path / "b", cfg, 3, "cpu", 1)
+        straight.fit()
+    finally:
+        torch.set_num_threads(threads)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    for key in ("epoch", "train_loss", "lr"):
+        assert [h[key] for h in resumed.history] == [h[key] for h in straight.history]
+
+
+def test_a_case_without_centroids_is_an_input_error(tmp_path):
+    from ctseg.localisation.training import LocaliserTrainer
+
+    item = {"case": "nocent", "ct": _work_image(), "centroids": None}
+    with pytest.raises(InputError, match="nocent"):
+        LocaliserTrainer([item], [], tmp_path, TINY_CFG, 0, "cpu", 1).setup()
