@@ -10,7 +10,13 @@ import pytest
 import SimpleITK as sitk
 
 from ctseg.core.errors import ConfigError, InputError
-from ctseg.localisation.decode import SPINE_ORDER, assign_levels, resolve_levels
+from ctseg.localisation.decode import (
+    SPINE_ORDER,
+    _score,
+    assign_levels,
+    increasing_ids_with_skips,
+    resolve_levels,
+)
 from ctseg.localisation.geometry import (
     index_to_world,
     read_centroids,
@@ -160,6 +166,61 @@ def test_t13_is_a_hypothesis_not_a_gap():
 def test_more_points_than_levels_drops_the_weakest():
     votes = np.array([[0.9, 0.0], [0.05, 0.04], [0.0, 0.9]])
     assert assign_levels(votes, [8, 9]) == [8, None, 9]
+    assert assign_levels(votes, [8, 9], allow_skips=False) == [8, None, 9]
+
+
+def test_a_ghost_detection_between_two_vertebrae_is_skipped_not_shifting_the_rest():
+    levels = [8, 9, 10, 11, 12]
+    votes = np.zeros((6, 5))
+    for k, c in enumerate([0, 1, None, 2, 3, 4]):
+        if c is not None:
+            votes[k, c] = 0.9
+    votes[2, 2] = 0.4  # a ghost between T2 and T3 that channel T3 half-believes
+    assert assign_levels(votes, levels) == [8, 9, None, 10, 11, 12]
+    # forced into the sequence (segmentation-path DP) it shifts the levels below it
+    assert assign_levels(votes[:5], levels, allow_skips=False) == [8, 9, 10, 11, 12]
+
+
+def _brute_force_best(votes, bonus, skip_cost):
+    """Best objective over every assignment with skips, by enumeration (reference)."""
+    from itertools import product as prod
+
+    n, m = votes.shape
+    best = -np.inf
+    for choice in prod([None, *range(m)], repeat=n):
+        ids = [c for c in choice if c is not None]
+        if any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+            continue
+        best = max(best, _score(votes, list(choice), bonus, None, skip_cost))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_skipping_dp_is_optimal_against_enumeration(seed):
+    rng = np.random.default_rng(seed)
+    votes = rng.random((4, 5)) ** 3
+    bonus = 0.25
+    skip_cost = rng.random(4) * 0.5 if seed % 2 else np.zeros(4)
+    chosen = increasing_ids_with_skips(votes, np.ones(4), bonus, skip_cost)
+    ids = [c for c in chosen if c is not None]
+    assert all(b > a for a, b in zip(ids, ids[1:], strict=False))
+    got = _score(votes, chosen, bonus, None, skip_cost)
+    assert got == pytest.approx(_brute_force_best(votes, bonus, skip_cost))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_skipping_dp_agrees_with_the_segmentation_dp_when_every_point_is_clear(seed):
+    """Clear diagonal evidence: nothing to skip, so both DPs pick the same ids."""
+    from ctseg.inference.predict import assign_increasing_ids
+
+    rng = np.random.default_rng(seed)
+    n, m = 5, 8
+    start = int(rng.integers(0, m - n + 1))
+    votes = rng.random((n, m)) * 0.1
+    for k in range(n):
+        votes[k, start + k] += 0.8
+    ref = assign_increasing_ids(votes, np.ones(n))
+    assert increasing_ids_with_skips(votes, np.ones(n)) == ref == list(range(start, start + n))
 
 
 # ------------------------------------------------------------------------------ identification

@@ -129,29 +129,33 @@ def detect_points(
 ) -> list[dict]:
     """Every vertebra the heatmaps show, whatever channel shows it.
 
-    Local maxima of the channel-wise maximum above ``threshold``, at least ``min_distance_mm``
-    apart (greedy non-maximum suppression, strongest first); each is refined on the channel
-    that peaks there. Returns ``{"zyx", "value", "channel"}`` sorted by decreasing value. This
-    is the detection half of decoding: which level each point is comes from
+    Candidates are the local maxima (3x3x3) of every channel above ``threshold``; greedy
+    non-maximum suppression, strongest first, keeps those at least ``min_distance_mm`` apart;
+    each is refined on its own channel. Returns ``{"zyx", "value", "channel"}`` sorted by
+    decreasing value. Per-channel maxima rather than maxima of the channel-wise maximum: a
+    weak vertebra next to a strong one is often not a local maximum of the maximum map (the
+    neighbour's bump covers its flank) but is one in its own channel. This is the detection
+    half of decoding: which level each point is comes from
     :func:`ctseg.localisation.decode.assign_levels`, so one channel firing on the wrong
     vertebra cannot hide that vertebra.
     """
     if heatmaps.ndim != 4:
         raise ValueError(f"heatmaps must be [C, z, y, x], got shape {heatmaps.shape}")
     sp = np.asarray(spacing_zyx, dtype=float)
-    top = heatmaps.max(axis=0)
-    arg = heatmaps.argmax(axis=0)
-    is_max = (top == ndimage.maximum_filter(top, size=3, mode="nearest")) & (top > threshold)
-    cand = np.argwhere(is_max)
-    order = np.argsort(-top[tuple(cand.T)], kind="stable")
+    size = (1, 3, 3, 3)
+    is_max = (heatmaps == ndimage.maximum_filter(heatmaps, size=size, mode="nearest")) & (
+        heatmaps > threshold
+    )
+    cand = np.argwhere(is_max)  # rows: channel, z, y, x
+    values = heatmaps[tuple(cand.T)]
+    order = np.argsort(-values, kind="stable")
     kept: list[dict] = []
     for i in order:
-        zyx_vox = cand[i]
-        ch = int(arg[tuple(zyx_vox)])
-        zyx = refine_peak(heatmaps[ch], tuple(zyx_vox), method)
+        ch, zyx_vox = int(cand[i, 0]), tuple(cand[i, 1:])
+        zyx = refine_peak(heatmaps[ch], zyx_vox, method)
         if any(np.linalg.norm((zyx - k["zyx"]) * sp) < min_distance_mm for k in kept):
             continue
-        kept.append({"zyx": zyx, "value": float(top[tuple(zyx_vox)]), "channel": ch})
+        kept.append({"zyx": zyx, "value": float(values[i]), "channel": ch})
     return kept
 
 

@@ -61,7 +61,13 @@ def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list
         p["world"] = index_to_world(work, p["zyx"])
     pts.sort(key=lambda p: -p["world"][2])  # head (superior, +z in LPS) to feet
     votes = np.array([sample_max(heatmaps, p["zyx"]) for p in pts]).reshape(-1, len(levels))
-    labels = assign_levels(votes, levels, float(meta.get("consecutive_bonus", 0.25)))
+    labels = assign_levels(
+        votes,
+        levels,
+        float(meta.get("consecutive_bonus", 0.25)),
+        bool(meta.get("allow_skips", True)),
+        float(meta.get("skip_weight", 1.0)),
+    )
     out = []
     for p, v, lab in zip(pts, votes, labels, strict=True):
         if lab is None:

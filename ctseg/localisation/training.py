@@ -84,6 +84,8 @@ DEFAULTS: dict = {
     "min_distance_mm": 12.0,
     "refine": "gaussian",
     "consecutive_bonus": 0.25,
+    "allow_skips": True,
+    "skip_weight": 1.0,
     "val_every": 1,
 }
 HISTORY_COLUMNS = (
@@ -350,6 +352,8 @@ class LocaliserTrainer:
             "min_distance_mm",
             "refine",
             "consecutive_bonus",
+            "allow_skips",
+            "skip_weight",
         )
         return {
             "task": "centroids",
