@@ -19,6 +19,7 @@ from ctseg.localisation.decode import (
 )
 from ctseg.localisation.geometry import (
     index_to_world,
+    inside,
     read_centroids,
     to_working,
     world_to_index,
@@ -285,6 +286,29 @@ def test_working_grid_is_lps_and_points_map_back_to_world():
     assert work.GetSize() == (10, 8, 12)
     w = [20.0, 3.0, 40.0]
     np.testing.assert_allclose(index_to_world(work, world_to_index(work, w)), w, atol=1e-9)
+
+
+def test_an_oblique_scan_is_resampled_onto_the_world_axes():
+    """A bright voxel of a 20-degree tilted grid appears at the same world point on the
+    world-aligned working grid, whose direction is the identity."""
+    a = math.radians(20.0)
+    ct = sitk.Image([21, 21, 21], sitk.sitkFloat32) - 1000.0
+    ct.SetSpacing((2.0, 2.0, 2.0))
+    ct.SetDirection((1.0, 0.0, 0.0, 0.0, math.cos(a), -math.sin(a), 0.0, math.sin(a), math.cos(a)))
+    ct.SetOrigin((-20.0, -5.0, 7.0))
+    bright = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    bright[12, 6, 9] = 1
+    bright = sitk.BinaryDilate(bright, [1, 1, 1])
+    bright.CopyInformation(ct)
+    ct = ct + 2000.0 * sitk.Cast(bright, sitk.sitkFloat32)
+    world = np.array(ct.TransformIndexToPhysicalPoint([12, 6, 9]))
+    work = to_working(ct, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(work.GetDirection(), np.eye(3).ravel())
+    arr = sitk.GetArrayFromImage(work)
+    mask = arr > 0
+    com_zyx = np.argwhere(mask).mean(axis=0)
+    np.testing.assert_allclose(index_to_world(work, com_zyx), world, atol=0.3)
+    assert inside(ct, world) and not inside(ct, world + [0.0, 0.0, 60.0])
 
 
 def test_read_centroids_accepts_our_file_and_world_lists(tmp_path):

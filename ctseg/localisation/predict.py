@@ -17,7 +17,7 @@ import torch
 from ctseg.core.errors import InputError
 from ctseg.inference.predict import load_model, resolve_device
 from ctseg.localisation.decode import assign_levels, level_name
-from ctseg.localisation.geometry import index_to_world, to_working, working_array
+from ctseg.localisation.geometry import index_to_world, inside, to_working, working_array
 from ctseg.localisation.heatmaps import detect_points, sample_max
 
 
@@ -101,7 +101,7 @@ def predict_centroids(
     model_path: str | Path | tuple, ct: sitk.Image, device: str = "auto"
 ) -> list[dict]:
     """Predicted centroids of ``ct``: ``[{"label", "name", "world": [x, y, z], "x", "y", "z",
-    "score"}]`` in world LPS mm, head to feet, at most one per level.
+    "score"}]`` in world LPS mm, head to feet, at most one per level, inside the field of view.
 
     ``model_path``: a localiser ``model.pt`` or an already loaded ``(model, meta)`` pair (to
     predict many cases without reloading)."""
@@ -112,4 +112,6 @@ def predict_centroids(
     arr = working_array(work, meta["hu_window"])
     dev = next(model.parameters()).device
     heat = infer_heatmaps(model, arr, dev)
-    return decode_centroids(heat, work, meta)
+    # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
+    # outside it is not output (the scan's truth cannot hold it either)
+    return [c for c in decode_centroids(heat, work, meta) if inside(ct, c["world"])]

@@ -73,7 +73,7 @@ DEFAULTS: dict = {
     "optimizer": "adamw",
     "lr": 2e-3,
     "weight_decay": 3e-5,
-    "epochs": 10,
+    "epochs": 15,
     "steps_per_epoch": 20,
     "pos_weight": 100.0,
     "prior": 0.01,
