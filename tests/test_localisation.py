@@ -348,7 +348,14 @@ TINY = {
     "first_level": "T8",
     "last_level": "L3",
 }
-TINY_CFG = {"levels": "T8-L3", "epochs": 2, "steps_per_epoch": 20, "crop_prob": 0.0, "lr": 3e-3}
+TINY_CFG = {
+    "levels": "T8-L3",
+    "epochs": 2,
+    "steps_per_epoch": 20,
+    "crop_prob": 0.0,
+    "rotate_prob": 0.0,
+    "lr": 3e-3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +429,7 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path):
 
     ph = phantom.generate(5, {**TINY, "shape": [24, 24, 32]})
     item = {"case": "r", "ct": ph.image("hu"), "centroids": ph.centroids}
-    cfg = {**TINY_CFG, "steps_per_epoch": 2, "crop_prob": 0.5}
+    cfg = {**TINY_CFG, "steps_per_epoch": 2, "crop_prob": 0.5, "rotate_prob": 0.5}
     threads = torch.get_num_threads()
 
     class Interrupted(LocaliserTrainer):
@@ -452,3 +459,22 @@ def test_a_case_without_centroids_is_an_input_error(tmp_path):
     item = {"case": "nocent", "ct": _work_image(), "centroids": None}
     with pytest.raises(InputError, match="nocent"):
         LocaliserTrainer([item], [], tmp_path, TINY_CFG, 0, "cpu", 1).setup()
+
+
+def test_rotation_augmentation_moves_targets_with_the_image():
+    """Blobs painted at the centroids, rotated by interpolation, sit where the analytic
+    Gaussians of the rotated centroids are."""
+    from types import SimpleNamespace
+
+    from ctseg.localisation.training import rotated
+
+    work = _work_image(spacing=(4.0, 4.0, 4.0))
+    pts = np.array([[6.4, 7.6, 8.8], [12.7, 8.0, 9.5]])  # rotated, still inside the grid
+    image = gaussian_heatmaps(pts, SHAPE, SP, 8.0).sum(axis=0)
+    case = SimpleNamespace(work=work, image=image, points_zyx=np.vstack([pts, [np.nan] * 3]))
+    img0, tgt0 = rotated(case, [0.0, 0.0, 0.0], 8.0)
+    np.testing.assert_allclose(img0, image, atol=1e-5)
+    img, tgt = rotated(case, [12.0, -9.0, 7.0], 8.0)
+    assert not tgt[2].any()  # an absent level stays absent
+    assert np.abs(img - image).max() > 0.2  # it did move
+    np.testing.assert_allclose(img, tgt[:2].sum(axis=0), atol=0.08)  # linear interpolation
