@@ -30,6 +30,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
@@ -314,8 +315,6 @@ class LocaliserTrainer:
                 )
             )
             tables.append(identification_table(decode_centroids(heat, c.work, meta), c.truth))
-        import pandas as pd
-
         s = identification_scores(pd.concat(tables, ignore_index=True))
         return {
             "val_loss": float(np.mean(losses)),
