@@ -30,33 +30,12 @@ AIR_HU = -1024.0
 def to_working(ct: sitk.Image, spacing_xyz: list[float] | tuple[float, ...]) -> sitk.Image:
     """The CT reoriented to LPS and resampled (linear, air outside) to ``spacing_xyz`` mm.
 
-    An oblique scan (direction not an axis permutation) is resampled onto the world-aligned
-    grid covering its physical extent, so the network always sees the patient's axes as
-    array axes (a 10-degree tilted grid otherwise cost a model trained on axial phantoms a
-    fifth of its identifications)."""
+    An oblique scan keeps its (LPS-permuted) oblique grid: the network sees its patient
+    tilted, which rotation augmentation teaches it (measured on 10-degree tilted phantoms:
+    identification 96 % this way against 84 % after resampling onto world axes, whose tilted
+    field-of-view edges and air wedges the model had not seen)."""
     img = sitk.Cast(sitk.DICOMOrient(ct, "LPS"), sitk.sitkFloat32)
-    if np.allclose(img.GetDirection(), np.eye(3).ravel(), atol=1e-6):
-        return resample_to_spacing(img, spacing_xyz, is_label=False, default=AIR_HU)
-    size = np.array(img.GetSize())
-    corners = [
-        img.TransformContinuousIndexToPhysicalPoint([c - 0.5 for c in idx])
-        for idx in np.array(np.meshgrid(*[[0, n] for n in size], indexing="ij")).reshape(3, -1).T
-    ]
-    lo, hi = np.min(corners, axis=0), np.max(corners, axis=0)
-    sp = np.array([float(s) for s in spacing_xyz])
-    n = np.maximum(1, np.round((hi - lo) / sp)).astype(int)
-    origin = lo + sp / 2.0
-    return sitk.Resample(
-        img,
-        [int(v) for v in n],
-        sitk.Transform(),
-        sitk.sitkLinear,
-        [float(v) for v in origin],
-        [float(v) for v in sp],
-        tuple(np.eye(3).ravel()),
-        AIR_HU,
-        sitk.sitkFloat32,
-    )
+    return resample_to_spacing(img, spacing_xyz, is_label=False, default=AIR_HU)
 
 
 def inside(img: sitk.Image, world_xyz, margin_vox: float = 0.5) -> bool:
