@@ -5,8 +5,9 @@ Why Gaussians with a sigma in millimetres: the target of level ``k`` is
 smooth bump whose peak is the centroid (Payer et al.'s spatial configuration network); a sigma
 fixed in mm keeps the bump the same anatomical size whatever the working spacing.
 
-Decoding a heatmap into a point: the peak voxel (one per channel, or the local maxima of the
-channel-wise maximum when detecting every vertebra), then sub-voxel refinement. The logarithm
+Decoding a heatmap into a point: the peak voxel (the global peak of a channel,
+:func:`channel_peaks`, or every channel's local maxima when detecting every vertebra,
+:func:`detect_points`), then sub-voxel refinement. The logarithm
 of a Gaussian is a quadratic, so fitting a parabola per axis to the log of three samples
 (:func:`refine_peak`) recovers the centre of a sampled Gaussian *exactly* -- also at the edge
 of the field of view, where the three samples are taken one-sided, and even for a centre just

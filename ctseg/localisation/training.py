@@ -6,8 +6,10 @@ and outputs one heatmap channel per level; the target of a level is a Gaussian o
 around its centroid (all zero for a level absent from the case). Loss: binary cross entropy of
 the sigmoid output against the heatmap, each voxel weighted ``1 + pos_weight * target`` and
 normalised by the weight sum -- a heatmap is ~0.1 % foreground, unweighted the network learns
-"nothing anywhere" first. Augmentation: random crops along the spine axis (partial fields of
-view, ``crop_prob``), random intensity scale/shift.
+"nothing anywhere" first; the output bias starts at a 1 % prior for the same reason.
+Augmentation: random rotations (``rotate_prob``, ``rotate_deg``; targets recomputed from the
+rotated centroids), random crops along the spine axis (partial fields of view,
+``crop_prob``), random intensity scale.
 
 The loop is :class:`LocaliserTrainer`, a small class with the hooks of the lead's planned
 ``ctseg.training.trainer.Trainer`` (setup, make_optimiser, train_step, validation_step,
