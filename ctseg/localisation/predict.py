@@ -17,7 +17,7 @@ import torch
 from ctseg.core.errors import InputError
 from ctseg.inference.predict import load_model, resolve_device
 from ctseg.localisation.decode import assign_levels, level_name
-from ctseg.localisation.geometry import index_to_world, inside, to_working, working_array
+from ctseg.localisation.geometry import index_to_world, inside, read_ct, to_working, working_array
 from ctseg.localisation.heatmaps import detect_points, sample_max
 
 
@@ -98,16 +98,17 @@ def load_localiser(model_path: str | Path, device: str = "auto") -> tuple[torch.
 
 
 def predict_centroids(
-    model_path: str | Path | tuple, ct: sitk.Image, device: str = "auto"
+    model_path: str | Path | tuple, ct: sitk.Image | str | Path, device: str = "auto"
 ) -> list[dict]:
     """Predicted centroids of ``ct``: ``[{"label", "name", "world": [x, y, z], "x", "y", "z",
     "score"}]`` in world LPS mm, head to feet, at most one per level, inside the field of view.
 
     ``model_path``: a localiser ``model.pt`` or an already loaded ``(model, meta)`` pair (to
-    predict many cases without reloading)."""
+    predict many cases without reloading); ``ct``: a SimpleITK image or an image file."""
     model, meta = (
         model_path if isinstance(model_path, tuple) else load_localiser(model_path, device)
     )
+    ct = read_ct(ct)
     work = to_working(ct, meta["spacing_mm"])
     arr = working_array(work, meta["hu_window"])
     dev = next(model.parameters()).device
