@@ -386,6 +386,20 @@ def test_tiny_overfit_identifies_every_level_of_its_training_case(tiny_run):
     assert [c["label"] for c in pred] == list(range(15, 23))  # head to feet
 
 
+def test_prediction_from_an_image_file_and_a_loaded_model(tiny_run, tmp_path):
+    from ctseg.localisation import load_localiser, predict_centroids
+
+    model, item = tiny_run
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(item["ct"], str(path))
+    a = predict_centroids(load_localiser(model, "cpu"), path)
+    b = predict_centroids(model, item["ct"], device="cpu")
+    assert [c["label"] for c in a] == [c["label"] for c in b]
+    np.testing.assert_allclose([c["world"] for c in a], [c["world"] for c in b], atol=1e-6)
+    with pytest.raises(InputError, match="missing.nii.gz"):
+        predict_centroids(model, tmp_path / "missing.nii.gz", device="cpu")
+
+
 def test_model_files_and_history(tiny_run):
     import torch
 
