@@ -1,0 +1,118 @@
+"""Centroids of one CT from a trained localiser (``model.pt`` of :func:`train_localiser`).
+
+CT -> LPS + working spacing (:mod:`ctseg.localisation.geometry`) -> HU window -> padded to the
+network divisor -> per-level sigmoid heatmaps -> detection + refinement
+(:func:`ctseg.localisation.heatmaps.detect_points`) -> levels along the spine
+(:func:`ctseg.localisation.decode.assign_levels`) -> world LPS mm of the original scan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ctseg.core.errors import InputError
+from ctseg.inference.predict import load_model, resolve_device
+from ctseg.localisation.decode import assign_levels, level_name
+from ctseg.localisation.geometry import index_to_world, inside, read_ct, to_working, working_array
+from ctseg.localisation.heatmaps import detect_points, sample_max
+
+
+def pad_zyx(arr: np.ndarray, divisor: int) -> np.ndarray:
+    """Pad the last three axes at their end up to multiples of ``divisor`` (0 = air)."""
+    shape = arr.shape[-3:]
+    pad = [(-s) % divisor for s in shape]
+    if not any(pad):
+        return arr
+    widths = [(0, 0)] * (arr.ndim - 3) + [(0, p) for p in pad]
+    return np.pad(arr, widths)
+
+
+@torch.no_grad()
+def infer_heatmaps(model: torch.nn.Module, arr: np.ndarray, device: torch.device) -> np.ndarray:
+    """Sigmoid heatmaps ``[C, z, y, x]`` of a whole working array (one forward pass: the
+    localiser needs the whole field of view to tell levels apart)."""
+    divisor = int(getattr(model, "divisor", 1))
+    x = torch.from_numpy(pad_zyx(arr, divisor)[None, None].copy()).to(device)
+    was_training = model.training
+    model.eval()
+    out = torch.sigmoid(model(x).float())[0].cpu().numpy()
+    model.train(was_training)
+    z, y, w = arr.shape
+    return out[:, :z, :y, :w]
+
+
+def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list[dict]:
+    """Heatmaps on the working grid ``work`` -> ``[{"label", "name", "world", "x", "y", "z",
+    "score"}]`` sorted head to feet, at most one per level."""
+    levels = [int(v) for v in meta["levels"]]
+    sp_zyx = list(reversed(work.GetSpacing()))
+    pts = detect_points(
+        heatmaps,
+        sp_zyx,
+        float(meta.get("threshold", 0.3)),
+        float(meta.get("min_distance_mm", 12.0)),
+        meta.get("refine", "gaussian"),
+    )
+    for p in pts:
+        p["world"] = index_to_world(work, p["zyx"])
+    pts.sort(key=lambda p: -p["world"][2])  # head (superior, +z in LPS) to feet
+    votes = np.array([sample_max(heatmaps, p["zyx"]) for p in pts]).reshape(-1, len(levels))
+    labels = assign_levels(
+        votes,
+        levels,
+        float(meta.get("consecutive_bonus", 0.25)),
+        bool(meta.get("allow_skips", True)),
+        float(meta.get("skip_weight", 1.0)),
+    )
+    out = []
+    for p, v, lab in zip(pts, votes, labels, strict=True):
+        if lab is None:
+            continue
+        x, y, z = p["world"]
+        out.append(
+            {
+                "label": int(lab),
+                "name": level_name(lab),
+                "world": [x, y, z],
+                "x": x,
+                "y": y,
+                "z": z,
+                "score": float(v[levels.index(lab)]),
+            }
+        )
+    return out
+
+
+def load_localiser(model_path: str | Path, device: str = "auto") -> tuple[torch.nn.Module, dict]:
+    """(model, meta) of a localiser ``model.pt``; InputError when it is another task's model."""
+    dev = resolve_device(device)
+    model, meta = load_model(model_path, dev)
+    if meta.get("task") != "centroids":
+        raise InputError(f"not a centroid localiser (task {meta.get('task')!r})", path=model_path)
+    meta["device"] = str(dev)
+    return model, meta
+
+
+def predict_centroids(
+    model_path: str | Path | tuple, ct: sitk.Image | str | Path, device: str = "auto"
+) -> list[dict]:
+    """Predicted centroids of ``ct``: ``[{"label", "name", "world": [x, y, z], "x", "y", "z",
+    "score"}]`` in world LPS mm, head to feet, at most one per level, inside the field of view.
+
+    ``model_path``: a localiser ``model.pt`` or an already loaded ``(model, meta)`` pair (to
+    predict many cases without reloading); ``ct``: a SimpleITK image or an image file."""
+    model, meta = (
+        model_path if isinstance(model_path, tuple) else load_localiser(model_path, device)
+    )
+    ct = read_ct(ct)
+    work = to_working(ct, meta["spacing_mm"])
+    arr = working_array(work, meta["hu_window"])
+    dev = next(model.parameters()).device
+    heat = infer_heatmaps(model, arr, dev)
+    # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
+    # outside it is not output (the scan's truth cannot hold it either)
+    return [c for c in decode_centroids(heat, work, meta) if inside(ct, c["world"])]

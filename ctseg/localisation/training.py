@@ -1,0 +1,476 @@
+"""Training a centroid localiser from CTs and centroid lists alone (no label maps; seed 004).
+
+Method (reasons in the README, "Centroid-only training"): one 3D U-Net
+(:func:`ctseg.models.build_model`) sees the *whole* field of view at a coarse working spacing
+and outputs one heatmap channel per level; the target of a level is a Gaussian of ``sigma_mm``
+around its centroid (all zero for a level absent from the case). Loss: binary cross entropy of
+the sigmoid output against the heatmap, each voxel weighted ``1 + pos_weight * target`` and
+normalised by the weight sum -- a heatmap is ~0.1 % foreground, unweighted the network learns
+"nothing anywhere" first; the output bias starts at a 1 % prior for the same reason.
+Augmentation: random rotations (``rotate_prob``, ``rotate_deg``; targets recomputed from the
+rotated centroids), random crops along the spine axis (partial fields of view,
+``crop_prob``), random intensity scale.
+
+The loop is :class:`LocaliserTrainer`, a small class with the hooks of the lead's planned
+``ctseg.training.trainer.Trainer`` (setup, make_optimiser, train_step, validation_step,
+end_of_epoch, save_checkpoint / load_checkpoint) so that it can become a subclass of it. It
+uses the segmentation machinery directly: ``make_optimizer`` (AdamW / SGD + poly decay),
+``experiment_hash`` (a checkpoint resumes only the same run), ``rng_states`` /
+``restore_rng_states`` and ``load_checkpoint`` (``weights_only=True``), ``set_threads``,
+``resolve_device`` (CUDA when present, bf16 autocast there) and ``save_model_pt`` (tensors +
+JSON only; :func:`ctseg.inference.predict.load_model` reads it). All random choices come from
+one ``torch.Generator`` seeded from ``seed``, so a resumed CPU run ends where an uninterrupted
+one ends. Not done: DDP over several GPUs (one process trains).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from tqdm import tqdm
+
+from ctseg.core.atomic import atomic_path
+from ctseg.core.errors import ConfigError, InputError
+from ctseg.inference.predict import resolve_device
+from ctseg.localisation.decode import resolve_levels
+from ctseg.localisation.geometry import (
+    read_centroids,
+    read_ct,
+    to_working,
+    working_array,
+    world_to_index,
+)
+from ctseg.localisation.heatmaps import gaussian_heatmaps
+from ctseg.localisation.identify import identification_scores, identification_table
+from ctseg.localisation.predict import decode_centroids, infer_heatmaps, pad_zyx
+from ctseg.models import build_model, model_kwargs
+from ctseg.training.augment import DEFAULT_HU_WINDOW
+from ctseg.training.train import (
+    experiment_hash,
+    load_checkpoint,
+    make_optimizer,
+    restore_rng_states,
+    rng_states,
+    save_model_pt,
+    set_threads,
+)
+
+#: Defaults of every key :func:`train_localiser` reads (config overrides them).
+DEFAULTS: dict = {
+    "levels": "T1-L5",  # channels; add "T13" / "L6" for transitional anatomy
+    "spacing_mm": [8.0, 8.0, 8.0],
+    "hu_window": list(DEFAULT_HU_WINDOW),
+    "sigma_mm": 8.0,
+    "model": "unet3d",
+    "base_width": 8,
+    "depth": 4,
+    "norm": "instance",
+    "optimizer": "adamw",
+    "lr": 2e-3,
+    "weight_decay": 3e-5,
+    "epochs": 20,
+    "steps_per_epoch": 20,
+    "pos_weight": 100.0,
+    "prior": 0.01,
+    "crop_prob": 0.7,
+    "rotate_prob": 0.5,
+    "rotate_deg": 12.0,
+    "min_crop_mm": 120.0,
+    "intensity_jitter": 0.1,
+    "threshold": 0.3,
+    "min_distance_mm": 12.0,
+    "refine": "gaussian",
+    "consecutive_bonus": 0.25,
+    "allow_skips": True,
+    "skip_weight": 1.0,
+    "val_every": 1,
+}
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_id_rate",
+    "val_mean_error_mm",
+    "val_false_positives",
+    "lr",
+    "seconds",
+)
+
+
+def resolve_config(config: dict | None) -> dict:
+    """Config with defaults filled in; unknown keys raise ConfigError naming them."""
+    config = dict(config or {})
+    extra = {"threads", "task", "poly_power", "momentum"}
+    unknown = sorted(set(config) - set(DEFAULTS) - extra)
+    if unknown:
+        raise ConfigError(f"unknown centroid-localiser key(s): {', '.join(unknown)}")
+    out = {**DEFAULTS, **config}
+    try:
+        out["levels"] = resolve_levels(out["levels"])
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"config key 'levels': {exc}") from exc
+    if len(out["spacing_mm"]) != 3 or min(float(s) for s in out["spacing_mm"]) <= 0:
+        raise ConfigError(f"config key 'spacing_mm' must be 3 positive mm, got {out['spacing_mm']}")
+    out["spacing_mm"] = [float(s) for s in out["spacing_mm"]]
+    for key in ("sigma_mm", "min_distance_mm", "min_crop_mm"):
+        if float(out[key]) <= 0:
+            raise ConfigError(f"config key {key!r} must be > 0, got {out[key]}")
+    if not 0 <= float(out["crop_prob"]) <= 1:
+        raise ConfigError(f"config key 'crop_prob' must be in [0, 1], got {out['crop_prob']}")
+    out["task"] = "centroids"
+    return out
+
+
+def weighted_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """BCE of sigmoid(logits) vs soft heatmap targets, voxel weight ``1 + pos_weight * target``,
+    normalised by the summed weight (its minimum is at sigmoid(logits) == target)."""
+    w = 1.0 + pos_weight * target
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (w * bce).sum() / w.sum()
+
+
+def init_head_prior(model: torch.nn.Module, prior: float) -> None:
+    """Output bias so that sigmoid starts at ``prior`` everywhere (RetinaNet's prior init):
+    the heatmaps are almost all background, and starting at 0.5 spends the first hundreds of
+    steps only on pulling the background down."""
+    head = getattr(model, "head", None)
+    if head is None or getattr(head, "bias", None) is None:
+        return
+    with torch.no_grad():
+        head.bias.fill_(math.log(prior / (1.0 - prior)))
+
+
+class Case:
+    """One case on the working grid: normalised image, targets, truth (world) and geometry."""
+
+    def __init__(self, item: dict, cfg: dict):
+        self.name = str(item.get("case", "?"))
+        ct = read_ct(item["ct"], self.name)
+        if "centroids" not in item or item["centroids"] is None:
+            raise InputError("no centroids given", case=self.name)
+        self.truth = read_centroids(item["centroids"], self.name)
+        levels = cfg["levels"]
+        unknown = sorted({c["label"] for c in self.truth} - set(levels))
+        if unknown:
+            tqdm.write(f"case {self.name}: levels {unknown} are not trained; ignored")
+        self.work = to_working(ct, cfg["spacing_mm"])
+        self.image = working_array(self.work, cfg["hu_window"])
+        by = {c["label"]: c for c in self.truth}
+        pts = np.full((len(levels), 3), np.nan)
+        for k, lab in enumerate(levels):
+            if lab in by:
+                pts[k] = world_to_index(self.work, by[lab]["world"])
+        self.points_zyx = pts
+        sp_zyx = list(reversed(self.work.GetSpacing()))
+        self.target = gaussian_heatmaps(pts, self.image.shape, sp_zyx, float(cfg["sigma_mm"]))
+
+
+def rotation_zyx(angles_deg: list[float]) -> np.ndarray:
+    """Rotation matrix in (z, y, x) mm space: rotations about the z, y and x axes."""
+    az, ay, ax = np.deg2rad(angles_deg)
+    rz = np.array([[1, 0, 0], [0, np.cos(az), -np.sin(az)], [0, np.sin(az), np.cos(az)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rx = np.array([[np.cos(ax), -np.sin(ax), 0], [np.sin(ax), np.cos(ax), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def rotated(case: Case, angles_deg: list[float], sigma_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The case's image rotated about its centre (in mm, so anisotropic spacing is honoured;
+    linear, air outside) and heatmaps of its rotated centroids (tilted scans and spines:
+    a 10-degree tilt cost an unrotated model a fifth of its identifications)."""
+    sp = np.array(list(reversed(case.work.GetSpacing())))
+    shape = np.array(case.image.shape)
+    rot = rotation_zyx(angles_deg)
+    c = (shape - 1) / 2.0 * sp
+    # output index o -> input index S^-1 (R (S o - c) + c)
+    m = np.diag(1.0 / sp) @ rot @ np.diag(sp)
+    offset = (c - rot @ c) / sp
+    img = ndimage.affine_transform(case.image, m, offset, order=1, mode="constant", cval=0.0)
+    pts = case.points_zyx
+    out_pts = ((rot.T @ ((pts * sp) - c).T).T + c) / sp  # NaN rows stay NaN
+    tgt = gaussian_heatmaps(out_pts, tuple(shape), sp, sigma_mm)
+    return img.astype(np.float32), tgt
+
+
+class LocaliserTrainer:
+    """Training loop with Trainer-style hooks; :meth:`fit` runs it (see module docstring)."""
+
+    def __init__(
+        self,
+        train_items: list[dict],
+        val_items: list[dict],
+        out_dir: str | Path,
+        config: dict | None,
+        seed: int,
+        device: str = "auto",
+        threads: int | None = None,
+    ):
+        self.cfg = resolve_config(config)
+        self.train_items, self.val_items = list(train_items), list(val_items)
+        self.out_dir = Path(out_dir)
+        self.seed = int(seed)
+        self.dev = resolve_device(device)
+        self.threads = threads
+        self.history: list[dict] = []
+        self.start_epoch = 0
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self) -> None:
+        """Threads, seeds, data on the working grid, model, optimiser, resume."""
+        set_threads(self.cfg, self.threads)
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        random.seed(self.seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
+        if not self.train_items:
+            raise InputError("no training cases", path=self.out_dir)
+        self.train = [Case(it, self.cfg) for it in self.train_items]
+        self.val = [Case(it, self.cfg) for it in self.val_items]
+        self.levels = self.cfg["levels"]
+        self.model = build_model(self.cfg, len(self.levels))
+        init_head_prior(self.model, float(self.cfg["prior"]))
+        self.model.to(self.dev)
+        self.epochs = int(self.cfg["epochs"])
+        self.steps = int(self.cfg["steps_per_epoch"])
+        self.make_optimiser()
+        self.autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+            if self.dev.type == "cuda"
+            else nullcontext
+        )
+        identity = {k: v for k, v in self.cfg.items() if k != "threads"}
+        shapes = [list(c.image.shape) for c in self.train]
+        self.run_id = experiment_hash(identity, self.seed, {"cases": shapes})
+        self.load_checkpoint()
+
+    def make_optimiser(self) -> None:
+        self.opt, self.sched = make_optimizer(
+            self.cfg, self.model.parameters(), self.epochs * self.steps
+        )
+
+    def sample_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training case (drawn from the plan generator), randomly rotated (targets
+        recomputed from the rotated centroids, so they stay exact Gaussians), cropped along z
+        and jittered in intensity, padded to the network divisor."""
+        g = self.gen
+        case = self.train[int(torch.randint(len(self.train), (1,), generator=g))]
+        img, tgt = case.image, case.target
+        nz = img.shape[0]
+        r = torch.rand(8, generator=g).tolist()
+        max_deg = float(self.cfg["rotate_deg"])
+        if max_deg > 0 and r[4] < float(self.cfg["rotate_prob"]):
+            angles = [max_deg * (2 * a - 1) for a in r[5:8]]
+            img, tgt = rotated(case, angles, float(self.cfg["sigma_mm"]))
+        if r[0] < float(self.cfg["crop_prob"]):
+            sz = float(case.work.GetSpacing()[2])
+            min_len = min(nz, max(self.model.divisor, int(round(self.cfg["min_crop_mm"] / sz))))
+            length = min_len + int(r[1] * (nz - min_len + 1))
+            length = min(length, nz)
+            start = int(r[2] * (nz - length + 1))
+            img, tgt = img[start : start + length], tgt[:, start : start + length]
+        jit = float(self.cfg["intensity_jitter"])
+        img = img * (1.0 + jit * (2 * r[3] - 1))
+        x = torch.from_numpy(pad_zyx(img, self.model.divisor)[None, None].copy())
+        y = torch.from_numpy(pad_zyx(tgt, self.model.divisor)[None].copy())
+        return x.to(self.dev), y.to(self.dev)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.model(x)
+        loss = weighted_bce(logits.float(), y, float(self.cfg["pos_weight"]))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+        self.opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validation_step(self) -> dict:
+        """Whole-volume prediction of every validation case: loss, identification rate, mean
+        localisation error and false positives over all of them."""
+        if not self.val:
+            return {
+                "val_loss": math.nan,
+                "val_id_rate": math.nan,
+                "val_mean_error_mm": math.nan,
+                "val_false_positives": math.nan,
+            }
+        losses, tables = [], []
+        meta = self.meta()
+        for c in self.val:
+            heat = infer_heatmaps(self.model, c.image, self.dev)
+            p = torch.from_numpy(np.clip(heat, 1e-6, 1 - 1e-6))
+            logits = torch.log(p) - torch.log1p(-p)
+            losses.append(
+                float(
+                    weighted_bce(logits, torch.from_numpy(c.target), float(self.cfg["pos_weight"]))
+                )
+            )
+            tables.append(identification_table(decode_centroids(heat, c.work, meta), c.truth))
+        s = identification_scores(pd.concat(tables, ignore_index=True))
+        return {
+            "val_loss": float(np.mean(losses)),
+            "val_id_rate": s["id_rate"],
+            "val_mean_error_mm": s["mean_error_mm"],
+            "val_false_positives": s["false_positives"],
+        }
+
+    def end_of_epoch(self, epoch: int, losses: list[float], t0: float) -> None:
+        every = int(self.cfg["val_every"])
+        if (epoch + 1) % every == 0 or epoch + 1 == self.epochs:
+            val = self.validation_step()
+        else:
+            val = {k: math.nan for k in HISTORY_COLUMNS if k.startswith("val_")}
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                **val,
+                "lr": float(self.opt.param_groups[0]["lr"]),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        h = self.history[-1]
+        tqdm.write(
+            f"epoch {epoch + 1}/{self.epochs} loss {h['train_loss']:.4f} "
+            f"val_loss {h['val_loss']:.4f} id {h['val_id_rate']:.3f} "
+            f"err {h['val_mean_error_mm']:.2f} mm"
+        )
+        self.save_checkpoint(epoch + 1)
+        write_history(self.out_dir / "history.tsv", self.history)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.pt"
+
+    def save_checkpoint(self, epoch: int) -> None:
+        ck = {
+            "run_id": self.run_id,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": rng_states(self.gen, self.dev),
+            "epoch": epoch,
+            "history": self.history,
+        }
+        with atomic_path(self.ckpt_path) as tmp:
+            torch.save(ck, tmp)
+
+    def load_checkpoint(self) -> None:
+        ck = load_checkpoint(self.ckpt_path)
+        if ck is None or ck.get("run_id") != self.run_id:
+            return
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        restore_rng_states(ck["rng"], self.gen, self.dev)
+        self.history, self.start_epoch = list(ck["history"]), int(ck["epoch"])
+        tqdm.write(f"resuming {self.out_dir.name} from epoch {self.start_epoch}")
+
+    def meta(self) -> dict:
+        """What prediction needs, stored in model.pt (read by
+        :func:`ctseg.inference.predict.load_model` and :func:`predict_centroids`)."""
+        keys = (
+            "spacing_mm",
+            "hu_window",
+            "sigma_mm",
+            "threshold",
+            "min_distance_mm",
+            "refine",
+            "consecutive_bonus",
+            "allow_skips",
+            "skip_weight",
+        )
+        return {
+            "task": "centroids",
+            "dim": 3,
+            "n_classes": len(self.levels),
+            "class_ids": list(self.levels),
+            "levels": list(self.levels),
+            **{k: self.cfg[k] for k in keys},
+            "model_kwargs": model_kwargs(self.cfg),
+            "seed": self.seed,
+            "epochs": self.epochs,
+        }
+
+    # ------------------------------------------------------------------ driver
+    def fit(self) -> Path:
+        """Run setup and the remaining epochs; write model.pt, history.tsv and loss.png."""
+        self.setup()
+        self.model.train()
+        for epoch in range(self.start_epoch, self.epochs):
+            t0 = time.perf_counter()
+            losses = [self.train_step(*self.sample_batch()) for _ in range(self.steps)]
+            self.end_of_epoch(epoch, losses, t0)
+        write_history(self.out_dir / "history.tsv", self.history)
+        plot_history(self.out_dir / "loss.png", self.history, self.out_dir.name)
+        path = self.out_dir / "model.pt"
+        save_model_pt(path, self.model, self.cfg, self.meta())
+        return path
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """history.tsv: one row per epoch, columns :data:`HISTORY_COLUMNS`."""
+    lines = ["\t".join(HISTORY_COLUMNS)]
+    for h in history:
+        lines.append(
+            "\t".join(
+                f"{h[c]:.6g}" if isinstance(h[c], float) else str(h[c]) for c in HISTORY_COLUMNS
+            )
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def plot_history(path: Path, history: list[dict], title: str) -> None:
+    """Loss (train, validation) and validation identification rate per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    a1.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("weighted heatmap BCE")
+    a1.legend()
+    a2.plot(ep, [h["val_id_rate"] for h in history], "o-", color="C2")
+    a2.set_ylim(0, 1.02)
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("validation identification rate")
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def train_localiser(
+    train_items: list[dict],
+    val_items: list[dict],
+    out_dir: str | Path,
+    config: dict | None,
+    seed: int,
+    device: str = "auto",
+    threads: int | None = None,
+) -> Path:
+    """Train a centroid localiser; writes ``out_dir/model.pt``, ``history.tsv``, ``loss.png``
+    and ``checkpoints/last.pt`` (resumed on rerun). Items: ``{"case", "ct": path | sitk.Image,
+    "centroids": path | [{"label", "world" | x, y, z}]}``. Returns the model.pt path."""
+    return LocaliserTrainer(train_items, val_items, out_dir, config, seed, device, threads).fit()
+
+
+__all__ = ["LocaliserTrainer", "resolve_config", "train_localiser", "weighted_bce"]

@@ -1,0 +1,492 @@
+"""Centroid-only localisation (issue 14): heatmaps, decoding, consistency, identification."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ctseg.core.errors import ConfigError, InputError
+from ctseg.localisation.decode import (
+    SPINE_ORDER,
+    _score,
+    assign_levels,
+    increasing_ids_with_skips,
+    resolve_levels,
+)
+from ctseg.localisation.geometry import (
+    index_to_world,
+    inside,
+    read_centroids,
+    to_working,
+    world_to_index,
+)
+from ctseg.localisation.heatmaps import (
+    channel_peaks,
+    detect_points,
+    gaussian_heatmaps,
+    refine_peak,
+)
+from ctseg.localisation.identify import identification_scores, identification_table
+from ctseg.localisation.predict import decode_centroids
+from ctseg.localisation.training import resolve_config, weighted_bce
+
+SP = (4.0, 4.0, 4.0)
+# hand-placed centroids, continuous (z, y, x) index; the first and last lie on the first and
+# last z plane (edge of the field of view), the third on the last x plane
+POINTS = np.array(
+    [
+        [0.0, 8.3, 9.1],
+        [6.4, 7.6, 8.8],
+        [12.7, 8.0, 17.0],
+        [19.0, 8.4, 9.2],
+    ]
+)
+SHAPE = (20, 16, 18)
+
+
+def _work_image(shape_zyx=SHAPE, spacing=SP, origin=(-30.0, -20.0, -40.0)) -> sitk.Image:
+    img = sitk.Image([shape_zyx[2], shape_zyx[1], shape_zyx[0]], sitk.sitkFloat32)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    return img
+
+
+# ------------------------------------------------------------------------------ heatmaps
+
+
+def test_heatmap_values_match_the_formula():
+    h = gaussian_heatmaps(POINTS[1:2], SHAPE, SP, sigma_mm=6.0)
+    assert h.shape == (1, *SHAPE) and h.dtype == np.float32
+    z, y, x = 5, 9, 7
+    d2 = ((z - 6.4) ** 2 + (y - 7.6) ** 2 + (x - 8.8) ** 2) * 16.0
+    assert h[0, z, y, x] == pytest.approx(math.exp(-d2 / 72.0), rel=1e-6)
+    # an absent level (NaN row) has an all-zero map
+    assert not gaussian_heatmaps([[np.nan] * 3], SHAPE, SP, 6.0).any()
+
+
+@pytest.mark.parametrize("sigma_mm", [4.0, 6.0, 9.0])
+def test_heatmaps_round_trip_exactly_per_channel(sigma_mm):
+    h = gaussian_heatmaps(POINTS, SHAPE, SP, sigma_mm)
+    peaks = channel_peaks(h, threshold=0.3)
+    for (zyx, val), p in zip(peaks, POINTS, strict=True):
+        np.testing.assert_allclose(zyx, p, atol=1e-5)
+        assert val > 0.3
+
+
+def test_refine_is_exact_for_a_centre_just_outside_the_grid():
+    h = gaussian_heatmaps([[-0.4, 5.2, 6.6]], (10, 10, 10), SP, 6.0)[0]
+    np.testing.assert_allclose(refine_peak(h, (0, 5, 7)), [-0.4, 5.2, 6.6], atol=1e-5)
+
+
+def test_weighted_mean_refinement_is_biased_at_the_edge():
+    """Why the log-parabola is the default: the cut window of a weighted mean pulls an edge
+    centroid inwards, while the interior result is close."""
+    h = gaussian_heatmaps(POINTS, SHAPE, SP, 6.0)
+    edge = refine_peak(h[0], (0, 8, 9), method="mean")
+    assert edge[0] > 0.3  # true z index 0.0
+    inner = refine_peak(h[1], (6, 8, 9), method="mean", radius=4)
+    np.testing.assert_allclose(inner, POINTS[1], atol=0.15)
+
+
+def test_decoding_round_trips_points_and_levels_in_world_coordinates():
+    """Targets of hand-placed centroids decode to exactly those centroids and levels."""
+    work = _work_image()
+    levels = [8, 9, 10, 11]  # T1-T4; T1 is the most superior = highest z index
+    pts = POINTS[::-1].copy()  # T1 at z 19.0 (top edge), T4 at z 0.0 (bottom edge)
+    heat = gaussian_heatmaps(pts, SHAPE, SP, 6.0)
+    meta = {"levels": levels, "threshold": 0.3, "min_distance_mm": 12.0}
+    out = decode_centroids(heat, work, meta)
+    assert [c["label"] for c in out] == levels
+    assert [c["name"] for c in out] == ["T1", "T2", "T3", "T4"]
+    for c, p in zip(out, pts, strict=True):
+        np.testing.assert_allclose(c["world"], index_to_world(work, p), atol=1e-4)
+        assert c["world"] == [c["x"], c["y"], c["z"]]
+
+
+def test_detection_finds_a_vertebra_whose_channel_fired_elsewhere():
+    """Channel T3 peaks on T2's vertebra: detection still finds all four vertebrae and the
+    consistency step numbers them T1-T4."""
+    work = _work_image()
+    pts = POINTS[::-1].copy()
+    heat = gaussian_heatmaps(pts, SHAPE, SP, 6.0)
+    heat[2] = 0.9 * gaussian_heatmaps(pts[1:2], SHAPE, SP, 6.0)[0]
+    heat[1] *= 0.8
+    heat[2] = np.maximum(heat[2], 0.5 * gaussian_heatmaps(pts[2:3], SHAPE, SP, 6.0)[0])
+    found = detect_points(heat, SP, 0.3, 12.0)
+    assert len(found) == 4
+    out = decode_centroids(heat, work, {"levels": [8, 9, 10, 11]})
+    assert [c["label"] for c in out] == [8, 9, 10, 11]
+    np.testing.assert_allclose(out[2]["world"], index_to_world(work, pts[2]), atol=1e-4)
+
+
+def test_nothing_above_threshold_decodes_to_no_points():
+    heat = np.full((3, *SHAPE), 0.1, dtype=np.float32)
+    assert decode_centroids(heat, _work_image(), {"levels": [8, 9, 10]}) == []
+
+
+# ------------------------------------------------------------------------------ consistency
+
+
+def test_resolve_levels_orders_transitional_levels_anatomically():
+    assert resolve_levels("T1-L5") == list(range(8, 25))
+    assert resolve_levels(["L6", "L1", "T13", "T12"]) == [19, 28, 20, 25]
+    assert SPINE_ORDER.index(28) == SPINE_ORDER.index(19) + 1
+    with pytest.raises(ValueError):
+        resolve_levels(["T1", "X9"])
+
+
+def test_assign_levels_corrects_a_swapped_pair_by_its_neighbours():
+    levels = [8, 9, 10, 11, 12]
+    votes = np.eye(5) * 0.9
+    votes[1], votes[2] = [0, 0.1, 0.8, 0, 0], [0, 0.8, 0.1, 0, 0]  # T2 and T3 swapped
+    assert assign_levels(votes, levels) == [8, 9, 10, 11, 12]
+
+
+def test_assign_levels_keeps_a_consistent_shift():
+    levels = [8, 9, 10, 11, 12]
+    votes = np.zeros((3, 5))
+    votes[0, 2] = votes[1, 3] = votes[2, 4] = 0.9  # a partial view: T3-T5
+    assert assign_levels(votes, levels) == [10, 11, 12]
+
+
+def test_t13_is_a_hypothesis_not_a_gap():
+    levels = resolve_levels(["T11", "T12", "T13", "L1", "L2"])  # [18, 19, 28, 20, 21]
+    normal = np.zeros((4, 5))
+    for k, c in enumerate([0, 1, 3, 4]):
+        normal[k, c] = 0.8
+    assert assign_levels(normal, levels) == [18, 19, 20, 21]
+    with_t13 = np.zeros((5, 5))
+    np.fill_diagonal(with_t13, 0.8)
+    assert assign_levels(with_t13, levels) == [18, 19, 28, 20, 21]
+
+
+def test_more_points_than_levels_drops_the_weakest():
+    votes = np.array([[0.9, 0.0], [0.05, 0.04], [0.0, 0.9]])
+    assert assign_levels(votes, [8, 9]) == [8, None, 9]
+    assert assign_levels(votes, [8, 9], allow_skips=False) == [8, None, 9]
+
+
+def test_a_ghost_detection_between_two_vertebrae_is_skipped_not_shifting_the_rest():
+    levels = [8, 9, 10, 11, 12]
+    votes = np.zeros((6, 5))
+    for k, c in enumerate([0, 1, None, 2, 3, 4]):
+        if c is not None:
+            votes[k, c] = 0.9
+    votes[2, 2] = 0.4  # a ghost between T2 and T3 that channel T3 half-believes
+    assert assign_levels(votes, levels) == [8, 9, None, 10, 11, 12]
+    # forced into the sequence (segmentation-path DP) it shifts the levels below it
+    assert assign_levels(votes[:5], levels, allow_skips=False) == [8, 9, 10, 11, 12]
+
+
+def _brute_force_best(votes, bonus, skip_cost):
+    """Best objective over every assignment with skips, by enumeration (reference)."""
+    from itertools import product as prod
+
+    n, m = votes.shape
+    best = -np.inf
+    for choice in prod([None, *range(m)], repeat=n):
+        ids = [c for c in choice if c is not None]
+        if any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+            continue
+        best = max(best, _score(votes, list(choice), bonus, None, skip_cost))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_skipping_dp_is_optimal_against_enumeration(seed):
+    rng = np.random.default_rng(seed)
+    votes = rng.random((4, 5)) ** 3
+    bonus = 0.25
+    skip_cost = rng.random(4) * 0.5 if seed % 2 else np.zeros(4)
+    chosen = increasing_ids_with_skips(votes, np.ones(4), bonus, skip_cost)
+    ids = [c for c in chosen if c is not None]
+    assert all(b > a for a, b in zip(ids, ids[1:], strict=False))
+    got = _score(votes, chosen, bonus, None, skip_cost)
+    assert got == pytest.approx(_brute_force_best(votes, bonus, skip_cost))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_skipping_dp_agrees_with_the_segmentation_dp_when_every_point_is_clear(seed):
+    """Clear diagonal evidence: nothing to skip, so both DPs pick the same ids."""
+    from ctseg.inference.predict import assign_increasing_ids
+
+    rng = np.random.default_rng(seed)
+    n, m = 5, 8
+    start = int(rng.integers(0, m - n + 1))
+    votes = rng.random((n, m)) * 0.1
+    for k in range(n):
+        votes[k, start + k] += 0.8
+    ref = assign_increasing_ids(votes, np.ones(n))
+    assert increasing_ids_with_skips(votes, np.ones(n)) == ref == list(range(start, start + n))
+
+
+# ------------------------------------------------------------------------------ identification
+
+TRUTH = [{"label": 8 + k, "world": [0.0, 0.0, -25.0 * k]} for k in range(4)]  # T1-T4
+
+
+def _pred(**moves):
+    """Truth copied, then levels (by name) moved or removed (None) or added."""
+    names = {"T1": 8, "T2": 9, "T3": 10, "T4": 11, "T5": 12}
+    by = {c["label"]: list(c["world"]) for c in TRUTH}
+    for name, w in moves.items():
+        if w is None:
+            by.pop(names[name])
+        else:
+            by[names[name]] = w
+    return [{"label": k, "world": w} for k, w in by.items()]
+
+
+def test_identification_of_a_swapped_pair():
+    pred = _pred(T2=[0.0, 0.0, -50.0], T3=[0.0, 0.0, -25.0], T4=[0.0, 3.0, -75.0])
+    tab = identification_table(pred, TRUTH)
+    assert list(tab["level"]) == ["T1", "T2", "T3", "T4"]
+    assert list(tab["identified"]) == [True, False, False, True]
+    np.testing.assert_allclose(tab["error_mm"], [0.0, 25.0, 25.0, 3.0])
+    s = identification_scores(tab)
+    assert s["id_rate"] == 0.5 and s["false_positives"] == 0
+    assert s["mean_error_mm"] == pytest.approx(13.25)
+
+
+def test_within_20mm_but_closer_to_another_vertebra_is_not_identified():
+    tab = identification_table(_pred(T2=[0.0, 0.0, -38.0]), TRUTH)  # 13 mm from T2, 12 from T3
+    assert tab.loc[1, "error_mm"] == pytest.approx(13.0)
+    assert not tab.loc[1, "identified"]
+    assert identification_scores(tab)["id_rate"] == 0.75
+
+
+def test_identification_of_a_missing_and_an_extra_level():
+    pred = _pred(T4=None, T5=[0.0, 0.0, -100.0], T1=[4.0, 0.0, 0.0])
+    tab = identification_table(pred, TRUTH)
+    assert list(tab["status"]) == ["found", "found", "found", "missing", "extra"]
+    assert list(tab["identified"]) == [True, True, True, False, False]
+    s = identification_scores(tab)
+    assert s["id_rate"] == 0.75  # the extra level is not in the denominator
+    assert s["false_positives"] == 1 and s["n_missing"] == 1
+    assert s["mean_error_mm"] == pytest.approx(4.0 / 3)  # matched levels only
+    assert math.isnan(tab.loc[3, "error_mm"]) and math.isnan(tab.loc[4, "true_x"])
+
+
+# ------------------------------------------------------------------------------ geometry, input
+
+
+def test_working_grid_is_lps_and_points_map_back_to_world():
+    """A feet-first, right-to-left stored scan: the working grid is LPS and a world point's
+    index maps back to the same world point."""
+    ct = sitk.Image([20, 16, 24], sitk.sitkInt16)
+    ct.SetSpacing((2.0, 2.0, 3.0))
+    ct.SetOrigin((50.0, -10.0, 80.0))
+    ct.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    work = to_working(ct, [4.0, 4.0, 6.0])
+    np.testing.assert_allclose(work.GetDirection(), np.eye(3).ravel())
+    assert work.GetSize() == (10, 8, 12)
+    w = [20.0, 3.0, 40.0]
+    np.testing.assert_allclose(index_to_world(work, world_to_index(work, w)), w, atol=1e-9)
+
+
+def test_an_oblique_scan_maps_its_points_back_to_world():
+    """A bright voxel of a 20-degree tilted grid is found on the working grid at its world
+    point (the working grid keeps the oblique direction, LPS-permuted)."""
+    a = math.radians(20.0)
+    ct = sitk.Image([21, 21, 21], sitk.sitkFloat32) - 1000.0
+    ct.SetSpacing((2.0, 2.0, 2.0))
+    ct.SetDirection((1.0, 0.0, 0.0, 0.0, math.cos(a), -math.sin(a), 0.0, math.sin(a), math.cos(a)))
+    ct.SetOrigin((-20.0, -5.0, 7.0))
+    bright = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    bright[12, 6, 9] = 1
+    bright = sitk.BinaryDilate(bright, [1, 1, 1])
+    bright.CopyInformation(ct)
+    ct = ct + 2000.0 * sitk.Cast(bright, sitk.sitkFloat32)
+    world = np.array(ct.TransformIndexToPhysicalPoint([12, 6, 9]))
+    work = to_working(ct, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(work.GetDirection(), ct.GetDirection(), atol=1e-12)
+    com_zyx = np.argwhere(sitk.GetArrayFromImage(work) > 0).mean(axis=0)
+    np.testing.assert_allclose(index_to_world(work, com_zyx), world, atol=0.6)
+    assert inside(ct, world) and not inside(ct, world + [0.0, 0.0, 60.0])
+
+
+def test_read_centroids_accepts_our_file_and_world_lists(tmp_path):
+    f = tmp_path / "centroids.json"
+    f.write_text(json.dumps([{"label": 9, "name": "T2", "x": 1, "y": 2, "z": 3}]))
+    assert read_centroids(f) == [{"label": 9, "name": "T2", "world": [1.0, 2.0, 3.0]}]
+    assert read_centroids([{"label": "L6", "world": [0, 0, 1]}])[0]["label"] == 25
+    f.write_text(json.dumps([{"label": 9, "x": 1}]))
+    with pytest.raises(InputError, match="case 'c7'.*centroids.json"):
+        read_centroids(f, case="c7")
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="sigmaa"):
+        resolve_config({"sigmaa": 3})
+    with pytest.raises(ConfigError, match="levels"):
+        resolve_config({"levels": ["T1", "Q2"]})
+    assert resolve_config({})["levels"] == list(range(8, 25))
+
+
+def test_weighted_bce_is_smallest_at_the_target():
+    import torch
+
+    t = torch.tensor([0.0, 0.2, 0.9, 1.0]).reshape(1, 1, 4)
+    p = t.clamp(1e-4, 1 - 1e-4)
+    at = weighted_bce(torch.log(p) - torch.log1p(-p), t, 50.0)
+    for eps in (0.05, -0.05):
+        q = (t + eps).clamp(1e-4, 1 - 1e-4)
+        assert weighted_bce(torch.log(q) - torch.log1p(-q), t, 50.0) > at
+
+
+# ------------------------------------------------------------------------------ training
+
+TINY = {
+    "shape": [32, 24, 40],
+    "spacing_mm": [8.0, 8.0, 8.0],
+    "first_level": "T8",
+    "last_level": "L3",
+}
+TINY_CFG = {
+    "levels": "T8-L3",
+    "epochs": 2,
+    "steps_per_epoch": 20,
+    "crop_prob": 0.0,
+    "rotate_prob": 0.0,
+    "lr": 3e-3,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A localiser overfitted on one small phantom (T8-L3 at 8 mm), 40 steps on one thread."""
+    import torch
+
+    from ctseg import phantom
+    from ctseg.localisation import train_localiser
+
+    threads = torch.get_num_threads()
+    ph = phantom.generate(3, TINY)
+    item = {"case": "tiny", "ct": ph.image("hu"), "centroids": ph.centroids}
+    out = tmp_path_factory.mktemp("localiser")
+    try:
+        model = train_localiser([item], [item], out, TINY_CFG, seed=1, device="cpu", threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    return model, item
+
+
+def test_tiny_overfit_identifies_every_level_of_its_training_case(tiny_run):
+    from ctseg.localisation import predict_centroids
+
+    model, item = tiny_run
+    pred = predict_centroids(model, item["ct"], device="cpu")
+    s = identification_scores(identification_table(pred, item["centroids"]))
+    assert s["id_rate"] == 1.0 and s["false_positives"] == 0
+    assert s["mean_error_mm"] < 4.0  # 8 mm working voxels
+    assert [c["label"] for c in pred] == list(range(15, 23))  # head to feet
+
+
+def test_prediction_from_an_image_file_and_a_loaded_model(tiny_run, tmp_path):
+    from ctseg.localisation import load_localiser, predict_centroids
+
+    model, item = tiny_run
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(item["ct"], str(path))
+    a = predict_centroids(load_localiser(model, "cpu"), path)
+    b = predict_centroids(model, item["ct"], device="cpu")
+    assert [c["label"] for c in a] == [c["label"] for c in b]
+    np.testing.assert_allclose([c["world"] for c in a], [c["world"] for c in b], atol=1e-6)
+    with pytest.raises(InputError, match="missing.nii.gz"):
+        predict_centroids(model, tmp_path / "missing.nii.gz", device="cpu")
+
+
+def test_model_files_and_history(tiny_run):
+    import torch
+
+    model, _ = tiny_run
+    blob = torch.load(model, weights_only=True)
+    meta = json.loads(blob["meta_json"])
+    assert meta["task"] == "centroids" and meta["levels"] == list(range(15, 23))
+    assert meta["spacing_mm"] == [8.0, 8.0, 8.0]
+    rows = (model.parent / "history.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:4] == ["epoch", "train_loss", "val_loss", "val_id_rate"]
+    assert len(rows) == 3 and float(rows[-1].split("\t")[3]) == 1.0
+    assert (model.parent / "loss.png").stat().st_size > 0
+
+
+def test_prediction_does_not_depend_on_how_the_scan_is_stored(tiny_run):
+    """The same scan stored feet-first and right-to-left (same world geometry) gives the same
+    world centroids: the working grid is canonical LPS."""
+    from ctseg.localisation import predict_centroids
+
+    model, item = tiny_run
+    ct = item["ct"]
+    arr = sitk.GetArrayFromImage(ct)[::-1, :, ::-1]
+    flipped = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    flipped.SetSpacing(ct.GetSpacing())
+    far = [ct.GetSize()[0] - 1, 0, ct.GetSize()[2] - 1]
+    flipped.SetOrigin(ct.TransformIndexToPhysicalPoint(far))
+    flipped.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    a = predict_centroids(model, ct, device="cpu")
+    b = predict_centroids(model, flipped, device="cpu")
+    assert [c["label"] for c in a] == [c["label"] for c in b]
+    np.testing.assert_allclose([c["world"] for c in a], [c["world"] for c in b], atol=1e-3)
+
+
+def test_interrupted_training_resumes_to_the_same_model(tmp_path):
+    import torch
+
+    from ctseg import phantom
+    from ctseg.localisation.training import LocaliserTrainer
+
+    ph = phantom.generate(5, {**TINY, "shape": [24, 24, 32]})
+    item = {"case": "r", "ct": ph.image("hu"), "centroids": ph.centroids}
+    cfg = {**TINY_CFG, "steps_per_epoch": 2, "crop_prob": 0.5, "rotate_prob": 0.5}
+    threads = torch.get_num_threads()
+
+    class Interrupted(LocaliserTrainer):
+        def end_of_epoch(self, epoch, losses, t0):
+            super().end_of_epoch(epoch, losses, t0)
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Interrupted([item], [], tmp_path / "a", cfg, 3, "cpu", 1).fit()
+        resumed = LocaliserTrainer([item], [], tmp_path / "a", cfg, 3, "cpu", 1)
+        resumed.fit()
+        assert resumed.start_epoch == 1
+        straight = LocaliserTrainer([item], [], tmp_path / "b", cfg, 3, "cpu", 1)
+        straight.fit()
+    finally:
+        torch.set_num_threads(threads)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    for key in ("epoch", "train_loss", "lr"):
+        assert [h[key] for h in resumed.history] == [h[key] for h in straight.history]
+
+
+def test_a_case_without_centroids_is_an_input_error(tmp_path):
+    from ctseg.localisation.training import LocaliserTrainer
+
+    item = {"case": "nocent", "ct": _work_image(), "centroids": None}
+    with pytest.raises(InputError, match="nocent"):
+        LocaliserTrainer([item], [], tmp_path, TINY_CFG, 0, "cpu", 1).setup()
+
+
+def test_rotation_augmentation_moves_targets_with_the_image():
+    """Blobs painted at the centroids, rotated by interpolation, sit where the analytic
+    Gaussians of the rotated centroids are."""
+    from types import SimpleNamespace
+
+    from ctseg.localisation.training import rotated
+
+    work = _work_image(spacing=(4.0, 4.0, 4.0))
+    pts = np.array([[6.4, 7.6, 8.8], [12.7, 8.0, 9.5]])  # rotated, still inside the grid
+    image = gaussian_heatmaps(pts, SHAPE, SP, 8.0).sum(axis=0)
+    case = SimpleNamespace(work=work, image=image, points_zyx=np.vstack([pts, [np.nan] * 3]))
+    img0, tgt0 = rotated(case, [0.0, 0.0, 0.0], 8.0)
+    np.testing.assert_allclose(img0, image, atol=1e-5)
+    img, tgt = rotated(case, [12.0, -9.0, 7.0], 8.0)
+    assert not tgt[2].any()  # an absent level stays absent
+    assert np.abs(img - image).max() > 0.2  # it did move
+    np.testing.assert_allclose(img, tgt[:2].sum(axis=0), atol=0.08)  # linear interpolation
