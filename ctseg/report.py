@@ -323,7 +323,14 @@ def write_summary_md(
 
     # seed 004
     parts += ["## Vertebra centroids: localisation and identification (seed 004)", ""]
-    vert = by_task("vertebrae")
+    parts += [
+        "Centroids from the segmentation experiments (centre of mass of each predicted level) "
+        "side by side with the centroid-only experiments (task `centroids`, trained from "
+        "centroid files alone). Seed 004's published run on the BioMedia CT data: mean "
+        "localisation error 7.76 mm, 9 of 12 vertebrae identified.",
+        "",
+    ]
+    vert = by_task("vertebrae") + by_task("centroids")
     if not vert:
         parts += ["_no vertebrae experiments in this run._", ""]
     for n in vert:
@@ -365,7 +372,9 @@ def write_summary_md(
             "(identified / true vertebrae; VerSe's 20 mm rule).",
             "",
         ]
-        rows = family_rows({n: loaded[n]["cases"] for n in by_task("vertebrae")}, families)
+        rows = family_rows(
+            {n: loaded[n]["cases"] for n in by_task("vertebrae") + by_task("centroids")}, families
+        )
         parts += [
             _md_table(
                 ["family", "experiment", "cases", "Dice", "centroid error (mm)", "identification"],

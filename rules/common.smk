@@ -468,16 +468,39 @@ def _is_drr(name):
     return EXPERIMENTS[name]["task"] == "bone_drr"
 
 
+def _is_centroids(name):
+    return EXPERIMENTS[name]["task"] == "centroids"
+
+
+CENTROID_EXPERIMENTS = [n for n in EXPERIMENTS if _is_centroids(n)]
+VOXEL_EXPERIMENTS = [n for n in EXPERIMENTS if not _is_centroids(n)]
+
+
+def centroid_item(case):
+    """A centroid-only training case: the CT and its centroids, never its label map."""
+    return {
+        "case": case,
+        "ct": volume(case),
+        "centroids": f"results/volumes/{case}/centroids.json",
+    }
+
+
 def train_data(wildcards):
     name = wildcards.experiment
     if _is_drr(name):
         return {"cases": [drr_item(c) for c in cases_in("train")]}
+    if _is_centroids(name):
+        return {"cases": [centroid_item(c) for c in cases_in("train")]}
     return {"cube": f"results/cubes/{EXPERIMENTS[name]['cube']}.h5"}
 
 
 def val_data(wildcards):
     name = wildcards.experiment
-    item = drr_item if _is_drr(name) else case_item
+    item = (
+        drr_item
+        if _is_drr(name)
+        else centroid_item if _is_centroids(name) else case_item
+    )
     return {"cases": [item(c) for c in cases_in("val")]}
 
 
@@ -497,8 +520,16 @@ def predict_inputs(wildcards):
     return _files_of([predict_data(wildcards)])
 
 
+def prediction_path(experiment, case):
+    if _is_centroids(experiment):
+        return f"results/predictions/{experiment}/{case}.centroids.json"
+    return f"results/predictions/{experiment}/{case}.nii.gz"
+
+
 def truth_path(experiment, case):
     task = EXPERIMENTS[experiment]["task"]
+    if task == "centroids":
+        return f"results/volumes/{case}/centroids.json"
     if task == "bone_drr":
         return f"results/drr/{case}/labels_stack.nii.gz"
     if task == "metal":
@@ -511,7 +542,7 @@ def eval_pairs(wildcards):
     return [
         {
             "case": c,
-            "pred": f"results/predictions/{exp}/{c}.nii.gz",
+            "pred": prediction_path(exp, c),
             "truth": truth_path(exp, c),
         }
         for c in cases_in("test")
@@ -608,15 +639,18 @@ def all_outputs():
     for name, exp in EXPERIMENTS.items():
         if not exp.get("pretrained"):
             out.append(f"results/models/{name}/loss.png")
-        out.append(f"results/report/{name}/dice_box.png")
+        if exp["task"] != "centroids":  # voxel metrics
+            out.append(f"results/report/{name}/dice_box.png")
         if exp["task"] == "vertebrae":
             out += [f"results/outputs/{name}/{c}/qc.json" for c in segmented_cases()]
+        elif exp["task"] == "centroids":
+            out += [prediction_path(name, c) for c in cases_in("predict")]
         elif exp["task"] == "metal":
             out += [
                 f"results/predictions/{name}/{c}.nii.gz" for c in cases_in("predict")
             ]
-        if exp["task"] == "vertebrae":
+        if exp["task"] in ("vertebrae", "centroids"):
             out.append(f"results/report/{name}/centroid_errors.png")
-        if exp["task"] != "bone_drr" and overlay_case(name):
+        if exp["task"] in ("vertebrae", "metal") and overlay_case(name):
             out.append(f"results/report/{name}/overlay.png")
     return out

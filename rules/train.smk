@@ -44,6 +44,8 @@ rule predict:
         "results/logs/predict/{experiment}/{case}.log",
     benchmark:
         "results/benchmarks/predict/{experiment}/{case}.tsv"
+    wildcard_constraints:
+        experiment=_alternation(VOXEL_EXPERIMENTS),
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -80,3 +82,29 @@ rule case_outputs:
         trained_ids=lambda wildcards: EXPERIMENTS[wildcards.experiment].get("labels"),
     script:
         "../scripts/case_outputs.py"
+
+
+rule predict_centroids:
+    input:
+        ct="results/volumes/{case}/ct.nii.gz",
+        model=model_input,
+        code=code_of("predict_centroids"),
+    output:
+        "results/predictions/{experiment}/{case}.centroids.json",
+    log:
+        "results/logs/predict_centroids/{experiment}/{case}.log",
+    benchmark:
+        "results/benchmarks/predict_centroids/{experiment}/{case}.tsv"
+    wildcard_constraints:
+        experiment=_alternation(CENTROID_EXPERIMENTS),
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        gpu=experiment_gpus(),
+        mem_mb=mem_mb(NIFTI_MEM_PER_MB, base=4000),
+        runtime=runtime(0.05),
+    params:
+        device=lambda wildcards: EXPERIMENTS[wildcards.experiment].get("device", "auto"),
+    script:
+        "../scripts/predict_centroids.py"

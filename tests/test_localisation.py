@@ -212,7 +212,7 @@ def test_skipping_dp_is_optimal_against_enumeration(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_skipping_dp_agrees_with_the_segmentation_dp_when_every_point_is_clear(seed):
     """Clear diagonal evidence: nothing to skip, so both DPs pick the same ids."""
-    from ctseg.inference.predict import assign_increasing_ids
+    from ctseg.inference.postprocess import assign_increasing_ids
 
     rng = np.random.default_rng(seed)
     n, m = 5, 8

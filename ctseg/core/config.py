@@ -118,6 +118,8 @@ class ExperimentConfig:
     device: str = "auto"
     #: a model package trained elsewhere: the experiment is then applied, not trained
     pretrained: str | None = None
+    #: task centroids: the localiser's settings (ctseg.localisation.training.DEFAULTS)
+    localiser: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict | None, name: str | None = None) -> ExperimentConfig:
@@ -213,6 +215,7 @@ class ExperimentConfig:
         """The keys that change what training computes; how it is run (world size, loader
         workers, threads, device, name) does not: the plan fixes every random choice."""
         ignore = {"world_size", "dist_backend", "num_workers", "threads", "device", "name"}
+        ignore |= {"localiser"}
         ignore |= {"tta_flip", "postprocess"}  # inference-time settings
         return {k: v for k, v in self.to_dict().items() if k not in ignore}
 

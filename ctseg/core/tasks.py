@@ -33,6 +33,8 @@ TASKS: dict[str, Task] = {
     "vertebrae": Task("vertebrae", "ct", "labels", (2, 3), True, True),
     "metal": Task("metal", "ct", "metal", (2, 3), False, True),
     "bone_drr": Task("bone_drr", "drr", "drr_labels", (2,), False, False),
+    # centroid-only localisation (seed 004): heatmaps of each level's centroid, no label maps
+    "centroids": Task("centroids", "ct", "centroids", (3,), True, False),
 }
 
 

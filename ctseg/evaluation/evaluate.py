@@ -142,10 +142,33 @@ def _read_label_array(img: sitk.Image, path: Path, case: str) -> np.ndarray:
     return arr
 
 
+def _read_centroid_list(path: Path, case: str) -> list[dict]:
+    """A centroids.json (ours: label, x, y, z in world mm) as match_centroids reads it."""
+    import json
+
+    try:
+        rows = json.loads(Path(path).read_text())
+        return [
+            {"label": int(r["label"]), "x": float(r["x"]), "y": float(r["y"]), "z": float(r["z"])}
+            for r in rows
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a centroids.json ({exc})", path=path, case=case) from exc
+
+
 def evaluate_case(
     case: str, pred_path: Path, truth_path: Path, *, task: str
 ) -> tuple[list[dict], list[dict] | None]:
-    """Metric rows and (vertebrae task) centroid rows of one case; grids must match."""
+    """Metric rows and (vertebrae task) centroid rows of one case; grids must match.
+
+    Task ``centroids``: the prediction and the truth are centroid files (no voxel metrics)."""
+    if task == "centroids":
+        cent_rows = match_centroids(
+            _read_centroid_list(truth_path, case), _read_centroid_list(pred_path, case)
+        )
+        for r in cent_rows:
+            r["case"] = case
+        return [], cent_rows
     pred_img = read_image_file(pred_path, case=case)
     truth_img = read_image_file(truth_path, case=case)
     check_same_grid(pred_img, truth_img, pred_path, truth_path, case=case)
@@ -221,7 +244,7 @@ def evaluate_experiment(
                 pooled_cent.extend(
                     {k: r[k] for k in ("status", "error_mm", "identified")} for r in cent_rows
                 )
-        all_row = _summary_row("ALL", pooled, pooled_cent if task == "vertebrae" else None)
+        all_row = _summary_row("ALL", pooled, pooled_cent if get_task(task).vertebrae else None)
         ws.writerow([format_value(all_row.get(c)) for c in SUMMARY_COLUMNS])
         for f in files:
             f.close()

@@ -27,7 +27,7 @@ from itertools import product
 import numpy as np
 
 from ctseg.core.labels import VERSE_IDS, VERSE_NAMES
-from ctseg.inference.predict import assign_increasing_ids
+from ctseg.inference.postprocess import assign_increasing_ids
 
 #: VerSe ids in anatomical order, head to feet (T13 between T12 and L1, L6 after L5).
 SPINE_ORDER: tuple[int, ...] = (*range(1, 20), 28, *range(20, 25), 25, 26)

@@ -21,8 +21,8 @@ import SimpleITK as sitk
 from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
 from ctseg.core.labels import VERSE_IDS, VERSE_NAMES
-from ctseg.training.augment import hu_to_float
-from ctseg.training.cubes import resample_to_spacing
+from ctseg.core.normalise import hu_to_float
+from ctseg.core.resample import resample_to_spacing
 
 AIR_HU = -1024.0
 

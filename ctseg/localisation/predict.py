@@ -14,8 +14,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
-from ctseg.inference.predict import load_model, resolve_device
+from ctseg.inference.package import load_package
 from ctseg.localisation.decode import assign_levels, level_name
 from ctseg.localisation.geometry import index_to_world, inside, read_ct, to_working, working_array
 from ctseg.localisation.heatmaps import detect_points, sample_max
@@ -90,7 +91,7 @@ def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list
 def load_localiser(model_path: str | Path, device: str = "auto") -> tuple[torch.nn.Module, dict]:
     """(model, meta) of a localiser ``model.pt``; InputError when it is another task's model."""
     dev = resolve_device(device)
-    model, meta = load_model(model_path, dev)
+    model, meta = load_package(model_path, dev)
     if meta.get("task") != "centroids":
         raise InputError(f"not a centroid localiser (task {meta.get('task')!r})", path=model_path)
     meta["device"] = str(dev)
@@ -116,3 +117,21 @@ def predict_centroids(
     # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
     # outside it is not output (the scan's truth cannot hold it either)
     return [c for c in decode_centroids(heat, work, meta) if inside(ct, c["world"])]
+
+
+def predict_centroids_case(
+    model_path: Path,
+    ct_path: Path,
+    out_json: Path,
+    *,
+    case: str | None = None,
+    device: str = "auto",
+) -> None:
+    """The workflow's form: a CT file -> its predicted centroids.json (our format, world LPS
+    mm), written atomically."""
+    from ctseg.core.imageio import read_image_file
+    from ctseg.core.jsonio import write_json
+
+    pts = predict_centroids(model_path, read_image_file(ct_path, case), device=device)
+    rows = [{k: p[k] for k in ("label", "name", "x", "y", "z")} for p in pts]
+    write_json(Path(out_json), rows)

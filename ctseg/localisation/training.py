@@ -39,8 +39,11 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ctseg.core.atomic import atomic_path
+from ctseg.core.config import ExperimentConfig
+from ctseg.core.device import resolve_device
 from ctseg.core.errors import ConfigError, InputError
-from ctseg.inference.predict import resolve_device
+from ctseg.core.normalise import DEFAULT_HU_WINDOW
+from ctseg.inference.package import make_plan, save_package
 from ctseg.localisation.decode import resolve_levels
 from ctseg.localisation.geometry import (
     read_centroids,
@@ -53,16 +56,20 @@ from ctseg.localisation.heatmaps import gaussian_heatmaps
 from ctseg.localisation.identify import identification_scores, identification_table
 from ctseg.localisation.predict import decode_centroids, infer_heatmaps, pad_zyx
 from ctseg.models import build_model, model_kwargs
-from ctseg.training.augment import DEFAULT_HU_WINDOW
-from ctseg.training.train import (
+from ctseg.training.checkpoint import (
     experiment_hash,
     load_checkpoint,
-    make_optimizer,
     restore_rng_states,
     rng_states,
-    save_model_pt,
-    set_threads,
 )
+from ctseg.training.trainer import make_optimizer, set_threads
+
+
+def _optim_config(cfg: dict) -> ExperimentConfig:
+    """The optimiser / thread keys of a localiser config as the shared typed config."""
+    keys = ("optimizer", "lr", "momentum", "weight_decay", "poly_power", "threads")
+    return ExperimentConfig.from_dict({k: cfg[k] for k in keys if cfg.get(k) is not None})
+
 
 #: Defaults of every key :func:`train_localiser` reads (config overrides them).
 DEFAULTS: dict = {
@@ -226,7 +233,7 @@ class LocaliserTrainer:
     # ------------------------------------------------------------------ hooks
     def setup(self) -> None:
         """Threads, seeds, data on the working grid, model, optimiser, resume."""
-        set_threads(self.cfg, self.threads)
+        set_threads(_optim_config(self.cfg), self.threads)
         torch.manual_seed(self.seed)
         np.random.seed(self.seed % 2**32)
         random.seed(self.seed)
@@ -254,7 +261,7 @@ class LocaliserTrainer:
 
     def make_optimiser(self) -> None:
         self.opt, self.sched = make_optimizer(
-            self.cfg, self.model.parameters(), self.epochs * self.steps
+            _optim_config(self.cfg), self.model.parameters(), self.epochs * self.steps
         )
 
     def sample_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -399,6 +406,8 @@ class LocaliserTrainer:
             "levels": list(self.levels),
             **{k: self.cfg[k] for k in keys},
             "model_kwargs": model_kwargs(self.cfg),
+            "patch": [],  # the whole field of view in one pass
+            "orientation": "LPS",
             "seed": self.seed,
             "epochs": self.epochs,
         }
@@ -415,7 +424,7 @@ class LocaliserTrainer:
         write_history(self.out_dir / "history.tsv", self.history)
         plot_history(self.out_dir / "loss.png", self.history, self.out_dir.name)
         path = self.out_dir / "model.pt"
-        save_model_pt(path, self.model, self.cfg, self.meta())
+        save_package(path, self.model, self.cfg, make_plan(self.meta(), self.cfg))
         return path
 
 

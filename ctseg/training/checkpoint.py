@@ -56,6 +56,15 @@ def fingerprint(*, experiment: dict, seed: int, data_files: list, val_files: lis
     }
 
 
+def experiment_hash(experiment: dict, seed: int, extra: dict) -> str:
+    """One hash of a run's settings (for trainers whose data are not files, e.g. the localiser's
+    in-memory cases; the segmentation trainer uses :func:`fingerprint`)."""
+    blob = json.dumps(
+        {"experiment": experiment, "seed": seed, **extra}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def fingerprint_mismatch(saved: dict | None, current: dict) -> list[str]:
     """Names of the fingerprint parts that differ (all of them when ``saved`` is missing)."""
     if not isinstance(saved, dict):

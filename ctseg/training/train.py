@@ -50,6 +50,14 @@ def train_experiment(
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if exp.task == "centroids":  # seed 004: trained from centroid files alone
+        from ctseg.localisation.training import train_localiser
+
+        train_localiser(
+            train_data.get("cases", []), val_data.get("cases", []), out_dir,
+            {"model": exp.model, **exp.localiser}, seed, device, threads,
+        )  # fmt: skip
+        return
     dev = resolve_device(device)
     args = (exp, train_data, val_data, out_dir)
     if in_process_group():  # launched by torchrun or a caller
