@@ -601,6 +601,18 @@ def model_input(wildcards):
     return model_path(wildcards.experiment)
 
 
+def localiser_input(wildcards):
+    """The centroid localiser that names a vertebra experiment's levels (identify_with)."""
+    other = EXPERIMENTS[wildcards.experiment].get("identify_with")
+    if not other:
+        return {}
+    if other not in EXPERIMENTS or not _is_centroids(other):
+        raise ValueError(
+            f"experiment {wildcards.experiment}: identify_with {other!r} is not a centroids experiment"
+        )
+    return {"localiser": model_path(other)}
+
+
 def segmented_cases():
     """Cases that get the standard outputs (labels, .seg.nrrd, centroids, statistics, QC):
     the test cases (QC next to the scores) and the unlabelled 'predict' cases."""

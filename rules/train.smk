@@ -36,6 +36,7 @@ rule train:
 rule predict:
     input:
         predict_inputs,
+        unpack(localiser_input),
         model=model_input,
         code=code_of("predict"),
     output:

@@ -37,8 +37,9 @@ def centroid_run(tmp_path_factory):
             "localiser": {"spacing_mm": [7.0, 7.0, 7.0], "epochs": 3, "steps_per_epoch": 6},
         }
     }
+    (root / "w").mkdir()
     work = make_workdir(
-        root / "w" if (root / "w").mkdir() is None else root,
+        root / "w",
         config=cfg,
         sheet="\n".join(rows) + "\n",
     )

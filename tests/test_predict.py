@@ -210,3 +210,20 @@ def test_increasing_ids_skip_a_level_for_a_merged_pair():
     # a single swapped pair is cheaper to renumber consecutively than to skip
     swapped = np.array([[10, 0, 0, 0], [0, 0, 10, 0], [0, 10, 0, 0], [0, 0, 0, 10]], float)
     assert assign_increasing_ids(swapped, swapped.sum(1)) == [0, 1, 2, 3]
+
+
+def test_labels_from_centroids_cut_between_successive_centroids():
+    """Each foreground voxel takes its nearest identified centroid's level: a column of
+    foreground with two centroids splits at the plane halfway between them."""
+    from ctseg.inference.postprocess import labels_from_centroids
+
+    fg = np.zeros((40, 6, 6), bool)
+    fg[2:38, 1:5, 1:5] = True
+    fg[0, 0, 0] = True  # a stray voxel far from both centroids
+    out = labels_from_centroids(
+        fg, np.array([[10.0, 2.5, 2.5], [30.0, 2.5, 2.5]]), [21, 20], (2.0, 1.0, 1.0), 25.0
+    )
+    assert set(np.unique(out[2:20, 1:5, 1:5])) == {21}
+    assert set(np.unique(out[21:38, 1:5, 1:5])) == {20}
+    assert out[0, 0, 0] == 0 and not out[~fg].any()
+    assert labels_from_centroids(fg, np.zeros((0, 3)), [], (1.0, 1.0, 1.0)).max() == 0

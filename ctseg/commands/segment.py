@@ -21,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--fast", action="store_true", help="skip test-time augmentation")
     parser.add_argument("--series-uid", default=None, help="series to take from DICOM folders")
+    parser.add_argument(
+        "--localiser",
+        type=Path,
+        default=None,
+        help="centroid localiser package (task centroids) that names the vertebra levels",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

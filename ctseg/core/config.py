@@ -118,6 +118,8 @@ class ExperimentConfig:
     device: str = "auto"
     #: a model package trained elsewhere: the experiment is then applied, not trained
     pretrained: str | None = None
+    #: vertebrae: a centroids experiment whose identified centroids name the levels
+    identify_with: str | None = None
     #: task centroids: the localiser's settings (ctseg.localisation.training.DEFAULTS)
     localiser: dict = field(default_factory=dict)
 

@@ -169,3 +169,30 @@ def relabel_along_spine(
     for k, lid in enumerate(ordered):
         result[instances == lid] = valid[chosen[k]]
     return result
+
+
+def labels_from_centroids(
+    foreground: np.ndarray,
+    points_zyx: np.ndarray,
+    labels: list[int],
+    spacing_zyx: tuple[float, ...],
+    max_distance_mm: float = 40.0,
+) -> np.ndarray:
+    """Vertebra ids of a foreground mask from identified centroids (index space, [z, y, x]).
+
+    Each foreground voxel takes the level of its nearest centroid (in mm): the boundary between
+    two successive levels is then the plane halfway between their centroids, perpendicular to
+    the line joining them, which follows the spine's local direction like the disc between
+    them. Voxels farther than ``max_distance_mm`` from every centroid stay background.
+    """
+    from scipy.spatial import cKDTree
+
+    out = np.zeros(foreground.shape, dtype=np.uint8)
+    if len(points_zyx) == 0 or not foreground.any():
+        return out
+    sp = np.asarray(spacing_zyx, dtype=float)
+    idx = np.argwhere(foreground)
+    dist, nearest = cKDTree(np.asarray(points_zyx, dtype=float) * sp).query(idx * sp)
+    keep = dist <= max_distance_mm
+    out[tuple(idx[keep].T)] = np.asarray(labels, dtype=np.uint8)[nearest[keep]]
+    return out

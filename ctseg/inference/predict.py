@@ -31,7 +31,12 @@ from ctseg.core.orientation import from_canonical, to_canonical
 from ctseg.core.resample import resample_onto, resample_to_spacing
 from ctseg.inference.drr import predict_drr_views
 from ctseg.inference.package import load_package
-from ctseg.inference.postprocess import classes_to_ids, decode_logits, relabel_along_spine
+from ctseg.inference.postprocess import (
+    classes_to_ids,
+    decode_logits,
+    labels_from_centroids,
+    relabel_along_spine,
+)
 from ctseg.inference.sliding import slicewise_logits, sliding_window_logits
 
 
@@ -162,6 +167,7 @@ def predict_volume_with_evidence(
     *,
     device: torch.device | str,
     tta_flip: bool | None = None,
+    centroids: list[dict] | None = None,
 ) -> VolumePrediction:
     """Segment one CT image; the labels lie on exactly the CT grid.
 
@@ -170,6 +176,11 @@ def predict_volume_with_evidence(
     working-grid probabilities are post-processed there and carried back onto the canonical
     CT grid by :func:`labels_onto_grid` (linear interpolation of the foreground probability),
     and the result is permuted back onto the source grid with its exact geometry.
+
+    ``centroids`` (world LPS mm, with VerSe ``label``s, e.g. from the centroid localiser, which
+    sees the whole field of view): the levels are then named by them
+    (:func:`~ctseg.inference.postprocess.labels_from_centroids`) instead of by the network's
+    own per-voxel ids and the along-spine relabelling.
     """
     device = torch.device(device)
     exp = meta["experiment"]
@@ -182,7 +193,17 @@ def predict_volume_with_evidence(
     logits = working_grid_logits(model, meta, image, device=device, tta=tta)
     raw = classes_to_ids(decode_logits(logits), meta["class_ids"])
     ids, relabelled = raw, None
-    if meta["task"] == "vertebrae" and exp.get("postprocess", True):
+    if meta["task"] == "vertebrae" and centroids:
+        pts = [
+            ct_r.TransformPhysicalPointToContinuousIndex([float(c[a]) for a in "xyz"])[::-1]
+            for c in centroids
+        ]
+        ids = labels_from_centroids(
+            raw > 0, np.asarray(pts), [int(c["label"]) for c in centroids], ct_r.GetSpacing()[::-1]
+        )
+        fg = raw > 0
+        relabelled = float((ids[fg] != raw[fg]).mean()) if fg.any() else 0.0
+    elif meta["task"] == "vertebrae" and exp.get("postprocess", True):
         ids = relabel_along_spine(
             raw, ct_r.GetDirection(), ct_r.GetSpacing(), [c for c in meta["class_ids"] if c]
         )
@@ -207,9 +228,12 @@ def predict_volume(
     *,
     device: torch.device | str,
     tta_flip: bool | None = None,
+    centroids: list[dict] | None = None,
 ) -> sitk.Image:
     """The label image of :func:`predict_volume_with_evidence`."""
-    return predict_volume_with_evidence(model, meta, ct, device=device, tta_flip=tta_flip).labels
+    return predict_volume_with_evidence(
+        model, meta, ct, device=device, tta_flip=tta_flip, centroids=centroids
+    ).labels
 
 
 def predict_case(
@@ -219,8 +243,12 @@ def predict_case(
     *,
     device: str = "auto",
     tta_flip: bool | None = None,
+    localiser: Path | None = None,
 ) -> None:
     """Predict one case and write the label NIfTI atomically.
+
+    ``localiser``: a centroid-localiser package (task ``centroids``) whose identified centroids
+    name the vertebra levels (see :func:`predict_volume_with_evidence`).
 
     ``inputs``: ``{"ct": path}`` (vertebrae, metal) or ``{"drr": [paths]}`` (bone_drr);
     optional ``"case"`` for error messages.
@@ -240,5 +268,10 @@ def predict_case(
             raise InputError(
                 f"CT must be 3D, got {ct.GetDimension()}D", path=inputs["ct"], case=case
             )
-        out = predict_volume(model, meta, ct, device=dev, tta_flip=tta_flip)
+        centroids = None
+        if localiser is not None and meta["task"] == "vertebrae":
+            from ctseg.localisation.predict import predict_centroids
+
+            centroids = predict_centroids(Path(localiser), ct, device=device)
+        out = predict_volume(model, meta, ct, device=dev, tta_flip=tta_flip, centroids=centroids)
     _write(out, Path(out_path))

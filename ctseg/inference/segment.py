@@ -44,8 +44,20 @@ class SegmentResult:
 class Segmenter:
     """A loaded model package applied to one input after another."""
 
-    def __init__(self, package: str | Path, *, device: str = "auto", fast: bool = False):
+    def __init__(
+        self,
+        package: str | Path,
+        *,
+        device: str = "auto",
+        fast: bool = False,
+        localiser: str | Path | None = None,
+    ):
         self.device = resolve_device(device)
+        self.localiser = None
+        if localiser is not None:
+            from ctseg.localisation.predict import load_localiser
+
+            self.localiser = load_localiser(localiser, device)
         self.model, self.plan = load_package(package, self.device)
         self.package = Path(package)
         self.task = get_task(self.plan["task"])
@@ -68,9 +80,19 @@ class Segmenter:
         return img, (source if source.is_dir() else None)
 
     def segment(self, ct: sitk.Image) -> VolumePrediction:
+        centroids = None
+        if self.localiser is not None and self.task.vertebrae:
+            from ctseg.localisation.predict import predict_centroids
+
+            centroids = predict_centroids(self.localiser, ct)
         with torch.inference_mode():
             return predict_volume_with_evidence(
-                self.model, self.plan, ct, device=self.device, tta_flip=self.tta
+                self.model,
+                self.plan,
+                ct,
+                device=self.device,
+                tta_flip=self.tta,
+                centroids=centroids,
             )
 
     def write_outputs(
@@ -117,9 +139,10 @@ def segment_inputs(
     device: str = "auto",
     fast: bool = False,
     series_uid: str | None = None,
+    localiser: Path | None = None,
 ) -> list[SegmentResult]:
     """Segment every input with one loaded model; errors are collected per input."""
-    segmenter = Segmenter(package, device=device, fast=fast)
+    segmenter = Segmenter(package, device=device, fast=fast, localiser=localiser)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     names = [input_name(Path(p)) for p in inputs]
