@@ -217,13 +217,13 @@ def test_labels_from_centroids_cut_between_successive_centroids():
     foreground with two centroids splits at the plane halfway between them."""
     from ctseg.inference.postprocess import labels_from_centroids
 
-    fg = np.zeros((40, 6, 6), bool)
+    fg = np.zeros((60, 6, 6), bool)
     fg[2:38, 1:5, 1:5] = True
-    fg[0, 0, 0] = True  # a stray voxel far from both centroids
+    fg[55, 0, 0] = True  # a stray voxel 50 mm from the nearest centroid
     out = labels_from_centroids(
         fg, np.array([[10.0, 2.5, 2.5], [30.0, 2.5, 2.5]]), [21, 20], (2.0, 1.0, 1.0), 25.0
     )
     assert set(np.unique(out[2:20, 1:5, 1:5])) == {21}
     assert set(np.unique(out[21:38, 1:5, 1:5])) == {20}
-    assert out[0, 0, 0] == 0 and not out[~fg].any()
+    assert out[55, 0, 0] == 0 and not out[~fg].any()
     assert labels_from_centroids(fg, np.zeros((0, 3)), [], (1.0, 1.0, 1.0)).max() == 0
