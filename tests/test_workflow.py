@@ -77,9 +77,12 @@ def expected_jobs(cfg: dict, sheet: pd.DataFrame) -> dict[str, int]:
     """Every job a fresh run of ``cfg`` must plan, per rule, computed from the config alone."""
     n = len(sheet)
     n_test = int((sheet["split"] == "test").sum())
+    n_pred = int((sheet["split"] == "predict").sum())
     exps = cfg["experiments"]
     tasks = [e["task"] for e in exps.values()]
-    cubes = {e["cube"] for e in exps.values() if e.get("cube")}
+    trained = [e for e in exps.values() if not e.get("pretrained")]
+    cubes = {e["cube"] for e in trained if e.get("cube")}
+    n_voxel = sum(t != "centroids" for t in tasks)
     jobs = {
         "fetch": n,
         "dicom_summary": n,
@@ -91,12 +94,15 @@ def expected_jobs(cfg: dict, sheet: pd.DataFrame) -> dict[str, int]:
         "drr_stack": n_test if "bone_drr" in tasks else 0,
         "cube": len(cubes),
         "check_cube": len(cubes),
-        "train": len(exps),
-        "predict": len(exps) * n_test,
+        "train": len(trained),
+        # voxel models predict the test cases, vertebra and metal models the predict cases too
+        "predict": n_voxel * n_test + sum(t in ("vertebrae", "metal") for t in tasks) * n_pred,
+        "predict_centroids": tasks.count("centroids") * (n_test + n_pred),
+        "case_outputs": tasks.count("vertebrae") * (n_test + n_pred),
         "evaluate": len(exps),
-        "dice_plot": len(exps),
-        "centroid_plot": tasks.count("vertebrae"),
-        "overlay_plot": sum(t != "bone_drr" for t in tasks) if n_test else 0,
+        "dice_plot": n_voxel,
+        "centroid_plot": tasks.count("vertebrae") + tasks.count("centroids"),
+        "overlay_plot": sum(t in ("vertebrae", "metal") for t in tasks) if n_test else 0,
         "report_tables": 1,
         "all": 1,
     }
@@ -215,7 +221,7 @@ def test_unreadable_scan_fails_its_case_alone(tmp_path):
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"this is not a nifti file")
     sheet = (
-        f"case\tsource\tlocation\tsplit\ngood1\tphantom\t5\ttrain\nbad1\tnifti\t{broken}\ttest\n"
+        f"case\tsource\tlocation\tsplit\ngood1\tphantom\t5\ttrain\nbad1\tnifti\t{broken}\tpredict\n"
     )
     (tmp_path / "w").mkdir()
     work = make_workdir(tmp_path / "w", sheet=sheet)
