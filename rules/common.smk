@@ -453,6 +453,7 @@ def experiment_cfg(name):
 
 
 def cube_cases(cube):
+    """Every cube is built from the training split (a cube names its recipe, not its cases)."""
     return cases_in("train")
 
 

@@ -303,7 +303,6 @@ def write_drr_views(d: Path, name: str, n_views: int = 2, seed: int = 0) -> dict
 
 
 def test_bone_drr_training_and_stacked_prediction(tmp_path):
-    pytest.importorskip("ctseg.drr.preprocess")
     cases = [write_drr_views(tmp_path / "d", f"c{i}", seed=i) for i in range(2)]
     exp = {
         "task": "bone_drr",
