@@ -125,6 +125,7 @@ def test_run_metal_files_table_and_cli(tmp_path):
 
 def test_phantom_metal_truth():
     import ctseg.phantom as phantom
+
     ph = phantom.generate(
         5,
         {
