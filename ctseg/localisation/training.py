@@ -56,6 +56,7 @@ from ctseg.localisation.heatmaps import gaussian_heatmaps
 from ctseg.localisation.identify import identification_scores, identification_table
 from ctseg.localisation.predict import decode_centroids, infer_heatmaps, pad_zyx
 from ctseg.models import build_model, model_kwargs
+from ctseg.training import history as shared
 from ctseg.training.checkpoint import (
     experiment_hash,
     load_checkpoint,
@@ -430,41 +431,15 @@ class LocaliserTrainer:
 
 def write_history(path: Path, history: list[dict]) -> None:
     """history.tsv: one row per epoch, columns :data:`HISTORY_COLUMNS`."""
-    lines = ["\t".join(HISTORY_COLUMNS)]
-    for h in history:
-        lines.append(
-            "\t".join(
-                f"{h[c]:.6g}" if isinstance(h[c], float) else str(h[c]) for c in HISTORY_COLUMNS
-            )
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    shared.write_history(path, history, HISTORY_COLUMNS)
 
 
 def plot_history(path: Path, history: list[dict], title: str) -> None:
     """Loss (train, validation) and validation identification rate per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    a1.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("weighted heatmap BCE")
-    a1.legend()
-    a2.plot(ep, [h["val_id_rate"] for h in history], "o-", color="C2")
-    a2.set_ylim(0, 1.02)
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("validation identification rate")
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    shared.plot_history(
+        path, history, title, loss_label="weighted heatmap BCE",
+        metric="val_id_rate", metric_label="validation identification rate",
+    )  # fmt: skip
 
 
 def train_localiser(

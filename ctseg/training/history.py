@@ -17,20 +17,31 @@ HISTORY_COLUMNS = (
 )
 
 
-def write_history(path: Path, history: list[dict]) -> None:
-    lines = ["\t".join(HISTORY_COLUMNS)]
+def write_history(
+    path: Path, history: list[dict], columns: tuple[str, ...] = HISTORY_COLUMNS
+) -> None:
+    """history.tsv: one row per epoch (any trainer's columns; the segmentation trainer's by
+    default)."""
+    lines = ["\t".join(columns)]
     for h in history:
         lines.append(
-            "\t".join(
-                f"{h[c]:.6g}" if isinstance(h[c], float) else str(h[c]) for c in HISTORY_COLUMNS
-            )
+            "\t".join(f"{h[c]:.6g}" if isinstance(h[c], float) else str(h[c]) for c in columns)
         )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def plot_history(path: Path, history: list[dict], title: str) -> None:
-    """Loss (train, val) and validation Dice per epoch."""
+def plot_history(
+    path: Path,
+    history: list[dict],
+    title: str,
+    *,
+    loss_label: str = "0.5 Dice + 0.5 CE loss",
+    metric: str = "val_dice",
+    metric_label: str = "validation mean Dice",
+) -> None:
+    """Loss (train, val) and one validation metric in [0, 1] per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,12 +52,12 @@ def plot_history(path: Path, history: list[dict], title: str) -> None:
     a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     a1.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
     a1.set_xlabel("epoch")
-    a1.set_ylabel("0.5 Dice + 0.5 CE loss")
+    a1.set_ylabel(loss_label)
     a1.legend()
-    a2.plot(ep, [h["val_dice"] for h in history], "o-", color="C2")
-    a2.set_ylim(0, 1)
+    a2.plot(ep, [h[metric] for h in history], "o-", color="C2")
+    a2.set_ylim(0, 1.02)
     a2.set_xlabel("epoch")
-    a2.set_ylabel("validation mean Dice")
+    a2.set_ylabel(metric_label)
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
