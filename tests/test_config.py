@@ -64,6 +64,8 @@ def test_unknown_key_names_the_key_and_the_experiment():
         ("pos_slice_prob", 1.5, "pos_slice_prob"),
         ("tta_flip", "yes", "tta_flip: expected true or false"),
         ("task", "lungs", "unknown task 'lungs'"),
+        ("classes", "instances", "classes: must be levels or foreground"),
+        ("classes", "foreground", "classes: foreground needs identify_with"),
     ],
 )
 def test_bad_values_fail_naming_experiment_and_key(key, value, message):

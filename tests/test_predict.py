@@ -227,3 +227,43 @@ def test_labels_from_centroids_cut_between_successive_centroids():
     assert set(np.unique(out[21:38, 1:5, 1:5])) == {20}
     assert out[55, 0, 0] == 0 and not out[~fg].any()
     assert labels_from_centroids(fg, np.zeros((0, 3)), [], (1.0, 1.0, 1.0)).max() == 0
+
+
+def test_a_foreground_model_takes_its_levels_from_the_centroids_only(tmp_path):
+    """A vertebra-foreground model (classes: foreground) whose output is foreground
+    everywhere: with two centroids every voxel takes the nearer one's level; without
+    centroids it names nothing (no level is guessed)."""
+    from ctseg.inference.predict import predict_volume_with_evidence
+
+    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2}
+    net = build_model(exp, 2)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([-5.0, 5.0]))  # foreground everywhere
+    meta = {
+        "task": "vertebrae",
+        "dim": 3,
+        "n_classes": 2,
+        "class_ids": [0, 1],
+        "classes": "foreground",
+        "spacing_mm": [4.0, 4.0, 4.0],
+        "patch": [8, 8, 8],
+        "hu_window": [-1000, 2000],
+        "model_kwargs": {"model": "unet3d", "base_width": 4, "depth": 2, "norm": "instance"},
+    }
+    path = tmp_path / "model.pt"
+    save_package(path, net, exp, make_plan(meta, exp))
+    model, plan = load_package(path)
+    assert plan["class_names"] == {"1": "vertebra"}
+    ct = sitk.GetImageFromArray(np.zeros((16, 8, 8), np.int16))
+    ct.SetSpacing((4.0, 4.0, 4.0))  # z from 0 to 60 mm
+    cents = [
+        {"label": 20, "x": 14.0, "y": 14.0, "z": 10.0},
+        {"label": 21, "x": 14.0, "y": 14.0, "z": 50.0},
+    ]
+    lab = sitk.GetArrayFromImage(
+        predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=cents).labels
+    )
+    assert set(np.unique(lab[:7])) == {20} and set(np.unique(lab[8:])) == {21}
+    none = predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=[]).labels
+    assert sitk.GetArrayFromImage(none).max() == 0

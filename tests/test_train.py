@@ -110,6 +110,12 @@ def test_class_mapping():
     assert ids_to_classes(lab, [0, 8, 9, 10]).tolist() == [0, 1, 2, 3, 0, 0]
     with pytest.raises(ConfigError, match="labels"):
         class_ids_for({"task": "vertebrae", "labels": [8, 8]})
+    # a vertebra-foreground model: every level is class 1, levels come from the localiser
+    fg = ExperimentConfig.from_dict(
+        {"cube": "c", "classes": "foreground", "identify_with": "loc"}, "x"
+    )
+    assert fg.class_ids == [0, 1] and fg.merge_foreground
+    assert ids_to_classes(lab, fg.class_ids, fg.merge_foreground).tolist() == [0, 1, 1, 1, 1, 1]
 
 
 def test_slice_plan_positive_sampling(tiny):

@@ -120,6 +120,9 @@ class ExperimentConfig:
     pretrained: str | None = None
     #: vertebrae: a centroids experiment whose identified centroids name the levels
     identify_with: str | None = None
+    #: vertebrae: "levels" (one class per level) or "foreground" (one vertebra class; the
+    #: levels then come only from ``identify_with``'s centroids)
+    classes: str = "levels"
     #: task centroids: the localiser's settings (ctseg.localisation.training.DEFAULTS)
     localiser: dict = field(default_factory=dict)
 
@@ -169,6 +172,15 @@ class ExperimentConfig:
             bad("pos_slice_prob", "must lie in [0, 1]")
         if len(self.loss_weights) != 2:
             bad("loss_weights", "must be [dice, cross-entropy]")
+        if self.classes not in ("levels", "foreground"):
+            bad("classes", f"must be levels or foreground, not {self.classes!r}")
+        if self.classes == "foreground" and not task.vertebrae:
+            bad("classes", f"foreground applies to vertebra tasks, not {self.task!r}")
+        if self.classes == "foreground" and not (self.identify_with or self.pretrained):
+            bad(
+                "classes",
+                "foreground needs identify_with (a centroids experiment names the levels)",
+            )
         if self.labels is not None and (
             0 in self.labels or len(set(self.labels)) != len(self.labels)
         ):
@@ -193,9 +205,14 @@ class ExperimentConfig:
         return SLICE_AXES[self.slice_axis]
 
     @property
+    def merge_foreground(self) -> bool:
+        """Every labelled voxel is class 1 (vertebra foreground, metal, bone)."""
+        return self.classes == "foreground"
+
+    @property
     def class_ids(self) -> list[int]:
         """Label id of each class index: background first, then VerSe ids or 1."""
-        if get_task(self.task).vertebrae:
+        if get_task(self.task).vertebrae and self.classes == "levels":
             return [0, *(self.labels or DEFAULT_VERTEBRAE)]
         return [0, 1]
 

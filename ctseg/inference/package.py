@@ -54,6 +54,8 @@ def make_plan(meta: dict, experiment: dict, extra: dict | None = None) -> dict:
     plan = dict(meta)
     plan.update(extra or {})
     plan["class_names"] = {str(c): VERSE_NAMES.get(c, str(c)) for c in meta["class_ids"] if c}
+    if meta.get("classes") == "foreground":  # one vertebra class; levels from centroids
+        plan["class_names"] = {"1": "vertebra"}
     plan["postprocess"] = bool(experiment.get("postprocess", True))
     plan["tta_flip"] = bool(experiment.get("tta_flip", False))
     plan["config_hash"] = config_hash(experiment)

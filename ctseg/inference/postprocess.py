@@ -176,14 +176,17 @@ def labels_from_centroids(
     points_zyx: np.ndarray,
     labels: list[int],
     spacing_zyx: tuple[float, ...],
-    max_distance_mm: float = 40.0,
+    max_distance_mm: float = 80.0,
 ) -> np.ndarray:
     """Vertebra ids of a foreground mask from identified centroids (index space, [z, y, x]).
 
     Each foreground voxel takes the level of its nearest centroid (in mm): the boundary between
     two successive levels is then the plane halfway between their centroids, perpendicular to
     the line joining them, which follows the spine's local direction like the disc between
-    them. Voxels farther than ``max_distance_mm`` from every centroid stay background.
+    them. Voxels farther than ``max_distance_mm`` from every centroid stay background (80 mm:
+    a lumbar spinous process tip lies ~70 mm behind its body's centroid; measured with the true
+    centroids on phantom truths, mean level Dice 0.97-0.98 at 80-100 mm against 0.965-0.98
+    at 40 mm).
     """
     from scipy.spatial import cKDTree
 

@@ -193,7 +193,10 @@ def predict_volume_with_evidence(
     logits = working_grid_logits(model, meta, image, device=device, tta=tta)
     raw = classes_to_ids(decode_logits(logits), meta["class_ids"])
     ids, relabelled = raw, None
-    if meta["task"] == "vertebrae" and centroids:
+    foreground_model = meta.get("classes") == "foreground"
+    if meta["task"] == "vertebrae" and (centroids or foreground_model):
+        # a foreground model's levels come only from centroids: none found -> no vertebra
+        centroids = centroids or []
         pts = [
             ct_r.TransformPhysicalPointToContinuousIndex([float(c[a]) for a in "xyz"])[::-1]
             for c in centroids

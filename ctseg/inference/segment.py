@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ctseg.core.atomic import atomic_dir
 from ctseg.core.device import resolve_device
 from ctseg.core.errors import CtsegError, InputError
-from ctseg.core.tasks import get_task
+from ctseg.core.tasks import DEFAULT_VERTEBRAE, get_task
 from ctseg.formats.outputs import write_case_outputs
 from ctseg.inference.package import load_package
 from ctseg.inference.predict import VolumePrediction, predict_volume_with_evidence
@@ -67,6 +67,12 @@ class Segmenter:
                 "volumes; use a vertebrae or metal model",
                 path=self.package,
             )
+        if self.plan.get("classes") == "foreground" and self.localiser is None:
+            raise InputError(
+                "a vertebra-foreground model names no levels by itself; pass --localiser with "
+                "the centroid localiser it was trained with",
+                path=self.package,
+            )
         self.tta = False if fast else bool(self.plan.get("tta_flip", False))
 
     def read(self, source: Path, series_uid: str | None = None) -> tuple[sitk.Image, Path | None]:
@@ -110,12 +116,19 @@ class Segmenter:
             ct,
             tmp,
             source_dicom_files=dicom_files,
-            trained_ids=[c for c in self.plan["class_ids"] if c],
+            trained_ids=self.trained_ids,
             confidence_measures=pred.confidence or None,
             relabelled_fraction=pred.relabelled_fraction,
             title=title,
         )
         return sorted(p.name for p in paths.values())
+
+    @property
+    def trained_ids(self) -> list[int]:
+        """VerSe ids the model can output (a foreground model: its experiment's labels)."""
+        if self.plan.get("classes") == "foreground":
+            return [int(c) for c in self.plan["experiment"].get("labels") or DEFAULT_VERTEBRAE]
+        return [c for c in self.plan["class_ids"] if c]
 
     def run_one(self, source: Path, out_root: Path, series_uid: str | None = None) -> SegmentResult:
         res = SegmentResult(source=source)

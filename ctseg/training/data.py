@@ -29,8 +29,11 @@ from ctseg.core.tasks import get_task
 from ctseg.inference.drr import pad_to_multiple, preprocess_drr, read_drr
 
 
-def ids_to_classes(label: np.ndarray, class_ids: list[int]) -> np.ndarray:
-    """Map label ids to contiguous class indices; ids not trained on become background."""
+def ids_to_classes(label: np.ndarray, class_ids: list[int], merge: bool = False) -> np.ndarray:
+    """Map label ids to contiguous class indices; ids not trained on become background.
+    ``merge``: every non-zero id is class 1 (a vertebra-foreground model)."""
+    if merge:
+        return (label > 0).astype(np.int64)
     lut = np.zeros(256, dtype=np.int64)
     for c, lid in enumerate(class_ids):
         lut[lid] = c
@@ -40,8 +43,11 @@ def ids_to_classes(label: np.ndarray, class_ids: list[int]) -> np.ndarray:
 class CubeSource:
     """Samples of an augmentation cube, as 3D volumes or as 2D slices along one axis."""
 
-    def __init__(self, cube: str | Path, class_ids: list[int], dim: int, axis: int = 0):
+    def __init__(
+        self, cube: str | Path, class_ids: list[int], dim: int, axis: int = 0, merge: bool = False
+    ):
         self.path = Path(cube)
+        self.merge = merge
         if not self.path.is_file():
             raise InputError("cube not found", path=self.path)
         self.class_ids, self.dim, self.axis = class_ids, dim, axis
@@ -82,7 +88,7 @@ class CubeSource:
             if z >= 0:
                 img, lab = np.take(img, z, axis=self.axis), np.take(lab, z, axis=self.axis)
             imgs.append(img)
-            labs.append(ids_to_classes(lab, self.class_ids))
+            labs.append(ids_to_classes(lab, self.class_ids, self.merge))
         return torch.from_numpy(np.stack(imgs)[:, None]), torch.from_numpy(np.stack(labs))
 
     def close(self) -> None:
@@ -224,7 +230,12 @@ def prefetch(
 
 
 def load_val_volumes(
-    cases: list[dict], task: str, spacing: list[float], hu_window, class_ids: list[int]
+    cases: list[dict],
+    task: str,
+    spacing: list[float],
+    hu_window,
+    class_ids: list[int],
+    merge: bool = False,
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Validation cases at the cube spacing: (case, normalised image, class map) [z, y, x]."""
     out = []
@@ -249,5 +260,5 @@ def load_val_volumes(
         )
         if task == "metal":
             lab_arr = (lab_arr > 0).astype(np.uint8)
-        out.append((str(c.get("case")), img, ids_to_classes(lab_arr, class_ids)))
+        out.append((str(c.get("case")), img, ids_to_classes(lab_arr, class_ids, merge)))
     return out

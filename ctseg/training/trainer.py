@@ -163,7 +163,11 @@ class Trainer:
         if not self.train_data.get("cube"):
             raise InputError("training needs a cube", path=self.out_dir)
         self.source = CubeSource(
-            self.train_data["cube"], self.class_ids, self.dim, axis=self.exp.axis
+            self.train_data["cube"],
+            self.class_ids,
+            self.dim,
+            axis=self.exp.axis,
+            merge=self.exp.merge_foreground,
         )
         prov = self.source.provenance
         if prov.get("task", self.exp.task) != self.exp.task:
@@ -186,6 +190,7 @@ class Trainer:
             self.spacing,
             self.hu_window,
             self.class_ids,
+            self.exp.merge_foreground,
         )
         self.data_files = [self.source.path]
         self.val_files = [
@@ -343,6 +348,7 @@ class Trainer:
             "slice_axis": self.exp.axis,
             "n_classes": self.n_classes,
             "class_ids": self.class_ids,
+            "classes": self.exp.classes,
             "spacing_mm": self.spacing,
             "orientation": "LPS",
             "patch": list(reversed(self.patch_zyx)),
