@@ -38,6 +38,30 @@ def to_working(ct: sitk.Image, spacing_xyz: list[float] | tuple[float, ...]) -> 
     return resample_to_spacing(img, spacing_xyz, is_label=False, default=AIR_HU)
 
 
+def crop_to_body(
+    work: sitk.Image, threshold_hu: float = -500.0, margin_mm: float = 24.0
+) -> sitk.Image:
+    """The working image cut in-plane (x, y) to the bounding box of the body (voxels above
+    ``threshold_hu`` on any slice) plus ``margin_mm``; z is kept whole. Geometry is kept
+    (SimpleITK slicing moves the origin), so points map to the same world positions.
+
+    Why: a CT's reconstruction circle is mostly air around the body; at 8 mm a 512 mm field
+    of view is 64 x 64 voxels of which the body fills about a third, and every network step
+    pays for all of them."""
+    arr = sitk.GetArrayViewFromImage(work)
+    body = arr > threshold_hu
+    if not body.any():
+        return work
+    ys = np.flatnonzero(body.any(axis=(0, 2)))
+    xs = np.flatnonzero(body.any(axis=(0, 1)))
+    sx, sy = work.GetSpacing()[0], work.GetSpacing()[1]
+    mx, my = int(np.ceil(margin_mm / sx)), int(np.ceil(margin_mm / sy))
+    nx, ny = work.GetSize()[0], work.GetSize()[1]
+    x0, x1 = max(0, int(xs[0]) - mx), min(nx, int(xs[-1]) + 1 + mx)
+    y0, y1 = max(0, int(ys[0]) - my), min(ny, int(ys[-1]) + 1 + my)
+    return work[x0:x1, y0:y1, :]
+
+
 def inside(img: sitk.Image, world_xyz, margin_vox: float = 0.5) -> bool:
     """Whether a world point lies in the image's field of view (its voxels' extent, i.e. up
     to half a voxel beyond the outer voxel centres, by default)."""

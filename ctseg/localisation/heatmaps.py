@@ -160,12 +160,25 @@ def detect_points(
     return kept
 
 
+def _window(maps: np.ndarray, zyx: np.ndarray, radius: int) -> np.ndarray:
+    """``[C, n]``: every channel's values within ``radius`` voxels of the point (clipped to
+    the grid)."""
+    c = np.rint(np.asarray(zyx)).astype(int)
+    c = np.clip(c, 0, np.asarray(maps.shape[1:]) - 1)
+    lo = np.maximum(c - radius, 0)
+    hi = np.minimum(c + radius + 1, maps.shape[1:])
+    win = maps[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    return win.reshape(len(maps), -1)
+
+
 def sample_max(heatmaps: np.ndarray, zyx: np.ndarray, radius: int = 1) -> np.ndarray:
     """Per channel, the maximum of the heatmap within ``radius`` voxels of the point: the
     evidence that the point is each level (tolerates a one-voxel offset between channels)."""
-    c = np.rint(np.asarray(zyx)).astype(int)
-    c = np.clip(c, 0, np.asarray(heatmaps.shape[1:]) - 1)
-    lo = np.maximum(c - radius, 0)
-    hi = np.minimum(c + radius + 1, heatmaps.shape[1:])
-    win = heatmaps[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    return win.reshape(len(heatmaps), -1).max(axis=1)
+    return _window(heatmaps, zyx, radius).max(axis=1)
+
+
+def sample_mean(maps: np.ndarray, zyx: np.ndarray, radius: int = 1) -> np.ndarray:
+    """Per channel, the mean of ``maps`` within ``radius`` voxels of the point: a point's
+    identification evidence, averaged over its neighbourhood so that one noisy voxel does
+    not decide its level."""
+    return _window(maps, zyx, radius).mean(axis=1)

@@ -18,7 +18,14 @@ from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
 from ctseg.inference.package import load_package
 from ctseg.localisation.decode import assign_levels, level_name
-from ctseg.localisation.geometry import index_to_world, inside, read_ct, to_working, working_array
+from ctseg.localisation.geometry import (
+    crop_to_body,
+    index_to_world,
+    inside,
+    read_ct,
+    to_working,
+    working_array,
+)
 from ctseg.localisation.heatmaps import detect_points, sample_max
 
 
@@ -32,18 +39,48 @@ def pad_zyx(arr: np.ndarray, divisor: int) -> np.ndarray:
     return np.pad(arr, widths)
 
 
+#: Output heads of a localiser. ``per_level``: one sigmoid heatmap per level (Payer et al.).
+#: ``detect_identify`` (default): channel 0 is a sigmoid heatmap of *any* vertebra centroid
+#: (detection), channels 1.. a softmax over the levels (identification), seed 004's two
+#: stages in one network (reasons in :mod:`ctseg.localisation.training`).
+HEADS = ("per_level", "detect_identify")
+
+
+def head_of(meta: dict) -> str:
+    """The output head a model's meta declares (packages written before heads: per_level)."""
+    head = str(meta.get("head", "per_level"))
+    if head not in HEADS:
+        raise InputError(f"unknown localiser head {head!r}; known: {', '.join(HEADS)}")
+    return head
+
+
 @torch.no_grad()
-def infer_heatmaps(model: torch.nn.Module, arr: np.ndarray, device: torch.device) -> np.ndarray:
-    """Sigmoid heatmaps ``[C, z, y, x]`` of a whole working array (one forward pass: the
-    localiser needs the whole field of view to tell levels apart)."""
+def forward_logits(model: torch.nn.Module, arr: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Raw network output ``[C, z, y, x]`` (CPU float32) of a whole working array: one forward
+    pass, since the localiser needs the whole field of view to tell levels apart."""
     divisor = int(getattr(model, "divisor", 1))
     x = torch.from_numpy(pad_zyx(arr, divisor)[None, None].copy()).to(device)
     was_training = model.training
     model.eval()
-    out = torch.sigmoid(model(x).float())[0].cpu().numpy()
+    out = model(x).float()[0].cpu()
     model.train(was_training)
     z, y, w = arr.shape
     return out[:, :z, :y, :w]
+
+
+def activate(logits: torch.Tensor, head: str) -> np.ndarray:
+    """Logits -> maps in [0, 1]: sigmoid heatmaps, or for ``detect_identify`` the detection
+    sigmoid stacked on the identification softmax."""
+    if head == "detect_identify":
+        return torch.cat([torch.sigmoid(logits[:1]), torch.softmax(logits[1:], dim=0)]).numpy()
+    return torch.sigmoid(logits).numpy()
+
+
+def infer_heatmaps(
+    model: torch.nn.Module, arr: np.ndarray, device: torch.device, head: str = "per_level"
+) -> np.ndarray:
+    """Activated maps ``[C, z, y, x]`` of a whole working array (:func:`activate`)."""
+    return activate(forward_logits(model, arr, device), head)
 
 
 def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list[dict]:
@@ -51,6 +88,11 @@ def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list
     "score"}]`` sorted head to feet, at most one per level."""
     levels = [int(v) for v in meta["levels"]]
     sp_zyx = list(reversed(work.GetSpacing()))
+    if head_of(meta) == "detect_identify":
+        # per-level evidence = "a centroid is here" x "it is level k": the identification
+        # softmax splits the detection ridge into one bump per level (neighbouring vertebrae,
+        # whose detection bumps merge at 8 mm, fall into different channels)
+        heatmaps = heatmaps[:1] * heatmaps[1:]
     pts = detect_points(
         heatmaps,
         sp_zyx,
@@ -61,7 +103,8 @@ def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list
     for p in pts:
         p["world"] = index_to_world(work, p["zyx"])
     pts.sort(key=lambda p: -p["world"][2])  # head (superior, +z in LPS) to feet
-    votes = np.array([sample_max(heatmaps, p["zyx"]) for p in pts]).reshape(-1, len(levels))
+    votes = np.array([sample_max(heatmaps, p["zyx"]) for p in pts])
+    votes = votes.reshape(-1, len(levels))
     labels = assign_levels(
         votes,
         levels,
@@ -110,10 +153,10 @@ def predict_centroids(
         model_path if isinstance(model_path, tuple) else load_localiser(model_path, device)
     )
     ct = read_ct(ct)
-    work = to_working(ct, meta["spacing_mm"])
+    work = crop_to_body(to_working(ct, meta["spacing_mm"]))
     arr = working_array(work, meta["hu_window"])
     dev = next(model.parameters()).device
-    heat = infer_heatmaps(model, arr, dev)
+    heat = infer_heatmaps(model, arr, dev, head_of(meta))
     # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
     # outside it is not output (the scan's truth cannot hold it either)
     return [c for c in decode_centroids(heat, work, meta) if inside(ct, c["world"])]
