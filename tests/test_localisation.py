@@ -553,3 +553,20 @@ def test_detect_identify_loss_is_smallest_for_the_right_level():
     assert id_term((nearest + 1) % 4) > 9.0  # cross entropy of a logit margin of 10
     # the identification term only counts near centroids: far voxels may say anything
     assert id_term(torch.where(det > 0.1, nearest, (nearest + 1) % 4)) < 0.01
+
+
+def test_level_weights_favour_levels_few_cases_show():
+    from types import SimpleNamespace
+
+    from ctseg.localisation.training import level_weights
+
+    nan = [np.nan] * 3
+    cases = [
+        SimpleNamespace(points_zyx=np.array([[1.0, 2, 3], [4, 5, 6], nan])),
+        SimpleNamespace(points_zyx=np.array([[1.0, 2, 3], [4, 5, 6], nan])),
+        SimpleNamespace(points_zyx=np.array([[1.0, 2, 3], nan, [7, 8, 9]])),
+    ]
+    w = level_weights(cases, 1.0).numpy()  # shown by 3, 2 and 1 cases: (n + 1)^-1
+    raw = np.array([1 / 4, 1 / 3, 1 / 2])
+    np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-6)
+    assert level_weights(cases, 0.0) is None

@@ -2,11 +2,22 @@
 
 Method (reasons in the README, "Centroid-only training"): one 3D U-Net
 (:func:`ctseg.models.build_model`) sees the *whole* field of view at a coarse working spacing
-and outputs one heatmap channel per level; the target of a level is a Gaussian of ``sigma_mm``
-around its centroid (all zero for a level absent from the case). Loss: binary cross entropy of
-the sigmoid output against the heatmap, each voxel weighted ``1 + pos_weight * target`` and
-normalised by the weight sum -- a heatmap is ~0.1 % foreground, unweighted the network learns
-"nothing anywhere" first; the output bias starts at a 1 % prior for the same reason.
+(cut in-plane to the body). Its output head (``head``):
+
+* ``detect_identify`` (default): seed 004's two stages in one network. Channel 0 is a sigmoid
+  heatmap of *any* vertebra centroid (a Gaussian of ``sigma_mm`` around every centroid; the
+  detection), channels 1.. a softmax over the levels, trained with cross entropy on the
+  voxels within ``id_radius_mm`` of a centroid against that centroid's level (the
+  identification), each level weighted by how few training cases show it (``balance``).
+  Decoding multiplies the two (:func:`ctseg.localisation.predict.decode_centroids`).
+* ``per_level``: one sigmoid heatmap per level (Payer et al.). On the phantom population,
+  where a partial field of view shows 5-10 of 27 levels, these rare-positive maps collapsed to
+  their prior; kept for packages trained with it.
+
+Heatmap loss: binary cross entropy of the sigmoid output against the heatmap, each voxel
+weighted ``1 + pos_weight * target`` and normalised by the weight sum -- a heatmap is ~0.1 %
+foreground, unweighted the network learns "nothing anywhere" first; the heatmap bias starts
+at a 1 % prior for the same reason.
 Augmentation: random rotations (``rotate_prob``, ``rotate_deg``; targets recomputed from the
 rotated centroids), random crops along the spine axis (partial fields of view,
 ``crop_prob``), random intensity scale.
