@@ -19,10 +19,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from ctseg.core.atomic import atomic_paths
+from ctseg.core.centroids import centroids_from_labels
 from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
 from ctseg.core.jsonio import dumps
-from ctseg.core.labels import VERSE_NAMES, apply_label_map
+from ctseg.core.labels import apply_label_map
 from ctseg.ingest.dicomio import read_dicom_series
 
 #: Grid comparison tolerances: NIfTI stores geometry as float32, so exact equality is too strict.
@@ -239,33 +240,6 @@ def map_labels(
             case=case,
         )
     return arr.astype(np.uint8)
-
-
-def _centroids_local(img: sitk.Image) -> list[dict]:
-    arr = sitk.GetArrayViewFromImage(img)
-    out = []
-    for label in sorted(int(v) for v in np.unique(arr) if v != 0):
-        zyx = np.argwhere(arr == label).mean(axis=0)
-        x, y, z = img.TransformContinuousIndexToPhysicalPoint(
-            [float(zyx[2]), float(zyx[1]), float(zyx[0])]
-        )
-        out.append(
-            {"label": label, "name": VERSE_NAMES.get(label, str(label)), "x": x, "y": y, "z": z}
-        )
-    return out
-
-
-def centroids_from_labels(img: sitk.Image) -> list[dict]:
-    """Centre of mass of each non-zero label in world mm (LPS), sorted by label.
-
-    Uses ``ctseg.evaluation.centroids.centroids_from_labels`` when that module exists so there is one
-    definition project-wide; the local version is the same computation.
-    """
-    try:
-        from ctseg.evaluation.centroids import centroids_from_labels as shared
-    except ImportError:
-        return _centroids_local(img)
-    return shared(img)
 
 
 def _load_centroids(path: Path, case: str, image: sitk.Image) -> list[dict]:
