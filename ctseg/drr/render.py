@@ -21,12 +21,12 @@ import SimpleITK as sitk
 
 from ctseg.core.atomic import atomic_path
 from ctseg.core.errors import InputError
+from ctseg.core.grid import same_grid
 from ctseg.core.imageio import read_image_file
 from ctseg.drr.attenuation import basis_coefficients, basis_volumes, hu_to_mu
 from ctseg.drr.geometry import View, VolumeGeometry
 from ctseg.drr.labels import ProjectedLabels, projected_from_paths, summed_mask
 from ctseg.drr.raycast import raycast
-from ctseg.ingest.volume import same_grid
 
 #: metal flag added to label ids when labels and metal are ray-cast in one pass
 METAL_BIT = 1 << 16

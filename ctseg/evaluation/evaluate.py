@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ctseg.core.atomic import atomic_path
 from ctseg.core.errors import InputError
+from ctseg.core.grid import check_same_grid
 from ctseg.core.imageio import read_image_file
 from ctseg.core.tasks import get_task
 from ctseg.evaluation.centroids import (
@@ -45,7 +46,6 @@ from ctseg.evaluation.centroids import (
 from ctseg.evaluation.metrics import (
     METRIC_KEYS,
     array_spacing,
-    check_same_grid,
     format_value,
     label_metrics,
 )

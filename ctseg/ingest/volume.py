@@ -21,15 +21,11 @@ import SimpleITK as sitk
 from ctseg.core.atomic import atomic_paths
 from ctseg.core.centroids import centroids_from_labels
 from ctseg.core.errors import InputError
+from ctseg.core.grid import same_grid
 from ctseg.core.imageio import read_image_file
 from ctseg.core.jsonio import dumps
 from ctseg.core.labels import apply_label_map
 from ctseg.ingest.dicomio import read_dicom_series
-
-#: Grid comparison tolerances: NIfTI stores geometry as float32, so exact equality is too strict.
-GRID_ATOL_MM = 1e-3
-GRID_RTOL = 1e-4
-DIR_ATOL = 1e-4
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -135,24 +131,6 @@ def find_raw_labels(raw_dir: Path) -> Path | None:
         if (Path(raw_dir) / name).is_file():
             return Path(raw_dir) / name
     return None
-
-
-def same_grid(a: sitk.Image, b: sitk.Image) -> tuple[bool, str]:
-    """Whether two images share size, spacing, origin and direction (within float tolerance)."""
-    if a.GetSize() != b.GetSize():
-        return False, f"size {b.GetSize()} != {a.GetSize()}"
-    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=GRID_RTOL, atol=GRID_ATOL_MM):
-        return False, f"spacing {b.GetSpacing()} != {a.GetSpacing()}"
-    if not np.allclose(
-        a.GetOrigin(),
-        b.GetOrigin(),
-        rtol=0,
-        atol=max(GRID_ATOL_MM, 1e-6 * np.abs(a.GetOrigin()).max() * 10),
-    ):
-        return False, f"origin {b.GetOrigin()} != {a.GetOrigin()}"
-    if not np.allclose(a.GetDirection(), b.GetDirection(), atol=DIR_ATOL):
-        return False, f"direction {b.GetDirection()} != {a.GetDirection()}"
-    return True, ""
 
 
 def same_lattice(a: sitk.Image, b: sitk.Image) -> bool:
