@@ -22,12 +22,16 @@ from ctseg.core.atomic import atomic_paths
 from ctseg.core.centroids import centroids_from_labels
 from ctseg.core.errors import InputError
 from ctseg.core.grid import same_grid
-from ctseg.core.imageio import read_image_file
+from ctseg.core.imageio import (
+    IMAGE_SUFFIXES,
+    RAW_SUFFIXES,
+    image_suffix,
+    read_image_file,
+    strip_image_suffix,
+)
 from ctseg.core.jsonio import dumps
 from ctseg.core.labels import apply_label_map
 from ctseg.ingest.dicomio import read_dicom_series
-
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def source_kind(path: Path) -> str:
@@ -35,14 +39,7 @@ def source_kind(path: Path) -> str:
     path = Path(path)
     if path.is_dir():
         return "dicom"
-    name = path.name.lower()
-    if name.endswith((".nii.gz", ".nii")):
-        return "nifti"
-    if name.endswith((".nrrd", ".nhdr")):
-        return "nrrd"
-    if name.endswith((".mha", ".mhd")):
-        return "metaimage"
-    return "dicom"  # a single DICOM file
+    return IMAGE_SUFFIXES.get(image_suffix(path.name), "dicom")  # else a single DICOM file
 
 
 def read_image(
@@ -108,7 +105,7 @@ def find_raw_source(raw_dir: Path, *, case: str | None = None) -> Path:
     raw_dir = Path(raw_dir)
     found = [
         raw_dir / n
-        for n in ("dicom", "image.nii.gz", "image.nii", "image.nrrd")
+        for n in ("dicom", *(f"image{s}" for s in RAW_SUFFIXES))
         if (raw_dir / n).exists()
     ]
     if not found:
@@ -127,7 +124,7 @@ def find_raw_source(raw_dir: Path, *, case: str | None = None) -> Path:
 
 
 def find_raw_labels(raw_dir: Path) -> Path | None:
-    for name in ("labels.nii.gz", "labels.nii", "labels.nrrd"):
+    for name in (f"labels{s}" for s in RAW_SUFFIXES):
         if (Path(raw_dir) / name).is_file():
             return Path(raw_dir) / name
     return None
@@ -343,11 +340,7 @@ def read_case_list(path: Path) -> list[dict]:
         kind = source_kind(image)
         if kind not in {"nrrd", "nifti"}:
             raise InputError(f"line {lineno}: image {name!r} is neither NRRD nor NIfTI", path=path)
-        stem = name
-        for suffix in _VOLUME_SUFFIXES:
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
+        stem = strip_image_suffix(name)
         if stem in seen:
             raise InputError(
                 f"line {lineno}: case id {stem!r} repeats line {seen[stem]}", path=path
