@@ -36,7 +36,6 @@ Empty structures (policy):
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.core.atomic import atomic_path
+from ctseg.core import tsvio
 from ctseg.core.errors import InputError
 from ctseg.core.grid import check_same_grid as check_same_grid  # re-exported
 
@@ -280,8 +279,4 @@ def format_value(v: object) -> str:
 
 def write_tsv(rows: Iterable[dict], columns: Sequence[str], out_tsv: str | Path) -> None:
     """Write rows (dicts) as a TSV with the given columns, atomically."""
-    with atomic_path(out_tsv) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(columns)
-        for row in rows:
-            w.writerow([format_value(row.get(c)) for c in columns])
+    tsvio.write_tsv(out_tsv, columns, rows, cell=format_value)
