@@ -16,8 +16,6 @@ them (e.g. the QC plot) leaves none behind.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -25,9 +23,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.core.atomic import atomic_dir, atomic_path, atomic_paths, write_text
+from ctseg.core.atomic import atomic_dir, atomic_path, atomic_paths
 from ctseg.core.errors import InputError
 from ctseg.core.jsonio import dumps
+from ctseg.core.tsvio import write_tsv
 
 BODY_HU = -500.0
 _FULL = np.ones((3, 3, 3), bool)  # 26-connectivity
@@ -289,8 +288,4 @@ def write_summary_table(json_paths: list[Path], out_tsv: Path) -> None:
             }
         )
     rows.sort(key=lambda r: str(r["case"]))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, delimiter="\t", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out_tsv, buf.getvalue())
+    write_tsv(out_tsv, TABLE_COLUMNS, rows)

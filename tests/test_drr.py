@@ -15,13 +15,10 @@ from ctseg.core.errors import InputError
 from ctseg.drr import (
     View,
     VolumeGeometry,
-    intensity,
-    polychromatic_intensity,
     project_binary,
     project_labels,
     project_points,
     raycast,
-    render_basis,
     run_drr,
     stack_views,
     view_frame,
@@ -264,45 +261,6 @@ def test_cpu_and_cuda_agree():
     gpu = raycast(vol, geom, view, labels=lab, device="cuda")
     np.testing.assert_allclose(gpu.line_integrals, cpu.line_integrals, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(gpu.label_paths, cpu.label_paths, rtol=1e-4, atol=1e-3)
-
-
-def test_beer_lambert_noise_and_spectrum():
-    li = np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)
-    np.testing.assert_allclose(intensity(li), np.exp(-li), rtol=1e-6)
-    big = np.full((200, 200), 1.0, np.float32)
-    a = intensity(big, photons=1e4, seed=3)
-    np.testing.assert_array_equal(a, intensity(big, photons=1e4, seed=3))  # seeded
-    assert a.mean() == pytest.approx(math.exp(-1), rel=0.005)
-    assert a.var() == pytest.approx(math.exp(-1) / 1e4, rel=0.05)  # Poisson: var = mean / N0
-    with pytest.raises(ValueError):
-        intensity(big, photons=100)
-
-    # Polychromatic: one bin equals the monochromatic render; two bins show beam hardening.
-    hu = np.full((12, 14, 16), -1000.0, np.float32)
-    hu[3:9, 4:10, 4:12] = 1200.0
-    ct = make_image(hu, (2.0, 2.0, 2.0))
-    view = {"sdd_mm": 1000, "sid_mm": 750, "size_px": 24, "spacing_mm": 2.0}
-    basis = render_basis(ct, view, device="cpu")
-    mono = raycast(
-        hu_to_mu(hu, 60), VolumeGeometry.from_image(ct), View.from_dict(view), device="cpu"
-    )
-    np.testing.assert_allclose(
-        polychromatic_intensity(basis, [(60.0, 1.0)]), np.exp(-mono.line_integrals[0]), rtol=1e-5
-    )
-    poly = polychromatic_intensity(basis, [(40.0, 0.5), (80.0, 0.5)])
-    l40 = raycast(
-        hu_to_mu(hu, 40), VolumeGeometry.from_image(ct), View.from_dict(view), device="cpu"
-    )
-    l80 = raycast(
-        hu_to_mu(hu, 80), VolumeGeometry.from_image(ct), View.from_dict(view), device="cpu"
-    )
-    np.testing.assert_allclose(
-        poly, 0.5 * np.exp(-l40.line_integrals[0]) + 0.5 * np.exp(-l80.line_integrals[0]), rtol=1e-5
-    )
-    thick = l40.line_integrals[0] > 1
-    assert np.all(
-        -np.log(poly[thick]) < 0.5 * (l40.line_integrals[0] + l80.line_integrals[0])[thick]
-    )
 
 
 # --------------------------------------------------------------------------- labels

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ctseg.core.imageio import RAW_SUFFIXES
 from ctseg.core.jsonio import dumps
 from ctseg.metal import run_metal
 
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suf in (".nii.gz", ".nii", ".nrrd"):
+    for suf in RAW_SUFFIXES:
         if name.endswith(suf):
             return name[: -len(suf)]
     return path.stem

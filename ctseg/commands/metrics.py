@@ -11,12 +11,12 @@ import argparse
 from pathlib import Path
 
 from ctseg.core.errors import ConfigError
+from ctseg.core.grid import check_same_grid
 from ctseg.core.imageio import read_image_file
 from ctseg.core.labels import apply_label_map, resolve_label_map
 from ctseg.evaluation.metrics import (
     METRIC_KEYS,
     array_spacing,
-    check_same_grid,
     label_array,
     label_metrics,
     write_tsv,

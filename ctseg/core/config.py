@@ -59,6 +59,17 @@ def _coerce(value, tp, where: str):
     return value
 
 
+def check_keys(cls, d: dict, where: str, error: type[Exception] = ConfigError) -> None:
+    """Raise ``error`` naming every key of ``d`` that is not an init field of dataclass ``cls``."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise error(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(names))}"
+        )
+
+
 def _from_dict(cls, d: dict | None, where: str, aliases: dict[str, str] | None = None):
     d = dict(d or {})
     for old, new in (aliases or {}).items():
@@ -66,14 +77,8 @@ def _from_dict(cls, d: dict | None, where: str, aliases: dict[str, str] | None =
             if new in d:
                 raise ConfigError(f"{where}: give {new!r} or its alias {old!r}, not both")
             d[new] = d.pop(old)
+    check_keys(cls, d, where)
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(sorted(names))}"
-        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in d.items()}
     return cls(**kwargs)
 

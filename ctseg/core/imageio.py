@@ -19,7 +19,31 @@ import SimpleITK as sitk
 from ctseg.core.errors import InputError
 from ctseg.core.limits import check_voxels
 
-_NIFTI = (".nii", ".nii.gz")
+#: Every single-file image type ctseg reads: lower-case suffix -> format kind.
+IMAGE_SUFFIXES: dict[str, str] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mha": "metaimage",
+    ".mhd": "metaimage",
+}
+#: The image suffixes a raw case folder holds (``image<suffix>``, ``labels<suffix>``): what
+#: ``fetch`` copies in and ``build_volume`` looks for.
+RAW_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd")
+_NIFTI = tuple(s for s, kind in IMAGE_SUFFIXES.items() if kind == "nifti")
+
+
+def image_suffix(name: str) -> str | None:
+    """The :data:`IMAGE_SUFFIXES` entry a file name ends with (case-insensitive), or None."""
+    low = name.lower()
+    return next((s for s in IMAGE_SUFFIXES if low.endswith(s)), None)
+
+
+def strip_image_suffix(name: str) -> str:
+    """A file name without its image suffix (unchanged when it has none)."""
+    suf = image_suffix(name)
+    return name[: -len(suf)] if suf else name
 
 
 def _last_line(exc: Exception) -> str:

@@ -18,6 +18,12 @@ VERSE_NAMES: dict[int, str] = {
 }
 VERSE_IDS: dict[str, int] = {name: label for label, name in VERSE_NAMES.items()}
 
+
+def label_name(label: int) -> str:
+    """VerSe name of a label id, or the id as text for ids VerSe does not name."""
+    return VERSE_NAMES.get(int(label), str(int(label)))
+
+
 #: TotalSegmentator v2 ("total" task) vertebra ids -> VerSe ids. v2 counts from S1 = 26 upward
 #: to C1 = 50 (L5 = 27 ... T12 = 32, T11 = 33 ... T1 = 43, C7 = 44 ... C1 = 50); sacrum = 25.
 TOTALSEG_V2_TO_VERSE: dict[int, int] = {

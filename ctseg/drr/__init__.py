@@ -2,7 +2,7 @@
 
 Modules: ``geometry`` (the view/detector contract), ``attenuation`` (HU -> mu, cited
 constants), ``raycast`` (torch ray caster, CPU/CUDA), ``labels`` (longest-path label
-projection, binary masks), ``render`` (run_drr, stack_views, noise, spectra, PNG).
+projection, binary masks), ``render`` (run_drr, stack_views, PNG).
 """
 
 from ctseg.drr.attenuation import hu_to_mu
@@ -11,9 +11,6 @@ from ctseg.drr.labels import ProjectedLabels, project_binary, project_labels
 from ctseg.drr.raycast import raycast
 from ctseg.drr.render import (
     display_image,
-    intensity,
-    polychromatic_intensity,
-    render_basis,
     render_view,
     run_drr,
     stack_views,
@@ -25,13 +22,10 @@ __all__ = [
     "VolumeGeometry",
     "display_image",
     "hu_to_mu",
-    "intensity",
-    "polychromatic_intensity",
     "project_binary",
     "project_labels",
     "project_points",
     "raycast",
-    "render_basis",
     "render_view",
     "run_drr",
     "stack_views",

@@ -63,33 +63,13 @@ def bone_hu(ct_kev: float = 70.0) -> float:
 
 
 def basis_coefficients(energy_kev: float, ct_kev: float = 70.0) -> np.ndarray:
-    """Coefficients ``(a, b, m)`` with ``mu(E) = a*A + b*B + m*M`` for the basis of ``basis_volumes``.
+    """Coefficients ``(a, b, m)`` with ``mu(E) = a*A + b*B + m*M`` (see :func:`hu_to_mu`).
 
-    Splitting the mapping into energy-independent basis images lets a polychromatic render
-    ray-cast the volume once and combine the line integrals per energy bin.
+    ``A = clip(1 + HU/1000, 0, 1)`` (water-equivalent fraction), ``B = max(HU, 0) / HU_b``
+    (bone excess) and ``M`` the metal indicator are energy-independent.
     """
     mw = mu("water", energy_kev)
     return np.array([mw, mu("bone", energy_kev) - mw, mu("titanium", energy_kev)])
-
-
-def basis_volumes(
-    hu: np.ndarray, metal: np.ndarray | None = None, ct_kev: float = 70.0
-) -> np.ndarray:
-    """Energy-independent basis ``(A, B, M)``, shape ``(3, *hu.shape)``, float32.
-
-    ``A = clip(1 + HU/1000, 0, 1)`` (water-equivalent fraction), ``B = max(HU, 0) / HU_b``
-    (bone excess), ``M`` = metal indicator; metal voxels have ``A = B = 0``.
-    """
-    hu = np.asarray(hu, dtype=np.float32)
-    a = np.clip(1.0 + hu / 1000.0, 0.0, 1.0)
-    b = np.maximum(hu, 0.0) / np.float32(bone_hu(ct_kev))
-    m = np.zeros_like(hu)
-    if metal is not None:
-        sel = (np.asarray(metal) > 0) & (hu > METAL_MIN_HU)
-        m[sel] = 1.0
-        a[sel] = 0.0
-        b[sel] = 0.0
-    return np.stack([a, b, m]).astype(np.float32)
 
 
 def hu_to_mu(

@@ -13,7 +13,6 @@ Outputs (the workflow's ``drr`` rule):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +20,12 @@ import SimpleITK as sitk
 
 from ctseg.core.atomic import atomic_path
 from ctseg.core.errors import InputError
+from ctseg.core.grid import same_grid
 from ctseg.core.imageio import read_image_file
-from ctseg.drr.attenuation import basis_coefficients, basis_volumes, hu_to_mu
+from ctseg.drr.attenuation import hu_to_mu
 from ctseg.drr.geometry import View, VolumeGeometry
 from ctseg.drr.labels import ProjectedLabels, projected_from_paths, summed_mask
 from ctseg.drr.raycast import raycast
-from ctseg.ingest.volume import same_grid
 
 #: metal flag added to label ids when labels and metal are ray-cast in one pass
 METAL_BIT = 1 << 16
@@ -37,49 +36,6 @@ def read_volume(path: str | Path, case: str | None = None) -> sitk.Image:
     from ctseg.ingest.volume import read_image
 
     return read_image(Path(path), case=case, progress=False)[0]
-
-
-def intensity(
-    line_integral: np.ndarray,
-    *,
-    i0: float = 1.0,
-    photons: float | None = None,
-    seed: int | None = None,
-) -> np.ndarray:
-    """Beer-Lambert ``I = I0 exp(-L)``; with ``photons``, Poisson noise at that count per pixel.
-
-    The noisy image is ``counts / photons * I0`` with ``counts ~ Poisson(photons exp(-L))`` from
-    ``numpy.random.default_rng(seed)``.
-    """
-    mean = np.exp(-np.asarray(line_integral, dtype=np.float64))
-    if photons is None:
-        return (i0 * mean).astype(np.float32)
-    if seed is None:
-        raise ValueError("Poisson noise needs an explicit seed")
-    counts = np.random.default_rng(seed).poisson(photons * mean)
-    return (i0 * counts / photons).astype(np.float32)
-
-
-def polychromatic_intensity(
-    basis_integrals: np.ndarray,
-    spectrum: Sequence[tuple[float, float]],
-    *,
-    ct_kev: float = 70.0,
-) -> np.ndarray:
-    """``sum_k w_k exp(-integral mu_k)`` (weights normalised) from basis line integrals.
-
-    ``basis_integrals`` is ``(3, rows, cols)``: the line integrals of the energy-independent
-    basis of ``attenuation.basis_volumes``; each bin's integral is their linear combination.
-    """
-    weights = np.array([w for _, w in spectrum], dtype=np.float64)
-    if weights.size == 0 or np.any(weights < 0) or weights.sum() <= 0:
-        raise ValueError("spectrum needs non-negative weights with a positive sum")
-    weights /= weights.sum()
-    out = np.zeros(basis_integrals.shape[1:], dtype=np.float64)
-    for (energy, _), w in zip(spectrum, weights, strict=True):
-        coef = basis_coefficients(energy, ct_kev)
-        out += w * np.exp(-np.tensordot(coef, basis_integrals.astype(np.float64), axes=1))
-    return out.astype(np.float32)
 
 
 def display_image(
@@ -189,23 +145,6 @@ def render_view(
                 res.label_paths, vals, min_path_mm, include=set(vals[vals >= METAL_BIT].tolist())
             )
     return res.line_integrals[0], proj, metal2d
-
-
-def render_basis(
-    ct: sitk.Image,
-    view: dict | View,
-    *,
-    metal: sitk.Image | None = None,
-    ct_kev: float = 70.0,
-    device: str = "auto",
-    **raycast_kwargs,
-) -> np.ndarray:
-    """Line integrals ``(3, rows, cols)`` of the attenuation basis (for polychromatic spectra)."""
-    v = View.from_dict(view)
-    geom = VolumeGeometry.from_image(ct)
-    metal_arr = None if metal is None else sitk.GetArrayFromImage(metal)
-    basis = basis_volumes(sitk.GetArrayViewFromImage(ct), metal_arr, ct_kev)
-    return raycast(basis, geom, v, device=device, **raycast_kwargs).line_integrals
 
 
 def run_drr(

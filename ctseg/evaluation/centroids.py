@@ -1,9 +1,7 @@
 """Vertebra centroids of a label map, and localisation / identification scoring (seed 004).
 
-Centroids are centres of mass in world coordinates (DICOM patient LPS, mm): the centre of mass
-is taken in continuous index space and mapped through the image geometry with
-``TransformContinuousIndexToPhysicalPoint``, so spacing, origin and direction (including
-non-axial or flipped directions) are honoured.
+Centroids are centres of mass in world coordinates (DICOM patient LPS, mm), computed by
+:func:`ctseg.core.centroids.centroids_from_labels` (re-exported here).
 
 Identification follows Glocker et al. 2012 (also used by VerSe): a vertebra is *identified*
 when the predicted centroid carrying its label lies within ``max_dist_mm`` (20 mm) of its true
@@ -16,10 +14,17 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import SimpleITK as sitk
-from scipy import ndimage
 
-from ctseg.core.labels import VERSE_NAMES
+from ctseg.core.centroids import centroids_from_labels
+from ctseg.core.labels import label_name
+
+__all__ = [
+    "MATCH_KEYS",
+    "centroids_from_labels",
+    "identification_summary",
+    "label_name",
+    "match_centroids",
+]
 
 NAN = float("nan")
 
@@ -38,39 +43,6 @@ MATCH_KEYS: tuple[str, ...] = (
     "identified_as",
     "status",
 )
-
-
-def label_name(label: int) -> str:
-    """VerSe name of a label id, or the id as text for ids VerSe does not name."""
-    return VERSE_NAMES.get(int(label), str(int(label)))
-
-
-def centroids_from_labels(img: sitk.Image, labels: Sequence[int] | None = None) -> list[dict]:
-    """Centre of mass of each label (world mm, LPS) as ``{"label", "name", "x", "y", "z"}``.
-
-    ``labels`` restricts the output; by default every non-zero label present is returned.
-    One ``scipy.ndimage.center_of_mass`` pass computes all labels at once. Sorted by label.
-    """
-    arr = sitk.GetArrayFromImage(img)
-    if not np.issubdtype(arr.dtype, np.integer):
-        arr = arr.astype(np.int64)
-    if labels is None:
-        boxes = ndimage.find_objects(arr) if arr.size else []
-        wanted = [i + 1 for i, b in enumerate(boxes) if b is not None]
-    else:
-        present = np.zeros(int(arr.max(initial=0)) + 1, dtype=bool)
-        present[np.unique(arr)] = True
-        wanted = sorted(int(x) for x in set(labels) if 0 < int(x) < present.size and present[x])
-    if not wanted:
-        return []
-    ones = np.ones(arr.shape, dtype=np.uint8)
-    coms = ndimage.center_of_mass(ones, labels=arr, index=wanted)
-    out = []
-    for lab, com in zip(wanted, coms, strict=True):
-        idx = tuple(float(c) for c in reversed(com))  # numpy [z, y, x] -> sitk (x, y, z)
-        x, y, z = img.TransformContinuousIndexToPhysicalPoint(idx)
-        out.append({"label": lab, "name": label_name(lab), "x": x, "y": y, "z": z})
-    return out
 
 
 def _xyz(c: dict) -> np.ndarray:

@@ -21,7 +21,6 @@ in memory; only a few scalars per label are kept for the final ``ALL`` row):
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -31,10 +30,11 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from ctseg.core.atomic import atomic_path
 from ctseg.core.errors import InputError
+from ctseg.core.grid import check_same_grid
 from ctseg.core.imageio import read_image_file
 from ctseg.core.tasks import get_task
+from ctseg.core.tsvio import tsv_rows
 from ctseg.evaluation.centroids import (
     MATCH_KEYS,
     centroids_from_labels,
@@ -45,7 +45,6 @@ from ctseg.evaluation.centroids import (
 from ctseg.evaluation.metrics import (
     METRIC_KEYS,
     array_spacing,
-    check_same_grid,
     format_value,
     label_metrics,
 )
@@ -220,31 +219,28 @@ def evaluate_experiment(
     pooled: list[dict] = []  # a few scalars per label, for the ALL row
     pooled_cent: list[dict] = []
     with ExitStack() as stack:
-        tmp_m = stack.enter_context(atomic_path(out_metrics))
-        tmp_c = stack.enter_context(atomic_path(out_centroids))
-        tmp_s = stack.enter_context(atomic_path(out_summary))
-        files = [stack.enter_context(open(p, "w", newline="")) for p in (tmp_m, tmp_c, tmp_s)]
-        wm, wc, ws = (csv.writer(f, delimiter="\t", lineterminator="\n") for f in files)
-        wm.writerow(metric_cols)
-        wc.writerow(cent_cols)
-        ws.writerow(SUMMARY_COLUMNS)
+        put_m, put_c, put_s = (
+            stack.enter_context(tsv_rows(path, cols, cell=format_value))
+            for path, cols in (
+                (out_metrics, metric_cols),
+                (out_centroids, cent_cols),
+                (out_summary, SUMMARY_COLUMNS),
+            )
+        )
         for pair in tqdm(pairs, desc="evaluate", unit="case"):
             case = str(pair["case"])
             rows, cent_rows = evaluate_case(
                 case, Path(pair["pred"]), Path(pair["truth"]), task=task
             )
             for r in rows:
-                wm.writerow([format_value(r.get(c)) for c in metric_cols])
+                put_m(r)
             for r in cent_rows or []:
-                wc.writerow([format_value(r.get(c)) for c in cent_cols])
-            summ = _summary_row(case, rows, cent_rows)
-            ws.writerow([format_value(summ.get(c)) for c in SUMMARY_COLUMNS])
+                put_c(r)
+            put_s(_summary_row(case, rows, cent_rows))
             pooled.extend({k: r[k] for k in SUMMARY_METRICS.values()} for r in rows)
             if cent_rows is not None:
                 pooled_cent.extend(
                     {k: r[k] for k in ("status", "error_mm", "identified")} for r in cent_rows
                 )
         all_row = _summary_row("ALL", pooled, pooled_cent if get_task(task).vertebrae else None)
-        ws.writerow([format_value(all_row.get(c)) for c in SUMMARY_COLUMNS])
-        for f in files:
-            f.close()
+        put_s(all_row)

@@ -36,7 +36,6 @@ Empty structures (policy):
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,8 +44,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.core.atomic import atomic_path
+from ctseg.core import tsvio
 from ctseg.core.errors import InputError
+from ctseg.core.grid import check_same_grid as check_same_grid  # re-exported
 
 #: Column order of a metrics row (after any identifying columns such as case / label / name).
 METRIC_KEYS: tuple[str, ...] = (
@@ -260,38 +260,6 @@ def _compact_ids(
 # --------------------------------------------------------------------------------------------
 
 
-def check_same_grid(
-    a: sitk.Image,
-    b: sitk.Image,
-    path_a: str | Path,
-    path_b: str | Path,
-    *,
-    case: str | None = None,
-    tol: float = 1e-4,
-) -> None:
-    """Raise :class:`InputError` unless two images share size, spacing, origin and direction.
-
-    Metrics compare voxels one to one, so a prediction on another grid would give meaningless
-    numbers; nothing is resampled silently.
-    """
-    problems = []
-    if a.GetSize() != b.GetSize():
-        problems.append(f"size {a.GetSize()} vs {b.GetSize()}")
-    if a.GetDimension() == b.GetDimension():
-        if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=tol):
-            problems.append(f"spacing {a.GetSpacing()} vs {b.GetSpacing()}")
-        if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=tol * 10):
-            problems.append(f"origin {a.GetOrigin()} vs {b.GetOrigin()}")
-        if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tol):
-            problems.append(f"direction {a.GetDirection()} vs {b.GetDirection()}")
-    if problems:
-        raise InputError(
-            f"images are not on the same grid ({'; '.join(problems)}); other file: {path_b}",
-            path=path_a,
-            case=case,
-        )
-
-
 def array_spacing(img: sitk.Image) -> tuple[float, ...]:
     """Voxel spacing in numpy array axis order (reverse of SimpleITK's x, y, z order)."""
     return tuple(float(s) for s in reversed(img.GetSpacing()))
@@ -311,8 +279,4 @@ def format_value(v: object) -> str:
 
 def write_tsv(rows: Iterable[dict], columns: Sequence[str], out_tsv: str | Path) -> None:
     """Write rows (dicts) as a TSV with the given columns, atomically."""
-    with atomic_path(out_tsv) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(columns)
-        for row in rows:
-            w.writerow([format_value(row.get(c)) for c in columns])
+    tsvio.write_tsv(out_tsv, columns, rows, cell=format_value)

@@ -18,7 +18,6 @@ the arch with its spinous process make up the rest). An approximation, labelled 
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +26,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.core.atomic import atomic_path, write_text
+from ctseg.core.atomic import write_text
 from ctseg.core.labels import VERSE_NAMES
+from ctseg.core.tsvio import write_tsv
 from ctseg.formats.grid import axcodes, direction_matrix, index_to_world, label_array
 
 _FACE_WORD = {
@@ -195,16 +195,15 @@ def write_statistics(
     write_text(json_path, json.dumps(stats, indent=1) + "\n")
     if tsv_path is None:
         return
-    with atomic_path(tsv_path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(TSV_COLUMNS)
-        for r in stats["levels"]:
-            flat = {
-                **r,
-                "centroid_x": r["centroid"][0],
-                "centroid_y": r["centroid"][1],
-                "centroid_z": r["centroid"][2],
-                "fov_edges": ",".join(r["fov_edges"]),
-                "metal_ml": r.get("metal_ml", ""),
-            }
-            w.writerow(["" if flat.get(c) is None else flat.get(c) for c in TSV_COLUMNS])
+    rows = (
+        {
+            **r,
+            "centroid_x": r["centroid"][0],
+            "centroid_y": r["centroid"][1],
+            "centroid_z": r["centroid"][2],
+            "fov_edges": ",".join(r["fov_edges"]),
+            "metal_ml": r.get("metal_ml", ""),
+        }
+        for r in stats["levels"]
+    )
+    write_tsv(tsv_path, TSV_COLUMNS, rows)

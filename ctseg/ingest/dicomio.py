@@ -28,6 +28,7 @@ Header-declared voxel counts are checked against ``ingest.max_voxels`` before an
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterable
@@ -50,6 +51,9 @@ DUPLICATE_TOL_MM = 1e-3
 GAP_REL_TOL = 0.01
 #: Cosine tolerance for orientation consistency and tilt detection.
 COS_TOL = 1e-4
+#: Gantry tilt (deg) above which a stack counts as tilted (resampled or refused): the angle
+#: whose cosine is ``1 - COS_TOL``, about 0.81 deg.
+TILT_TOL_DEG = math.degrees(math.acos(1 - COS_TOL))
 #: Sequence Delimitation Item that must close encapsulated (compressed) pixel data.
 _SEQ_DELIM = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -616,7 +620,7 @@ def order_slices(
     step = (positions[-1] - positions[0]) / (len(slices) - 1)
     cos_tilt = float(np.clip(abs(step @ normal) / np.linalg.norm(step), 0, 1))
     tilt_deg = float(np.degrees(np.arccos(cos_tilt)))
-    if 1 - cos_tilt > COS_TOL:
+    if tilt_deg > TILT_TOL_DEG:
         msg = f"gantry tilt / sheared stack: slices advance {tilt_deg:.2f} deg off the slice normal"
         if _resolve_policy(ingest, "gantry_tilt") == "error":
             raise InputError(
@@ -827,7 +831,7 @@ def read_dicom_series(
     s0 = geom.slices[0]
     check_voxels((s0.cols, s0.rows, len(geom.slices)), s0.path, case=case, ingest=ingest)
     hu = img = None
-    resample = geom.uneven or any("tilt" in w for w in geom.warnings)
+    resample = geom.uneven or geom.tilt_deg > TILT_TOL_DEG
     if all(s.native is not None for s in geom.slices):
         hu = _decode_native(geom, case, progress)
     elif _fast_path_ok(info, geom):

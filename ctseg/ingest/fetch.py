@@ -42,13 +42,14 @@ from tqdm import tqdm
 
 from ctseg.core.atomic import atomic_dir
 from ctseg.core.errors import InputError
+from ctseg.core.imageio import RAW_SUFFIXES
 from ctseg.core.jsonio import write_json
 from ctseg.core.limits import check_bytes, limit
 
 CHUNK = 1 << 20
 SOURCES = ("phantom", "dicom", "nifti", "nrrd", "url")
 _ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-_VOLUMES = {".nii.gz": "image.nii.gz", ".nii": "image.nii", ".nrrd": "image.nrrd"}
+_VOLUMES = {s: f"image{s}" for s in RAW_SUFFIXES}
 
 
 def sha256_file(path: Path) -> str:
@@ -366,12 +367,10 @@ def fetch_case(
         if labels:
             lab = Path(labels)
             suf = _suffix(lab.name)
-            target = {".nii.gz": "labels.nii.gz", ".nii": "labels.nii", ".nrrd": "labels.nrrd"}.get(
-                suf
-            )
+            target = f"labels{suf}" if suf in RAW_SUFFIXES else None
             if target is None:
                 raise InputError(f"unsupported label file type {suf!r}", path=lab, case=name)
-            for old in ("labels.nii.gz", "labels.nii", "labels.nrrd"):
+            for old in (f"labels{s}" for s in RAW_SUFFIXES):
                 (tmp / old).unlink(missing_ok=True)
             if not lab.is_file():
                 raise InputError("labels file does not exist", path=lab, case=name)

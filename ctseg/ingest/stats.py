@@ -8,8 +8,6 @@ dates and accession numbers never leave ``raw/``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -17,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ctseg.core.atomic import write_text
 from ctseg.core.errors import InputError
+from ctseg.core.tsvio import write_tsv
 from ctseg.ingest.volume import find_raw_source, read_image
 
 #: The keys of a summary, in table column order.
@@ -182,15 +180,4 @@ def write_summary_table(json_paths: list[Path], out_tsv: Path) -> None:
         except (ValueError, OSError) as exc:
             raise InputError(f"unreadable summary JSON ({exc})", path=p) from exc
     rows.sort(key=lambda r: str(r.get("case")))
-    buf = io.StringIO()
-    writer = csv.DictWriter(
-        buf,
-        fieldnames=summary_columns(),
-        delimiter="\t",
-        lineterminator="\n",
-        extrasaction="ignore",
-    )
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    write_text(out_tsv, buf.getvalue())
+    write_tsv(out_tsv, summary_columns(), rows)

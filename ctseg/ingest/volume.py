@@ -19,18 +19,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from ctseg.core.atomic import atomic_paths
+from ctseg.core.centroids import centroids_from_labels
 from ctseg.core.errors import InputError
-from ctseg.core.imageio import read_image_file
+from ctseg.core.grid import same_grid
+from ctseg.core.imageio import (
+    IMAGE_SUFFIXES,
+    RAW_SUFFIXES,
+    image_suffix,
+    read_image_file,
+    strip_image_suffix,
+)
 from ctseg.core.jsonio import dumps
-from ctseg.core.labels import VERSE_NAMES, apply_label_map
+from ctseg.core.labels import apply_label_map
 from ctseg.ingest.dicomio import read_dicom_series
-
-#: Grid comparison tolerances: NIfTI stores geometry as float32, so exact equality is too strict.
-GRID_ATOL_MM = 1e-3
-GRID_RTOL = 1e-4
-DIR_ATOL = 1e-4
-
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def source_kind(path: Path) -> str:
@@ -38,14 +39,7 @@ def source_kind(path: Path) -> str:
     path = Path(path)
     if path.is_dir():
         return "dicom"
-    name = path.name.lower()
-    if name.endswith((".nii.gz", ".nii")):
-        return "nifti"
-    if name.endswith((".nrrd", ".nhdr")):
-        return "nrrd"
-    if name.endswith((".mha", ".mhd")):
-        return "metaimage"
-    return "dicom"  # a single DICOM file
+    return IMAGE_SUFFIXES.get(image_suffix(path.name), "dicom")  # else a single DICOM file
 
 
 def read_image(
@@ -111,7 +105,7 @@ def find_raw_source(raw_dir: Path, *, case: str | None = None) -> Path:
     raw_dir = Path(raw_dir)
     found = [
         raw_dir / n
-        for n in ("dicom", "image.nii.gz", "image.nii", "image.nrrd")
+        for n in ("dicom", *(f"image{s}" for s in RAW_SUFFIXES))
         if (raw_dir / n).exists()
     ]
     if not found:
@@ -130,28 +124,10 @@ def find_raw_source(raw_dir: Path, *, case: str | None = None) -> Path:
 
 
 def find_raw_labels(raw_dir: Path) -> Path | None:
-    for name in ("labels.nii.gz", "labels.nii", "labels.nrrd"):
+    for name in (f"labels{s}" for s in RAW_SUFFIXES):
         if (Path(raw_dir) / name).is_file():
             return Path(raw_dir) / name
     return None
-
-
-def same_grid(a: sitk.Image, b: sitk.Image) -> tuple[bool, str]:
-    """Whether two images share size, spacing, origin and direction (within float tolerance)."""
-    if a.GetSize() != b.GetSize():
-        return False, f"size {b.GetSize()} != {a.GetSize()}"
-    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=GRID_RTOL, atol=GRID_ATOL_MM):
-        return False, f"spacing {b.GetSpacing()} != {a.GetSpacing()}"
-    if not np.allclose(
-        a.GetOrigin(),
-        b.GetOrigin(),
-        rtol=0,
-        atol=max(GRID_ATOL_MM, 1e-6 * np.abs(a.GetOrigin()).max() * 10),
-    ):
-        return False, f"origin {b.GetOrigin()} != {a.GetOrigin()}"
-    if not np.allclose(a.GetDirection(), b.GetDirection(), atol=DIR_ATOL):
-        return False, f"direction {b.GetDirection()} != {a.GetDirection()}"
-    return True, ""
 
 
 def same_lattice(a: sitk.Image, b: sitk.Image) -> bool:
@@ -239,33 +215,6 @@ def map_labels(
             case=case,
         )
     return arr.astype(np.uint8)
-
-
-def _centroids_local(img: sitk.Image) -> list[dict]:
-    arr = sitk.GetArrayViewFromImage(img)
-    out = []
-    for label in sorted(int(v) for v in np.unique(arr) if v != 0):
-        zyx = np.argwhere(arr == label).mean(axis=0)
-        x, y, z = img.TransformContinuousIndexToPhysicalPoint(
-            [float(zyx[2]), float(zyx[1]), float(zyx[0])]
-        )
-        out.append(
-            {"label": label, "name": VERSE_NAMES.get(label, str(label)), "x": x, "y": y, "z": z}
-        )
-    return out
-
-
-def centroids_from_labels(img: sitk.Image) -> list[dict]:
-    """Centre of mass of each non-zero label in world mm (LPS), sorted by label.
-
-    Uses ``ctseg.evaluation.centroids.centroids_from_labels`` when that module exists so there is one
-    definition project-wide; the local version is the same computation.
-    """
-    try:
-        from ctseg.evaluation.centroids import centroids_from_labels as shared
-    except ImportError:
-        return _centroids_local(img)
-    return shared(img)
 
 
 def _load_centroids(path: Path, case: str, image: sitk.Image) -> list[dict]:
@@ -391,11 +340,7 @@ def read_case_list(path: Path) -> list[dict]:
         kind = source_kind(image)
         if kind not in {"nrrd", "nifti"}:
             raise InputError(f"line {lineno}: image {name!r} is neither NRRD nor NIfTI", path=path)
-        stem = name
-        for suffix in _VOLUME_SUFFIXES:
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
+        stem = strip_image_suffix(name)
         if stem in seen:
             raise InputError(
                 f"line {lineno}: case id {stem!r} repeats line {seen[stem]}", path=path

@@ -10,6 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ctseg.core.centroids import label_centres
 from ctseg.core.labels import VERSE_NAMES
 from ctseg.phantom.grid import Grid
 from ctseg.phantom.implants import paint_implants
@@ -84,15 +85,12 @@ def centroids_of(labels: np.ndarray, grid: Grid, levels: list[int]) -> list[dict
     For a partially visible level this is the centre of its visible part (what the label map
     shows), as in VerSe's own centroid files.
     """
-    objs = ndimage.find_objects(labels, max_label=max(levels, default=0))
+    centres = label_centres(labels, levels)
     out = []
     for k in levels:
-        sl = objs[k - 1] if k - 1 < len(objs) else None
-        if sl is None:
+        if k not in centres:
             raise ValueError(f"vertebra {VERSE_NAMES[k]} has no voxels at this resolution")
-        kk, jj, ii = np.nonzero(labels[sl] == k)
-        idx = np.array([ii.mean() + sl[2].start, jj.mean() + sl[1].start, kk.mean() + sl[0].start])
-        x, y, z = grid.index_to_world(idx)[0]
+        x, y, z = grid.index_to_world(centres[k])[0]
         out.append(
             {"label": int(k), "name": VERSE_NAMES[k], "x": float(x), "y": float(y), "z": float(z)}
         )

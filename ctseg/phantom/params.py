@@ -13,6 +13,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from ctseg.core.config import check_keys
 from ctseg.core.labels import VERSE_IDS, VERSE_NAMES
 from ctseg.phantom.orientation import ORIENTATIONS
 
@@ -205,10 +206,7 @@ class PhantomParams:
     def from_dict(cls, d: dict | None) -> PhantomParams:
         """Build from config (YAML lists welcome); unknown keys raise ValueError naming them."""
         d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown phantom parameter(s): {', '.join(unknown)}")
+        check_keys(cls, d, "phantom", error=ValueError)
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ctseg.core.config import check_keys
 from ctseg.core.errors import ConfigError
 from ctseg.phantom.layout import make_layout
 from ctseg.phantom.orientation import ORIENTATIONS
@@ -154,10 +155,7 @@ class PopulationParams:
     def from_dict(cls, d: dict | None) -> PopulationParams:
         """Build from config; unknown keys raise ConfigError naming them."""
         d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown phantom population key(s): {', '.join(unknown)}")
+        check_keys(cls, d, "phantom population")
         return cls(**d)
 
 
