@@ -1,7 +1,8 @@
 """The run's report and the workflow's QC figures: every table and plot ctseg draws.
 
 Modules: ``tables`` (``summary.md``, the seeds' tables from this run's TSVs), ``plots`` (the
-report's Dice, centroid-error and overlay plots), ``training`` (training's ``loss.png``).
+report's Dice, centroid-error and overlay plots), ``training`` (training's ``loss.png``, an augmentation cube's
+QC montage).
 
 The names below are importable from ``ctseg.report`` itself, but the package imports a module
 only when one of its names is first used: a stage that draws one figure (training its loss
@@ -26,6 +27,7 @@ _EXPORTS = {
     "plot_centroid_errors": "plots",
     "plot_dice_box": "plots",
     "plot_overlays": "plots",
+    "plot_cube_samples": "training",
     "plot_history": "training",
 }
 

@@ -1,4 +1,5 @@
-"""Training-stage figures: the per-epoch loss / validation-metric curves (``loss.png``).
+"""Training-stage figures: the per-epoch loss / validation-metric curves (``loss.png``) and the
+montage of an augmentation cube's samples (``{cube}_qc.png``).
 
 matplotlib is imported when a figure is drawn, not with this module, so that the trainers that
 import it start without it.
@@ -6,7 +7,10 @@ import it start without it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 from ctseg.core.atomic import atomic_path
 
@@ -41,4 +45,49 @@ def plot_history(
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+def plot_cube_samples(cube: Mapping, prov: dict, out_png: Path, *, n_show: int = 4) -> None:
+    """The montage of a cube's QC (``{cube}_qc.png``): for ``n_show`` samples spread over the
+    cube, the central axial, coronal and sagittal slices of the image with the label overlaid.
+
+    ``cube`` is the open cube file (datasets ``image``, ``label``, ``case_index``,
+    ``copy_index``, see :mod:`ctseg.training.cubes`) and ``prov`` its provenance (``cases``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = cube["image"].shape[0]
+    show = sorted(set(np.linspace(0, n - 1, min(n_show, n)).round().astype(int).tolist()))
+    fig, axes = plt.subplots(len(show), 3, figsize=(9, 3 * len(show)), squeeze=False)
+    for r, i in enumerate(show):
+        img, lab = cube["image"][i], cube["label"][i]
+        z, y, x = (s // 2 for s in img.shape)
+        views = [
+            ("axial", img[z], lab[z]),
+            ("coronal", img[:, y][::-1], lab[:, y][::-1]),
+            ("sagittal", img[:, :, x][::-1], lab[:, :, x][::-1]),
+        ]
+        for c, (name, im, lb) in enumerate(views):
+            ax = axes[r][c]
+            ax.imshow(im, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(
+                np.ma.masked_equal(lb, 0),
+                cmap="tab20",
+                alpha=0.5,
+                vmin=0,
+                vmax=28,
+                interpolation="nearest",
+            )
+            ax.set_title(
+                f"#{i} {prov['cases'][int(cube['case_index'][i])]} copy {int(cube['copy_index'][i])} {name}",
+                fontsize=7,
+            )
+            ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
