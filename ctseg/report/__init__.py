@@ -1,34 +1,31 @@
 """The run's report and the workflow's QC figures: every table and plot ctseg draws.
 
 Modules: ``tables`` (``summary.md``, the seeds' tables from this run's TSVs), ``plots`` (the
-report's Dice, centroid-error and overlay plots), ``training`` (training's ``loss.png``, an augmentation cube's
-QC montage).
+report's Dice, centroid-error and overlay plots), ``training`` (training's ``loss.png``, an
+augmentation cube's QC montage), ``metal`` (metal labelling's QC picture).
 
-The names below are importable from ``ctseg.report`` itself, but the package imports a module
-only when one of its names is first used: a stage that draws one figure (training its loss
-curves) then neither loads the others' dependencies nor, through ``code_of`` in
-``rules/common.smk``, reruns when they change. Library modules and workflow scripts therefore
-import from the module (``from ctseg.report.plots import plot_dice_box``), which is also what
-``code_of`` follows.
+The names of the former module ``ctseg/report.py`` (the tables' and the report plots') stay
+importable from ``ctseg.report`` itself, but the package imports a module only when one of its
+names is first used: a stage that draws one figure (training its loss curves) then neither
+loads the others' dependencies nor, through ``code_of`` in ``rules/common.smk``, reruns when
+they change. Library modules and workflow scripts therefore import from the module
+(``from ctseg.report.plots import plot_dice_box``), which is also what ``code_of`` follows.
 """
 
 from __future__ import annotations
 
 import importlib
 
-#: Public name -> the module of this package that defines it.
+#: Name once defined by ``ctseg/report.py`` -> the module of this package that defines it now.
 _EXPORTS = {
     "NA": "tables",
     "fmt": "tables",
     "fmt_pm": "tables",
     "family_rows": "tables",
-    "read_tsv": "tables",
     "write_summary_md": "tables",
     "plot_centroid_errors": "plots",
     "plot_dice_box": "plots",
     "plot_overlays": "plots",
-    "plot_cube_samples": "training",
-    "plot_history": "training",
 }
 
 __all__ = sorted(_EXPORTS)
