@@ -2,7 +2,8 @@
 
 Modules: ``tables`` (``summary.md``, the seeds' tables from this run's TSVs), ``plots`` (the
 report's Dice, centroid-error and overlay plots), ``training`` (training's ``loss.png``, an
-augmentation cube's QC montage), ``metal`` (metal labelling's QC picture).
+augmentation cube's QC montage), ``metal`` (metal labelling's QC picture), ``qc_png`` (the QC
+picture delivered with every segmented case, see :mod:`ctseg.formats.outputs`).
 
 The names of the former module ``ctseg/report.py`` (the tables' and the report plots') stay
 importable from ``ctseg.report`` itself, but the package imports a module only when one of its
