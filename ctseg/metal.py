@@ -9,9 +9,9 @@ noise; an optional dilation widens the mask to cover blooming around implants.
 
 Memory stays within a small multiple of the CT's own size: the CT is only viewed (never copied
 to float), component sizes are counted slab by slab instead of through a whole-volume int64
-array, and the QC projections are taken on the stored values. The mask, JSON and QC image of a
-job are written under temporary names and renamed together at the end, so a failure in any of
-them (e.g. the QC plot) leaves none behind.
+array, and the QC projections (drawn by :mod:`ctseg.report.metal`) are taken on the stored
+values. The mask, JSON and QC image of a job are written under temporary names and renamed
+together at the end, so a failure in any of them (e.g. the QC plot) leaves none behind.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.core.atomic import atomic_dir, atomic_path, atomic_paths
+from ctseg.core.atomic import atomic_dir, atomic_paths
 from ctseg.core.errors import InputError
 from ctseg.core.jsonio import dumps
 from ctseg.core.tsvio import write_tsv
+from ctseg.report.metal import write_qc_png
 
 BODY_HU = -500.0
 _FULL = np.ones((3, 3, 3), bool)  # 26-connectivity
@@ -149,56 +150,6 @@ def _masked_max(values: np.ndarray, mask: np.ndarray) -> float | None:
             v = float(values[sl][m].max())
             best = v if best is None else max(best, v)
     return best
-
-
-def _window(arr: np.ndarray) -> np.ndarray:
-    return np.clip((arr + 1000.0) / 4000.0, 0, 1)
-
-
-def write_qc_png(ct: sitk.Image, mask: sitk.Image, out_png: Path, *, title: str = "") -> None:
-    """Coronal and sagittal maximum-intensity projections plus the axial slice with most metal,
-    each with the mask overlaid in red; pixel aspect follows the voxel spacing."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    hu = sitk.GetArrayViewFromImage(ct)  # stored values; only 2D panels become float
-    m = sitk.GetArrayViewFromImage(mask) > 0
-    sx, sy, sz = ct.GetSpacing()
-    per_slice = m.sum(axis=(1, 2))
-    z_best = int(np.argmax(per_slice)) if per_slice.any() else hu.shape[0] // 2
-    panels = [
-        ("coronal MIP", hu.max(axis=1).astype(np.float32), m.any(axis=1), sz / sx, "lower"),
-        ("sagittal MIP", hu.max(axis=2).astype(np.float32), m.any(axis=2), sz / sy, "lower"),
-        (
-            f"axial z={z_best} ({int(per_slice[z_best])} vox)",
-            hu[z_best].astype(np.float32),
-            m[z_best],
-            sy / sx,
-            "upper",
-        ),
-    ]
-    fig = Figure(figsize=(12, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    for i, (name, img, ov, aspect, origin) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, i + 1)
-        ax.imshow(
-            _window(img),
-            cmap="gray",
-            vmin=0,
-            vmax=1,
-            aspect=aspect,
-            origin=origin,
-            interpolation="nearest",
-        )
-        rgba = np.zeros((*ov.shape, 4), np.float32)
-        rgba[ov] = (1.0, 0.0, 0.0, 0.6)
-        ax.imshow(rgba, aspect=aspect, origin=origin, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=10)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
 
 
 def write_slice_pngs(mask: sitk.Image, out_dir: Path) -> int:

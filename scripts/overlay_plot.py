@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from ctseg.core.runlog import job
-from ctseg.report import plot_overlays
+from ctseg.report.plots import plot_overlays
 
 with job(snakemake.log[0]):
     plot_overlays(

@@ -1,9 +1,9 @@
-"""Rule report_tables: results/report/summary.md from every stage's tables via ctseg.report."""
+"""Rule report_tables: results/report/summary.md from every stage's tables (ctseg.report.tables)."""
 
 from pathlib import Path
 
 from ctseg.core.runlog import job
-from ctseg.report import write_summary_md
+from ctseg.report.tables import write_summary_md
 
 with job(snakemake.log[0]):
     write_summary_md(

@@ -112,7 +112,7 @@ def test_real_series_outputs(real_series_dir, real_labels_path, tmp_path):
 )
 def test_qc_picture_view_equals_dicomorient(perm, flip, tmp_path):
     """The QC picture's no-copy LPS view of a permuted / flipped grid is SimpleITK's LPS image."""
-    from ctseg.formats.qc_png import _lps_view, write_qc_png
+    from ctseg.report.qc_png import _lps_view, write_qc_png
 
     arr = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
     img = sitk.GetImageFromArray(arr)

@@ -1,9 +1,13 @@
-"""summary.md tables reproduce this run's TSVs (parsed back); the report plots are drawn."""
+"""summary.md tables reproduce this run's TSVs (parsed back); the report plots are drawn; the
+ctseg.report package loads a module only for the names used."""
 
 from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -253,3 +257,19 @@ def test_plots(run_dir, tmp_path) -> None:
     green = (img[..., 1] > 0.8) & (img[..., 0] < 0.3) & (img[..., 2] < 0.3)
     assert red.sum() > 20 and green.sum() > 20  # both contours drawn
     assert not [p for p in tmp_path.iterdir() if re.match(r"^\.", p.name)]
+
+
+def test_package_loads_a_module_only_when_its_names_are_used() -> None:
+    """Training's plot module comes without the report tables / plots (nor pandas); the names
+    of the former ctseg/report.py still resolve from the package."""
+    code = (
+        "import sys\n"
+        "import ctseg.report.training\n"
+        "assert not {'ctseg.report.tables', 'ctseg.report.plots', 'pandas'} & set(sys.modules)\n"
+        "import ctseg.report as r\n"
+        "assert r.plot_dice_box.__module__ == 'ctseg.report.plots'\n"
+        "assert all(getattr(r, n) is not None for n in r.__all__)\n"
+        "assert not hasattr(r, 'no_such_name')\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], cwd=repo, check=True, timeout=120)

@@ -25,9 +25,9 @@ import SimpleITK as sitk
 from ctseg.core.atomic import atomic_path, write_text
 from ctseg.formats.centroid_io import write_centroid_outputs
 from ctseg.formats.qc import quality_flags
-from ctseg.formats.qc_png import write_qc_png
 from ctseg.formats.slicer_seg import write_slicer_seg
 from ctseg.formats.vertebra_stats import vertebra_statistics, write_statistics
+from ctseg.report.qc_png import write_qc_png
 
 
 def write_case_outputs(

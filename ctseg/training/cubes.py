@@ -36,6 +36,7 @@ from ctseg.core.normalise import hu_to_float
 from ctseg.core.orientation import CANONICAL, to_canonical
 from ctseg.core.resample import resample_to_spacing
 from ctseg.core.tasks import get_task
+from ctseg.report.training import plot_cube_samples
 from ctseg.training.augment import augment_pair, build_augmentation
 
 
@@ -240,14 +241,10 @@ def check_cube(h5: Path, out_png: Path, out_tsv: Path, *, n_show: int = 4) -> No
 
     The montage shows, for ``n_show`` samples spread over the cube, the central axial, coronal
     and sagittal slices of the image, each with the label overlaid (so misalignment between
-    augmented image and label is visible at a glance). The TSV has one row per sample:
+    augmented image and label is visible at a glance; drawn by
+    :func:`ctseg.report.training.plot_cube_samples`). The TSV has one row per sample:
     ``index, case, copy, voxels, label, count, fraction`` for every label present.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     h5 = Path(h5)
     if not h5.is_file():
         raise InputError("cube not found", path=h5)
@@ -263,35 +260,6 @@ def check_cube(h5: Path, out_png: Path, out_tsv: Path, *, n_show: int = 4) -> No
                 rows.append(
                     f"{i}\t{case}\t{int(f['copy_index'][i])}\t{lab.size}\t{int(lid)}\t{int(cnt)}\t{cnt / lab.size:.6f}"
                 )
-        show = sorted(set(np.linspace(0, n - 1, min(n_show, n)).round().astype(int).tolist()))
-        fig, axes = plt.subplots(len(show), 3, figsize=(9, 3 * len(show)), squeeze=False)
-        for r, i in enumerate(show):
-            img, lab = f["image"][i], f["label"][i]
-            z, y, x = (s // 2 for s in img.shape)
-            views = [
-                ("axial", img[z], lab[z]),
-                ("coronal", img[:, y][::-1], lab[:, y][::-1]),
-                ("sagittal", img[:, :, x][::-1], lab[:, :, x][::-1]),
-            ]
-            for c, (name, im, lb) in enumerate(views):
-                ax = axes[r][c]
-                ax.imshow(im, cmap="gray", vmin=0, vmax=1)
-                ax.imshow(
-                    np.ma.masked_equal(lb, 0),
-                    cmap="tab20",
-                    alpha=0.5,
-                    vmin=0,
-                    vmax=28,
-                    interpolation="nearest",
-                )
-                ax.set_title(
-                    f"#{i} {prov['cases'][int(f['case_index'][i])]} copy {int(f['copy_index'][i])} {name}",
-                    fontsize=7,
-                )
-                ax.axis("off")
-        fig.tight_layout()
-        with atomic_path(out_png) as tmp:
-            fig.savefig(tmp, dpi=80)
-        plt.close(fig)
+        plot_cube_samples(f, prov, out_png, n_show=n_show)
     with atomic_path(out_tsv) as tmp:
         tmp.write_text("\n".join(rows) + "\n")

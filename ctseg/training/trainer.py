@@ -46,6 +46,7 @@ from ctseg.inference.package import make_plan, save_package
 from ctseg.inference.postprocess import decode_logits
 from ctseg.inference.sliding import slice_patch, slicewise_logits, sliding_window_logits
 from ctseg.models import build_model
+from ctseg.report.training import plot_history
 from ctseg.training.checkpoint import (
     fingerprint,
     fingerprint_mismatch,
@@ -55,7 +56,7 @@ from ctseg.training.checkpoint import (
 )
 from ctseg.training.data import CubeSource, DrrSource, load_batches, load_val_volumes
 from ctseg.training.distributed import GlobalBatchDiceCELoss, all_reduce_sum
-from ctseg.training.history import plot_history, write_history
+from ctseg.training.history import write_history
 from ctseg.training.losses import DiceCELoss, mean_foreground_dice
 
 

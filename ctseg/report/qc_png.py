@@ -1,4 +1,5 @@
-"""The QC picture: sagittal and coronal slices through the spine, levels coloured and named.
+"""The QC picture of a segmented case (``qc.png``, delivered by :mod:`ctseg.formats.outputs`):
+sagittal and coronal slices through the spine, levels coloured and named.
 
 A reader checks a labelling at a glance on a mid-sagittal view (level order, gaps, a level
 drawn twice) and a coronal one (lateral drift, scoliosis). Both images are put on an LPS
