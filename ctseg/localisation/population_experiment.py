@@ -1,7 +1,9 @@
 """The localiser on the phantom population: train on the default cohort's draws, score on
 unseen seeds of every robustness family.
 
-``python -m ctseg.localisation.population_experiment OUT [CONFIG_JSON] [--seeds-from N]``
+``python -m ctseg.localisation.population_experiment OUT [CONFIG_JSON] [--seeds-from N]
+[--model MODEL_PT]`` (``--model``: score a trained localiser, e.g. the workflow's, without
+training)
 
 Training and validation cases are the default config's population draws (the seeds of
 ``cases.tsv``'s train / val rows); test cases are drawn per family of ``config.robustness.yaml``
@@ -58,11 +60,21 @@ def cached_case(cache: Path, phantom_cfg: dict, name: str, seed: int, family: st
     }
 
 
-def run(out: Path, config: dict | None = None, seeds_from: int = 7001, per_family: int = 3):
+def run(
+    out: Path,
+    config: dict | None = None,
+    seeds_from: int = 7001,
+    per_family: int = 3,
+    model_pt: Path | None = None,
+):
+    """Train (unless ``model_pt`` names a trained localiser, e.g. the workflow's) and score."""
     base, rob, sheet = _configs()
     cache = out.parent / "cache"
     pcfg = base["phantom"]
     fam_cfg = {**pcfg, "families": {"in_distribution": {}, **rob["phantom"]["families"]}}
+    out.mkdir(parents=True, exist_ok=True)
+    if model_pt is not None:
+        return score_families(out, Path(model_pt), fam_cfg, cache, seeds_from, per_family, {})
     items = {
         split: [
             cached_case(cache, pcfg, r.case, int(r.location))
@@ -77,6 +89,13 @@ def run(out: Path, config: dict | None = None, seeds_from: int = 7001, per_famil
         items["train"], items["val"], out, loc_cfg, seed=int(base["seed"]), device="cpu"
     )
     summary = {"train_wall_s": round(time.perf_counter() - t0, 1), "config": loc_cfg}
+    return score_families(out, model_pt, fam_cfg, cache, seeds_from, per_family, summary)
+
+
+def score_families(
+    out: Path, model_pt: Path, fam_cfg: dict, cache: Path, seeds_from: int, per_family: int, summary
+) -> dict:
+    """Identification per family on unseen seeds; writes families.tsv, table.tsv, summary.json."""
     model = load_localiser(model_pt, "cpu")
     rows, tables = [], []
     for k, fam in enumerate(fam_cfg["families"]):
@@ -103,10 +122,16 @@ def run(out: Path, config: dict | None = None, seeds_from: int = 7001, per_famil
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    seeds_from = 7001
+    seeds_from, model_arg = 7001, None
+    if "--model" in args:
+        i = args.index("--model")
+        model_arg = Path(args[i + 1])
+        del args[i : i + 2]
     if "--seeds-from" in args:
         i = args.index("--seeds-from")
         seeds_from = int(args[i + 1])
         del args[i : i + 2]
     cfg = json.loads(args[1]) if len(args) > 1 else {}
-    print(json.dumps(run(Path(args[0]), cfg, seeds_from), indent=2, default=str))
+    print(
+        json.dumps(run(Path(args[0]), cfg, seeds_from, model_pt=model_arg), indent=2, default=str)
+    )
