@@ -113,6 +113,19 @@ def test_keep_largest_component():
     assert (out == 5).sum() == 27 and out[8, 8, 8] == 0
 
 
+def _plan(**keys) -> dict:
+    """A tiny 3D vertebra model's plan (4 mm, 8^3 patch, width 4, depth 2) with ``keys``."""
+    return {
+        "task": "vertebrae",
+        "dim": 3,
+        "spacing_mm": [4.0, 4.0, 4.0],
+        "patch": [8, 8, 8],
+        "hu_window": [-1000, 2000],
+        "model_kwargs": {"model": "unet3d", "base_width": 4, "depth": 2, "norm": "instance"},
+        **keys,
+    }
+
+
 @pytest.fixture()
 def tiny_model_pt(tmp_path):
     torch.manual_seed(0)
@@ -126,16 +139,7 @@ def tiny_model_pt(tmp_path):
     }
     net = build_model(exp, 4)
     # bias the head so the output has several classes
-    meta = {
-        "task": "vertebrae",
-        "dim": 3,
-        "n_classes": 4,
-        "class_ids": [0, 8, 9, 10],
-        "spacing_mm": [4.0, 4.0, 4.0],
-        "patch": [8, 8, 8],
-        "hu_window": [-1000, 2000],
-        "model_kwargs": {"model": "unet3d", "base_width": 4, "depth": 2, "norm": "instance"},
-    }
+    meta = _plan(n_classes=4, class_ids=[0, 8, 9, 10])
     path = tmp_path / "model.pt"
     save_package(path, net, exp, make_plan(meta, exp))
     return path, net
@@ -240,17 +244,7 @@ def test_a_foreground_model_takes_its_levels_from_the_centroids_only(tmp_path):
     with torch.no_grad():
         net.head.weight.zero_()
         net.head.bias.copy_(torch.tensor([-5.0, 5.0]))  # foreground everywhere
-    meta = {
-        "task": "vertebrae",
-        "dim": 3,
-        "n_classes": 2,
-        "class_ids": [0, 1],
-        "classes": "foreground",
-        "spacing_mm": [4.0, 4.0, 4.0],
-        "patch": [8, 8, 8],
-        "hu_window": [-1000, 2000],
-        "model_kwargs": {"model": "unet3d", "base_width": 4, "depth": 2, "norm": "instance"},
-    }
+    meta = _plan(n_classes=2, class_ids=[0, 1], classes="foreground")
     path = tmp_path / "model.pt"
     save_package(path, net, exp, make_plan(meta, exp))
     model, plan = load_package(path)

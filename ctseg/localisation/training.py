@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
+import ctseg.report.training as report_training
 from ctseg.core.atomic import atomic_path
 from ctseg.core.config import ExperimentConfig
 from ctseg.core.device import resolve_device
@@ -514,7 +515,7 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 def plot_history(path: Path, history: list[dict], title: str) -> None:
     """Loss (train, validation) and validation identification rate per epoch."""
-    shared.plot_history(
+    report_training.plot_history(
         path, history, title, loss_label="weighted heatmap BCE",
         metric="val_id_rate", metric_label="validation identification rate",
     )  # fmt: skip

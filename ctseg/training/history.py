@@ -1,14 +1,13 @@
 """Per-epoch training history: the TSV (its plot, ``loss.png``, is drawn by
-:func:`ctseg.report.training.plot_history`, re-exported here for the localiser's trainer)."""
+:func:`ctseg.report.training.plot_history`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ctseg.core.atomic import atomic_path
-from ctseg.report.training import plot_history
 
-__all__ = ["HISTORY_COLUMNS", "plot_history", "write_history"]
+__all__ = ["HISTORY_COLUMNS", "write_history"]
 
 HISTORY_COLUMNS = (
     "epoch",
