@@ -94,7 +94,7 @@ DEFAULTS: dict = {
     "head": "detect_identify",  # or "per_level" (one sigmoid heatmap per level)
     "id_weight": 1.0,  # detect_identify: weight of the identification cross entropy
     "id_radius_mm": 24.0,  # detect_identify: voxels this close to a centroid learn its level
-    "balance": 0.5,  # detect_identify: level weight (cases showing it)^-balance; 0 = none
+    "balance": 0.0,  # detect_identify: level weight (cases showing it)^-balance; 0 = none
     "model": "unet3d",
     "base_width": 8,
     "depth": 4,
