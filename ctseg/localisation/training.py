@@ -8,7 +8,8 @@ Method (reasons in the README, "Centroid-only training"): one 3D U-Net
   heatmap of *any* vertebra centroid (a Gaussian of ``sigma_mm`` around every centroid; the
   detection), channels 1.. a softmax over the levels, trained with cross entropy on the
   voxels within ``id_radius_mm`` of a centroid against that centroid's level (the
-  identification), each level weighted by how few training cases show it (``balance``).
+  identification), optionally each level weighted by how few training cases show it
+  (``balance``; measured slower on the population, so 0 by default).
   Decoding multiplies the two (:func:`ctseg.localisation.predict.decode_centroids`).
 * ``per_level``: one sigmoid heatmap per level (Payer et al.). On the phantom population,
   where a partial field of view shows 5-10 of 27 levels, these rare-positive maps collapsed to
@@ -149,6 +150,8 @@ def resolve_config(config: dict | None) -> dict:
     for key in ("sigma_mm", "min_distance_mm", "min_crop_mm"):
         if float(out[key]) <= 0:
             raise ConfigError(f"config key {key!r} must be > 0, got {out[key]}")
+    if float(out["balance"]) < 0:
+        raise ConfigError(f"config key 'balance' must be >= 0, got {out['balance']}")
     if not 0 <= float(out["crop_prob"]) <= 1:
         raise ConfigError(f"config key 'crop_prob' must be in [0, 1], got {out['crop_prob']}")
     if out["head"] not in HEADS:
