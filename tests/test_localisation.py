@@ -570,3 +570,27 @@ def test_level_weights_favour_levels_few_cases_show():
     raw = np.array([1 / 4, 1 / 3, 1 / 2])
     np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-6)
     assert level_weights(cases, 0.0) is None
+
+
+def test_a_decoding_change_reuses_the_trained_weights(tiny_run):
+    """Retraining with only a decoding key changed resumes the finished checkpoint: no epoch
+    runs, the weights stay, and model.pt carries the new decoding."""
+    import torch
+
+    from ctseg.localisation import load_localiser, train_localiser
+
+    model_pt, item = tiny_run
+    before = {k: v.clone() for k, v in load_localiser(model_pt, "cpu")[0].state_dict().items()}
+    threads = torch.get_num_threads()
+    try:
+        again = train_localiser(
+            [item], [item], model_pt.parent, {**TINY_CFG, "threshold": 0.25}, 1, "cpu", 1
+        )
+    finally:
+        torch.set_num_threads(threads)
+    model, meta = load_localiser(again, "cpu")
+    assert meta["threshold"] == 0.25
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    rows = (model_pt.parent / "history.tsv").read_text().splitlines()
+    assert len(rows) == 4  # the three epochs of the first run, none added

@@ -120,6 +120,15 @@ DEFAULTS: dict = {
     "skip_weight": 1.0,
     "val_every": 1,
 }
+#: Keys read only when heatmaps are decoded into centroids (prediction, validation figures).
+DECODE_KEYS = (
+    "threshold",
+    "min_distance_mm",
+    "refine",
+    "consecutive_bonus",
+    "allow_skips",
+    "skip_weight",
+)
 HISTORY_COLUMNS = (
     "epoch",
     "train_loss",
@@ -328,7 +337,9 @@ class LocaliserTrainer:
             if self.dev.type == "cuda"
             else nullcontext
         )
-        identity = {k: v for k, v in self.cfg.items() if k != "threads"}
+        # decoding settings do not change what is trained: a run whose only change is one of
+        # them resumes its finished checkpoint and rewrites model.pt with the new decoding
+        identity = {k: v for k, v in self.cfg.items() if k not in ("threads", *DECODE_KEYS)}
         shapes = [list(c.image.shape) for c in self.train]
         self.run_id = experiment_hash(identity, self.seed, {"cases": shapes})
         self.load_checkpoint()
@@ -468,18 +479,7 @@ class LocaliserTrainer:
     def meta(self) -> dict:
         """What prediction needs, stored in model.pt (read by
         :func:`ctseg.inference.predict.load_model` and :func:`predict_centroids`)."""
-        keys = (
-            "spacing_mm",
-            "hu_window",
-            "sigma_mm",
-            "threshold",
-            "min_distance_mm",
-            "refine",
-            "consecutive_bonus",
-            "allow_skips",
-            "skip_weight",
-            "head",
-        )
+        keys = ("spacing_mm", "hu_window", "sigma_mm", *DECODE_KEYS, "head")
         return {
             "task": "centroids",
             "dim": 3,
