@@ -64,9 +64,23 @@ def make_plan(meta: dict, experiment: dict, extra: dict | None = None) -> dict:
     return plan
 
 
-def save_package(path: Path, model: torch.nn.Module, experiment: dict, plan: dict) -> None:
+def save_package(
+    path: Path,
+    model: torch.nn.Module,
+    experiment: dict,
+    plan: dict,
+    subnets: dict[str, torch.nn.Module] | None = None,
+) -> None:
+    """Write model.pt. ``subnets``: further networks of the same package (e.g. the
+    localiser's fine refinement stage), stored in the one state dict under ``name.`` prefixes;
+    ``plan["subnets"][name]`` must give each one's ``model_kwargs`` and ``n_classes``."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    for name, net in (subnets or {}).items():
+        if name not in (plan.get("subnets") or {}):
+            raise ValueError(f"plan['subnets'] lacks the spec of sub-network {name!r}")
+        state.update({f"{name}.{k}": v.detach().cpu() for k, v in net.state_dict().items()})
     blob = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "experiment_json": json.dumps(experiment, sort_keys=True, default=str),
         "meta_json": json.dumps(plan, sort_keys=True),
     }
@@ -137,16 +151,11 @@ def read_plan(path: str | Path) -> tuple[dict, dict, dict]:
     return blob["state_dict"], plan, experiment
 
 
-def load_package(
-    path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode on ``device``, plan with the experiment under "experiment")."""
-    state, plan, experiment = read_plan(path)
-    where = _model_file(Path(path))
-    spec = {**experiment, **plan["model_kwargs"]}
+def _build_checked(spec: dict, n_classes: int, state, where: Path) -> torch.nn.Module:
+    """The network ``spec`` describes, with ``state`` loaded; InputError when they differ."""
     try:
         with torch.device("meta"):  # the planned architecture, without allocating it
-            probe = build_model(spec, int(plan["n_classes"]))
+            probe = build_model(spec, int(n_classes))
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"model plan describes no buildable network ({exc})", path=where) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -162,16 +171,40 @@ def load_package(
             path=where,
         )
     del probe
-    model = build_model(spec, int(plan["n_classes"]))
+    model = build_model(spec, int(n_classes))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(
-            f"weights do not fit the planned network: {str(exc).splitlines()[0]}",
-            path=_model_file(Path(path)),
+            f"weights do not fit the planned network: {str(exc).splitlines()[0]}", path=where
         ) from None
+    return model
+
+
+def load_package(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on ``device``, plan with the experiment under "experiment"; the
+    package's sub-networks, if any, built and on ``device`` under ``plan["subnet_modules"]``)."""
+    state, plan, experiment = read_plan(path)
+    where = _model_file(Path(path))
+    subnets = plan.get("subnets") or {}
+    if not isinstance(subnets, dict):
+        raise InputError("invalid metadata (subnets must be a mapping)", path=where)
+    modules = {}
+    if isinstance(state, dict):
+        state = dict(state)
+        for name, spec in subnets.items():
+            pre = f"{name}."
+            sub = {k[len(pre) :]: state.pop(k) for k in list(state) if k.startswith(pre)}
+            if not isinstance(spec, dict) or "model_kwargs" not in spec:
+                raise InputError(f"invalid metadata (sub-network {name!r})", path=where)
+            sub_model = _build_checked(spec["model_kwargs"], spec.get("n_classes", 1), sub, where)
+            modules[name] = sub_model.to(device).eval()
+    model = _build_checked({**experiment, **plan["model_kwargs"]}, plan["n_classes"], state, where)
     model.to(device).eval()
     plan["experiment"] = experiment
+    plan["subnet_modules"] = modules
     return model, plan
 
 

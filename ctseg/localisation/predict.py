@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
@@ -23,6 +24,7 @@ from ctseg.localisation.geometry import (
     index_to_world,
     inside,
     read_ct,
+    world_to_index,
     to_working,
     working_array,
 )
@@ -131,6 +133,78 @@ def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list
     return out
 
 
+def candidate_points(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list[list[float]]:
+    """World points where the first stage sees a vertebra (unlabelled): local maxima of the
+    per-level evidence and, for ``detect_identify``, of the detection map itself, at a lower
+    threshold than labelled decoding (the refiner drops what is not a vertebra)."""
+    sp_zyx = list(reversed(work.GetSpacing()))
+    maps = heatmaps[:1] * heatmaps[1:] if head_of(meta) == "detect_identify" else heatmaps
+    if head_of(meta) == "detect_identify":
+        maps = np.concatenate([heatmaps[:1], maps])
+    thr = 0.5 * float(meta.get("threshold", 0.3))
+    pts = detect_points(maps, sp_zyx, thr, float(meta.get("min_distance_mm", 12.0)) * 0.75)
+    return [index_to_world(work, p["zyx"]) for p in pts]
+
+
+def level_votes(heatmaps: np.ndarray, work: sitk.Image, worlds: list, meta: dict) -> np.ndarray:
+    """``[n, levels]``: the first stage's identification maps (softmax for
+    ``detect_identify``, per-level heatmaps otherwise) read trilinearly at each point."""
+    maps = heatmaps[1:] if head_of(meta) == "detect_identify" else heatmaps
+    if not worlds:
+        return np.zeros((0, len(maps)))
+    idx = np.array([world_to_index(work, w) for w in worlds]).T  # [3, n]
+    return np.stack(
+        [ndimage.map_coordinates(m, idx, order=1, mode="nearest") for m in maps], axis=1
+    )
+
+
+def decode_refined(
+    heatmaps: np.ndarray, work: sitk.Image, meta: dict, fine: tuple, refiner, device
+) -> list[dict]:
+    """Two-stage decoding: first-stage candidates refined on the fine grid
+    (:func:`ctseg.localisation.refine.refine_candidates`), then levels along the refined
+    chain from the first stage's identification maps (:func:`assign_levels`)."""
+    from ctseg.localisation.refine import refine_candidates
+
+    levels = [int(v) for v in meta["levels"]]
+    spec = meta["refiner"]
+    cands = candidate_points(heatmaps, work, meta)
+    pts = refine_candidates(refiner, spec, fine[0], fine[1], cands, device)
+    worlds = [p["world"] for p in pts]
+    votes = level_votes(heatmaps, work, worlds, meta)
+    if pts and "levels" in pts[0]:
+        # product of experts: the whole-view first stage and the refiner's local view
+        # (ribs, C1/C2 shape, the sacrum) must agree; renormalised per point
+        w = float(spec.get("local_weight", 1.0))
+        local = np.stack([p["levels"] for p in pts])
+        votes = votes * np.power(np.clip(local, 1e-6, None), w)
+        votes = votes / np.clip(votes.sum(axis=1, keepdims=True), 1e-12, None)
+    labels = assign_levels(
+        votes,
+        levels,
+        float(spec.get("chain_bonus", meta.get("consecutive_bonus", 0.25))),
+        bool(meta.get("allow_skips", True)),
+        float(meta.get("skip_weight", 1.0)),
+    )
+    out = []
+    for w, v, lab in zip(worlds, votes, labels, strict=True):
+        if lab is None:
+            continue
+        x, y, z = (float(c) for c in w)
+        out.append(
+            {
+                "label": int(lab),
+                "name": level_name(lab),
+                "world": [x, y, z],
+                "x": x,
+                "y": y,
+                "z": z,
+                "score": float(v[levels.index(lab)]),
+            }
+        )
+    return out
+
+
 def load_localiser(model_path: str | Path, device: str = "auto") -> tuple[torch.nn.Module, dict]:
     """(model, meta) of a localiser ``model.pt``; InputError when it is another task's model."""
     dev = resolve_device(device)
@@ -157,6 +231,13 @@ def predict_centroids(
     arr = working_array(work, meta["hu_window"])
     dev = next(model.parameters()).device
     heat = infer_heatmaps(model, arr, dev, head_of(meta))
+    refiner = (meta.get("subnet_modules") or {}).get("refiner")
+    if refiner is not None:
+        from ctseg.localisation.refine import fine_image
+
+        fine = fine_image(ct, meta["refiner"])
+        pts = decode_refined(heat, work, meta, fine, refiner, dev)
+        return [c for c in pts if inside(ct, c["world"])]
     # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
     # outside it is not output (the scan's truth cannot hold it either)
     return [c for c in decode_centroids(heat, work, meta) if inside(ct, c["world"])]
