@@ -27,7 +27,11 @@ def antialias(image: sitk.Image, new_spacing_xyz) -> sitk.Image:
     if not (sigma > 1e-3 * old_sp).any():
         return image
     pixel = image.GetPixelID()
-    work = image if pixel in (sitk.sitkFloat32, sitk.sitkFloat64) else sitk.Cast(image, sitk.sitkFloat32)
+    work = (
+        image
+        if pixel in (sitk.sitkFloat32, sitk.sitkFloat64)
+        else sitk.Cast(image, sitk.sitkFloat32)
+    )
     # the discrete kernel (not the recursive filter) stays exact for sigmas below one voxel
     out = sitk.DiscreteGaussian(work, [float(v) ** 2 for v in sigma], 64, 0.01, True)
     return out if out.GetPixelID() == pixel else sitk.Cast(out, pixel)

@@ -24,9 +24,9 @@ from ctseg.localisation.geometry import (
     index_to_world,
     inside,
     read_ct,
-    world_to_index,
     to_working,
     working_array,
+    world_to_index,
 )
 from ctseg.localisation.heatmaps import detect_points, sample_max
 
@@ -85,6 +85,27 @@ def infer_heatmaps(
     return activate(forward_logits(model, arr, device), head)
 
 
+def labelled_points(worlds: list, votes: np.ndarray, labels: list, levels: list) -> list[dict]:
+    """The decoded output: one dict per point that got a level (head to feet)."""
+    out = []
+    for w, v, lab in zip(worlds, votes, labels, strict=True):
+        if lab is None:
+            continue
+        x, y, z = (float(c) for c in w)
+        out.append(
+            {
+                "label": int(lab),
+                "name": level_name(lab),
+                "world": [x, y, z],
+                "x": x,
+                "y": y,
+                "z": z,
+                "score": float(v[levels.index(lab)]),
+            }
+        )
+    return out
+
+
 def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list[dict]:
     """Heatmaps on the working grid ``work`` -> ``[{"label", "name", "world", "x", "y", "z",
     "score"}]`` sorted head to feet, at most one per level."""
@@ -114,23 +135,7 @@ def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list
         bool(meta.get("allow_skips", True)),
         float(meta.get("skip_weight", 1.0)),
     )
-    out = []
-    for p, v, lab in zip(pts, votes, labels, strict=True):
-        if lab is None:
-            continue
-        x, y, z = p["world"]
-        out.append(
-            {
-                "label": int(lab),
-                "name": level_name(lab),
-                "world": [x, y, z],
-                "x": x,
-                "y": y,
-                "z": z,
-                "score": float(v[levels.index(lab)]),
-            }
-        )
-    return out
+    return labelled_points([p["world"] for p in pts], votes, labels, levels)
 
 
 def candidate_points(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list[list[float]]:
@@ -186,23 +191,7 @@ def decode_refined(
         bool(meta.get("allow_skips", True)),
         float(meta.get("skip_weight", 1.0)),
     )
-    out = []
-    for w, v, lab in zip(worlds, votes, labels, strict=True):
-        if lab is None:
-            continue
-        x, y, z = (float(c) for c in w)
-        out.append(
-            {
-                "label": int(lab),
-                "name": level_name(lab),
-                "world": [x, y, z],
-                "x": x,
-                "y": y,
-                "z": z,
-                "score": float(v[levels.index(lab)]),
-            }
-        )
-    return out
+    return labelled_points(worlds, votes, labels, levels)
 
 
 def load_localiser(model_path: str | Path, device: str = "auto") -> tuple[torch.nn.Module, dict]:

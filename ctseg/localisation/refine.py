@@ -44,7 +44,7 @@ from ctseg.localisation.geometry import (
     world_to_index,
 )
 from ctseg.localisation.heatmaps import gaussian_heatmaps, refine_peak
-from ctseg.models import build_model, model_kwargs
+from ctseg.models import build_model
 from ctseg.training.checkpoint import experiment_hash, load_checkpoint
 from ctseg.training.trainer import make_optimizer
 
@@ -65,7 +65,7 @@ REFINER_DEFAULTS: dict = {
     "pos_weight": 50.0,
     "prior": 0.01,
     "intensity_jitter": 0.1,
-    "identify": True,  # also a softmax over the levels (local evidence: ribs, C2, sacrum)
+    "identify": False,  # True: also a softmax over the levels (measured worse, see README)
     "id_radius_mm": 10.0,
     # decoding
     "search_mm": 20.0,
@@ -85,7 +85,7 @@ def resolve_refiner(config) -> dict | None:
         config = {}
     if not isinstance(config, dict):
         raise ConfigError(f"config key 'refiner' must be a mapping or false, got {config!r}")
-    unknown = sorted(set(config) - set(REFINER_DEFAULTS))
+    unknown = sorted(set(config) - set(REFINER_DEFAULTS) - {"hu_window", "levels"})
     if unknown:
         raise ConfigError(f"unknown refiner key(s): {', '.join(unknown)}")
     out = {**REFINER_DEFAULTS, **config}
@@ -214,7 +214,9 @@ class RefinerTrainer:
         pos_weight = float(self.cfg["pos_weight"])
         if not self.n_levels:
             return weighted_bce(logits, y, pos_weight)
-        floor = math.exp(-0.5 * (float(self.cfg["id_radius_mm"]) / float(self.cfg["sigma_mm"])) ** 2)
+        floor = math.exp(
+            -0.5 * (float(self.cfg["id_radius_mm"]) / float(self.cfg["sigma_mm"])) ** 2
+        )
         return detect_identify_loss(logits, y, pos_weight, 1.0, floor)
 
     def fit(self) -> torch.nn.Module:
@@ -316,7 +318,6 @@ def refine_candidates(
     size = int(spec["patch"])
     sp = np.array(list(reversed(work.GetSpacing())))
     half = size // 2
-    centre = np.full(3, float(half))
 
     def run(worlds: list) -> list[dict]:
         starts = [np.rint(world_to_index(work, w)).astype(int) - half for w in worlds]

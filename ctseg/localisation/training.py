@@ -69,6 +69,7 @@ from ctseg.localisation.geometry import (
 from ctseg.localisation.heatmaps import gaussian_heatmaps
 from ctseg.localisation.identify import identification_scores, identification_table
 from ctseg.localisation.predict import HEADS, activate, decode_centroids, forward_logits, pad_zyx
+from ctseg.localisation.refine import RefinerTrainer, refiner_spec, resolve_refiner
 from ctseg.models import build_model, model_kwargs
 from ctseg.training import history as shared
 from ctseg.training.checkpoint import (
@@ -119,6 +120,8 @@ DEFAULTS: dict = {
     "allow_skips": True,
     "skip_weight": 1.0,
     "val_every": 1,
+    # second stage on a fine grid (ctseg.localisation.refine): a mapping of its keys, or false
+    "refiner": False,
 }
 #: Keys read only when heatmaps are decoded into centroids (prediction, validation figures).
 DECODE_KEYS = (
@@ -167,6 +170,10 @@ def resolve_config(config: dict | None) -> dict:
         raise ConfigError(
             f"config key 'head' must be one of {', '.join(HEADS)}, got {out['head']!r}"
         )
+    out["refiner"] = resolve_refiner(out["refiner"])
+    if out["refiner"] is not None:
+        out["refiner"]["hu_window"] = list(out["hu_window"])
+        out["refiner"]["levels"] = list(out["levels"])
     out["task"] = "centroids"
     return out
 
@@ -339,7 +346,8 @@ class LocaliserTrainer:
         )
         # decoding settings do not change what is trained: a run whose only change is one of
         # them resumes its finished checkpoint and rewrites model.pt with the new decoding
-        identity = {k: v for k, v in self.cfg.items() if k not in ("threads", *DECODE_KEYS)}
+        skip = ("threads", "refiner", *DECODE_KEYS)
+        identity = {k: v for k, v in self.cfg.items() if k not in skip}
         shapes = [list(c.image.shape) for c in self.train]
         self.run_id = experiment_hash(identity, self.seed, {"cases": shapes})
         self.load_checkpoint()
@@ -480,7 +488,18 @@ class LocaliserTrainer:
         """What prediction needs, stored in model.pt (read by
         :func:`ctseg.inference.predict.load_model` and :func:`predict_centroids`)."""
         keys = ("spacing_mm", "hu_window", "sigma_mm", *DECODE_KEYS, "head")
+        ref = self.cfg["refiner"]
+        extra = {}
+        if ref is not None:
+            extra["refiner"] = refiner_spec(ref)
+            extra["subnets"] = {
+                "refiner": {
+                    "model_kwargs": model_kwargs(ref),
+                    "n_classes": 1 + len(self.levels) * int(bool(ref["identify"])),
+                }
+            }
         return {
+            **extra,
             "task": "centroids",
             "dim": 3,
             # detect_identify: channel 0 (id 0) is the any-vertebra detection map
@@ -506,8 +525,13 @@ class LocaliserTrainer:
             self.end_of_epoch(epoch, losses, t0)
         write_history(self.out_dir / "history.tsv", self.history)
         plot_history(self.out_dir / "loss.png", self.history, self.out_dir.name)
+        subnets = {}
+        if self.cfg["refiner"] is not None:
+            subnets["refiner"] = RefinerTrainer(
+                self.train_items, self.cfg["refiner"], self.out_dir, self.seed, self.dev
+            ).fit()
         path = self.out_dir / "model.pt"
-        save_package(path, self.model, self.cfg, make_plan(self.meta(), self.cfg))
+        save_package(path, self.model, self.cfg, make_plan(self.meta(), self.cfg), subnets)
         return path
 
 
