@@ -164,6 +164,26 @@ def test_t13_is_a_hypothesis_not_a_gap():
     assert assign_levels(with_t13, levels) == [18, 19, 28, 20, 21]
 
 
+def test_optional_cost_is_a_prior_against_transitional_levels():
+    levels = resolve_levels(["T12", "T13", "L1", "L2"])  # [19, 28, 20, 21]
+    votes = np.array(
+        [
+            [0.9, 0.0, 0.0, 0.0],  # T12
+            [0.0, 0.5, 0.45, 0.0],  # T13 0.5 or L1 0.45
+            [0.0, 0.0, 0.5, 0.45],  # L1 0.5 or L2 0.45
+        ]
+    )
+    # free hypotheses: T12 T13 L1 scores 1.9 + 2 bonuses against 1.8 + 2 for T12 L1 L2
+    assert assign_levels(votes, levels) == [19, 28, 20]
+    # a cost of 0.5 per transitional level used: 1.4 + 0.5 < 1.8 + 0.5
+    assert assign_levels(votes, levels, optional_cost=0.5) == [19, 20, 21]
+    # strong evidence still wins over the prior
+    strong = votes.copy()
+    strong[1] = [0.0, 0.95, 0.05, 0.0]
+    strong[2] = [0.0, 0.0, 0.95, 0.05]
+    assert assign_levels(strong, levels, optional_cost=0.5) == [19, 28, 20]
+
+
 def test_more_points_than_levels_drops_the_weakest():
     votes = np.array([[0.9, 0.0], [0.05, 0.04], [0.0, 0.9]])
     assert assign_levels(votes, [8, 9]) == [8, None, 9]

@@ -147,6 +147,7 @@ def assign_levels(
     consecutive_bonus: float = 0.25,
     allow_skips: bool = True,
     skip_weight: float = 1.0,
+    optional_cost: float = 0.0,
 ) -> list[int | None]:
     """Levels (VerSe ids, strictly increasing along ``levels``' spinal order) for points already
     ordered head to feet, maximising the summed evidence ``votes[k, channel]`` plus
@@ -158,6 +159,11 @@ def assign_levels(
     is dropped rather than shifting the levels below it); otherwise every point is assigned with
     :func:`ctseg.inference.predict.assign_increasing_ids` itself, and with more points than
     levels the weakest points (lowest best vote) get None.
+
+    ``optional_cost``: what an assignment pays for each transitional level (T13, L6) it uses,
+    a prior against them. Why: with the hypotheses free, one spurious point below the sacrum
+    was absorbed by calling L1 "T13" and renumbering every lumbar level (measured on held-out
+    draws: most lower-spine failures were exactly this).
     """
     votes = np.asarray(votes, dtype=float)
     n = len(votes)
@@ -184,6 +190,8 @@ def assign_levels(
         else:
             chosen = assign_increasing_ids(sub, ones, consecutive_bonus)
         score = _score(sub, chosen, consecutive_bonus, ones, skip_cost)
+        used = {levels[cols[c]] for c in chosen if c is not None}
+        score -= optional_cost * len(used & set(optional))
         if best is None or score > best[0] + 1e-12:
             best = (score, [None if c is None else levels[cols[c]] for c in chosen])
     assert best is not None  # the full vocabulary always fits len(keep) <= len(levels)

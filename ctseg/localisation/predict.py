@@ -134,6 +134,7 @@ def decode_centroids(heatmaps: np.ndarray, work: sitk.Image, meta: dict) -> list
         float(meta.get("consecutive_bonus", 0.25)),
         bool(meta.get("allow_skips", True)),
         float(meta.get("skip_weight", 1.0)),
+        float(meta.get("optional_cost", 0.0)),
     )
     return labelled_points([p["world"] for p in pts], votes, labels, levels)
 
@@ -177,6 +178,11 @@ def decode_refined(
     pts = refine_candidates(refiner, spec, fine[0], fine[1], cands, device)
     worlds = [p["world"] for p in pts]
     votes = level_votes(heatmaps, work, worlds, meta)
+    if head_of(meta) == "detect_identify" and spec.get("votes", "softmax") == "product":
+        # "a vertebra is here" x "it is level k", as in one-stage decoding: a point the whole
+        # view does not see as a vertebra (bone below the sacrum, a rib) is cheap to skip
+        det = level_votes(heatmaps[:1], work, worlds, {"head": "per_level"})
+        votes = votes * det
     if pts and "levels" in pts[0]:
         # product of experts: the whole-view first stage and the refiner's local view
         # (ribs, C1/C2 shape, the sacrum) must agree; renormalised per point
@@ -190,6 +196,7 @@ def decode_refined(
         float(spec.get("chain_bonus", meta.get("consecutive_bonus", 0.25))),
         bool(meta.get("allow_skips", True)),
         float(meta.get("skip_weight", 1.0)),
+        float(meta.get("optional_cost", 0.0)),
     )
     return labelled_points(worlds, votes, labels, levels)
 

@@ -55,6 +55,8 @@ REFINER_DEFAULTS: dict = {
     "sigma_mm": 4.0,
     "offset_mm": 18.0,
     "background_prob": 0.25,
+    "hard_negative_mm": 30.0,  # half the background patches: on bone this far from every centroid
+    "balance_levels": True,  # draw training centroids evenly over the levels, not the cases' mix
     "batch_size": 8,
     "steps": 600,
     "lr": 3e-3,
@@ -95,7 +97,7 @@ def resolve_refiner(config) -> dict | None:
     out["spacing_mm"] = [float(s) for s in sp]
     if int(out["patch"]) < 8 or int(out["patch"]) % 8:
         raise ConfigError(f"config key 'refiner.patch' must be a multiple of 8, got {out['patch']}")
-    for key in ("sigma_mm", "offset_mm", "search_mm", "merge_mm", "lr"):
+    for key in ("sigma_mm", "offset_mm", "search_mm", "merge_mm", "lr", "hard_negative_mm"):
         if float(out[key]) <= 0:
             raise ConfigError(f"config key 'refiner.{key}' must be > 0, got {out[key]}")
     if not 0 <= float(out["background_prob"]) <= 1:
@@ -155,7 +157,21 @@ class RefinerCase:
         )
         self.channels = np.array([levels.index(c["label"]) for c in truth], dtype=int)
         self.body = np.argwhere(self.image > 0.05)[::7]  # candidate background centres
+        self.hard = self._bone_far_from_centroids(cfg)
 
+    def _bone_far_from_centroids(self, cfg: dict) -> np.ndarray:
+        """Bone voxels (> 250 HU) at least ``hard_negative_mm`` from every centroid: ribs,
+        pelvis, femoral heads, the far end of the sacrum -- what looked like a vertebra to a
+        refiner trained on random background (measured: points in the pelvis)."""
+        lo, hi = (float(v) for v in cfg["hu_window"])
+        bone = np.argwhere(self.image > (250.0 - lo) / (hi - lo))
+        if not len(bone) or not len(self.points):
+            return bone
+        bone = bone[:: max(1, len(bone) // 20000)]
+        d = np.min(
+            np.linalg.norm((bone[:, None, :] - self.points[None]) * self.sp, axis=2), axis=1
+        )
+        return bone[d >= float(cfg["hard_negative_mm"])]
 
 class RefinerTrainer:
     """Trains the refiner on random patches; resumes its checkpoint (``refiner.pt``)."""
@@ -164,6 +180,7 @@ class RefinerTrainer:
         self.cfg, self.out_dir, self.seed, self.dev = cfg, Path(out_dir), int(seed), device
         self.cases = [RefinerCase(it, cfg) for it in items]
         self.cases = [c for c in self.cases if len(c.points)]
+        self.pairs, self.pair_p = self._centroid_draws(bool(cfg["balance_levels"]))
         self.gen = np.random.default_rng(self.seed)
         torch.manual_seed(self.seed)
         self.n_levels = len(cfg["levels"]) if cfg["identify"] else 0
@@ -180,6 +197,18 @@ class RefinerTrainer:
         shapes = [list(c.image.shape) for c in self.cases]
         self.run_id = experiment_hash(identity, self.seed, {"cases": shapes})
 
+    def _centroid_draws(self, balance: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Every (case, centroid) pair and its draw probability: uniform, or with
+        ``balance`` each level equally likely (a partial field of view shows the mid-spine
+        far more often than C1, C2 or the sacrum, whose shapes differ most)."""
+        pairs = np.array([(i, k) for i, c in enumerate(self.cases) for k in range(len(c.points))])
+        levels = np.array([self.cases[i].channels[k] for i, k in pairs])
+        if not balance:
+            return pairs, np.full(len(pairs), 1.0 / len(pairs))
+        counts = np.bincount(levels)
+        p = 1.0 / counts[levels]
+        return pairs, p / p.sum()
+
     @property
     def ckpt_path(self) -> Path:
         return self.out_dir / "checkpoints" / "refiner.pt"
@@ -189,11 +218,14 @@ class RefinerTrainer:
         xs, ys = [], []
         for _ in range(int(cfg["batch_size"])):
             c = self.cases[int(g.integers(len(self.cases)))]
-            if g.random() < float(cfg["background_prob"]) and len(c.body):
-                centre = c.body[int(g.integers(len(c.body)))].astype(float)
+            pool = c.hard if len(c.hard) and g.random() < 0.5 else c.body
+            if g.random() < float(cfg["background_prob"]) and len(pool):
+                centre = pool[int(g.integers(len(pool)))].astype(float)
             else:
+                i, k = self.pairs[int(g.choice(len(self.pairs), p=self.pair_p))]
+                c = self.cases[i]
                 off = g.uniform(-1, 1, 3) * float(cfg["offset_mm"]) / c.sp
-                centre = c.points[int(g.integers(len(c.points)))] + off
+                centre = c.points[k] + off
             start = np.rint(centre).astype(int) - size // 2
             img = crop_patch(c.image, start, size)
             n_ch = max(1, self.n_levels)
@@ -339,7 +371,7 @@ def refine_candidates(
     pts = _merge(run(list(candidates_world)), float(spec["merge_mm"]))
     if spec.get("probe_gaps", True) and len(pts) >= 2:
         for _ in range(3):
-            probes = _probes(pts)
+            probes = _probes(pts, bool(spec.get("probe_ends", True)))
             probes = [w for w in probes if _inside_index(work, w)]
             if not probes:
                 break
@@ -356,7 +388,7 @@ def _inside_index(work: sitk.Image, w) -> bool:
     return bool(np.all(idx >= 0) and np.all(idx <= np.array(work.GetSize()[::-1]) - 1))
 
 
-def _probes(pts: list[dict]) -> list[list[float]]:
+def _probes(pts: list[dict], ends: bool = True) -> list[list[float]]:
     """Where the chain says a vertebra is missing: evenly inside gaps longer than 1.6 local
     spacings, and one spacing beyond each end."""
     chain = sorted(pts, key=lambda p: -p["world"][2])
@@ -371,8 +403,9 @@ def _probes(pts: list[dict]) -> list[list[float]]:
         if gap > 1.6 * local and n >= 2:
             for j in range(1, n):
                 probes.append(list(w[i] + (w[i + 1] - w[i]) * j / n))
-    probes.append(list(w[0] + (w[0] - w[1])))
-    probes.append(list(w[-1] + (w[-1] - w[-2])))
+    if ends:
+        probes.append(list(w[0] + (w[0] - w[1])))
+        probes.append(list(w[-1] + (w[-1] - w[-2])))
     return probes
 
 

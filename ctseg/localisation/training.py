@@ -119,7 +119,9 @@ DEFAULTS: dict = {
     "consecutive_bonus": 0.25,
     "allow_skips": True,
     "skip_weight": 1.0,
+    "optional_cost": 0.0,  # decoding: prior cost of each transitional level (T13, L6) used
     "val_every": 1,
+    "cpu_bf16": False,  # bf16 autocast on CPUs with native bf16 (faster steps)
     # second stage on a fine grid (ctseg.localisation.refine): a mapping of its keys, or false
     "refiner": False,
 }
@@ -131,6 +133,7 @@ DECODE_KEYS = (
     "consecutive_bonus",
     "allow_skips",
     "skip_weight",
+    "optional_cost",
 )
 HISTORY_COLUMNS = (
     "epoch",
@@ -339,11 +342,13 @@ class LocaliserTrainer:
         self.epochs = int(self.cfg["epochs"])
         self.steps = int(self.cfg["steps_per_epoch"])
         self.make_optimiser()
-        self.autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-            if self.dev.type == "cuda"
-            else nullcontext
-        )
+        self.autocast = nullcontext
+        if self.dev.type == "cuda":
+            self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        elif self.cfg["cpu_bf16"] and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            # bf16 convolutions where the CPU has native bf16 (AVX512-BF16 / AMX): measured
+            # 1.7x faster steps on this project's CPU machine; weights and loss stay float32
+            self.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
         # decoding settings do not change what is trained: a run whose only change is one of
         # them resumes its finished checkpoint and rewrites model.pt with the new decoding
         skip = ("threads", "refiner", *DECODE_KEYS)
