@@ -8,7 +8,9 @@ cohort is ``[sample_case(pop, seed + i) for i in range(n)]`` and each case is re
 its seed alone.
 
 The field of view is a run of consecutive levels (``min_levels`` up to the whole ``levels``
-pool, uniform in length, then in position). Its z edges are drawn inside the neighbouring
+pool): a window of uniform length placed uniformly so that it may hang over either end of the
+pool, then clipped to it (at least ``min_levels`` kept), so the ends of the spine are seen as
+often as its middle. Its z edges are drawn inside the neighbouring
 levels, cutting at most about a quarter of a neighbour, so the run's levels are visible (more
 than half of their voxels inside) and the cut neighbours are not; the generator counts the
 voxels and is the final word (``Phantom.info['visible']``, centroids.json). The in-plane field
@@ -206,8 +208,12 @@ def sample_case(population: PopulationParams | dict, seed: int) -> PhantomParams
     longest = len(pool) if pop.max_levels is None else min(len(pool), int(pop.max_levels))
     shortest = min(int(pop.min_levels), longest)
     n = int(rng.integers(shortest, longest + 1))
-    start = int(rng.integers(0, len(pool) - n + 1))
-    run = pool[start : start + n]
+    # the window may hang over either end of the pool and is clipped there (never below
+    # `shortest` levels): a window placed only inside the pool shows the middle of the spine
+    # far more often than its ends (measured on the default cohort: the sacrum in 2 of 20
+    # training cases, T7 in 18), and what a model never sees it cannot name
+    start = int(rng.integers(shortest - n, len(pool) - shortest + 1))
+    run = pool[max(start, 0) : min(start + n, len(pool))]
 
     body = uni(pop.body_scale)
     params = {
