@@ -168,10 +168,9 @@ class RefinerCase:
         if not len(bone) or not len(self.points):
             return bone
         bone = bone[:: max(1, len(bone) // 20000)]
-        d = np.min(
-            np.linalg.norm((bone[:, None, :] - self.points[None]) * self.sp, axis=2), axis=1
-        )
+        d = np.min(np.linalg.norm((bone[:, None, :] - self.points[None]) * self.sp, axis=2), axis=1)
         return bone[d >= float(cfg["hard_negative_mm"])]
+
 
 class RefinerTrainer:
     """Trains the refiner on random patches; resumes its checkpoint (``refiner.pt``)."""
