@@ -406,8 +406,11 @@ class LocaliserTrainer:
             logits = self.model(x)
         loss = self.loss(logits.float(), y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
-        self.opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+        if torch.isfinite(loss) and torch.isfinite(norm):
+            self.opt.step()
+        else:  # one non-finite step must not poison the weights (seen once in bf16)
+            self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         return float(loss.detach())
 
