@@ -178,11 +178,6 @@ def decode_refined(
     pts = refine_candidates(refiner, spec, fine[0], fine[1], cands, device)
     worlds = [p["world"] for p in pts]
     votes = level_votes(heatmaps, work, worlds, meta)
-    if head_of(meta) == "detect_identify" and spec.get("votes", "softmax") == "product":
-        # "a vertebra is here" x "it is level k", as in one-stage decoding: a point the whole
-        # view does not see as a vertebra (bone below the sacrum, a rib) is cheap to skip
-        det = level_votes(heatmaps[:1], work, worlds, {"head": "per_level"})
-        votes = votes * det
     if pts and "levels" in pts[0]:
         # product of experts: the whole-view first stage and the refiner's local view
         # (ribs, C1/C2 shape, the sacrum) must agree; renormalised per point

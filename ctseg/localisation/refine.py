@@ -351,11 +351,12 @@ def refine_candidates(
     half = size // 2
 
     def run(worlds: list) -> list[dict]:
-        starts = [np.rint(world_to_index(work, w)).astype(int) - half for w in worlds]
+        idx = [world_to_index(work, w) for w in worlds]
+        starts = [np.rint(i).astype(int) - half for i in idx]
         heats = patch_heatmaps(model, arr, starts, size, device)
         found = []
-        for w, s, h in zip(worlds, starts, heats, strict=True):
-            c = world_to_index(work, w) - s
+        for i, s, h in zip(idx, starts, heats, strict=True):
+            c = i - s
             hit = _peak_near(h[0], c, sp, float(spec["search_mm"]), float(spec["threshold"]))
             if hit is not None:
                 p = {"world": index_to_world(work, s + hit[0]), "score": hit[1]}
