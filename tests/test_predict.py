@@ -63,6 +63,32 @@ def test_overlapping_windows_blend_to_the_pointwise_result():
     assert got2d.shape == (2, 17, 23)
 
 
+def test_windows_are_batched_and_batches_do_not_change_logits():
+    """On the CPU a 3D network never sees a batch of one (PyTorch's slow single-sample conv3d
+    path): windows go in groups, a lone window beside a copy of itself; the blend is the same
+    as one window per call."""
+    torch.manual_seed(3)
+    net = build_model({"model": "unet3d", "base_width": 4, "depth": 2}, 2).eval()
+    seen = []
+    net.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    x = np.random.default_rng(3).random((20, 17, 8)).astype(np.float32)  # 16 windows
+    ref = sliding_window_logits(net, x, (8, 8, 8), 2, batch_size=1)
+    assert seen == [2] * 16  # each window beside a copy of itself
+    seen.clear()
+    got = sliding_window_logits(net, x, (8, 8, 8), 2, batch_size=3)
+    assert seen == [3] * 5 + [2]  # the lone last window paired
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    seen.clear()
+    assert sliding_window_logits(net, x, (8, 8, 8), 2).shape == (2, 20, 17, 8)
+    assert seen == [4] * 4  # the default batch for a small patch
+    seen.clear()
+    one = sliding_window_logits(net, x[:8, :8, :8], (8, 8, 8), 2)
+    assert seen == [2]
+    with torch.no_grad():
+        alone = net(torch.from_numpy(x[:8, :8, :8].copy())[None, None])[0].numpy()
+    np.testing.assert_allclose(one, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_flip_tta_of_a_flip_equivariant_net_is_unchanged():
     net = nn.Conv3d(1, 2, 1).eval()
     x = np.random.default_rng(2).random((8, 8, 8)).astype(np.float32)
