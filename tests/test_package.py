@@ -225,6 +225,19 @@ def test_segment_cli_reports_failures_and_goes_on(package, tmp_path, capsys):
     assert (tmp_path / "o" / "good" / "labels.nii.gz").is_file()
 
 
+def test_segment_cli_passes_the_localiser(monkeypatch, tmp_path):
+    """``--localiser`` reaches the segmenter (a foreground model cannot name levels without)."""
+    import ctseg.commands.segment as cmd
+
+    seen = {}
+    monkeypatch.setattr(cmd, "segment_inputs", lambda *a, **kw: seen.update(kw) or [])
+    loc = tmp_path / "centroids.pt"
+    assert (
+        main(["segment", "x.nii.gz", "--model", "m.pt", "--out", "o", "--localiser", str(loc)]) == 0
+    )
+    assert seen["localiser"] == loc
+
+
 def test_a_drr_model_is_refused_for_ct_input(package, tmp_path):
     exp = {"task": "bone_drr", "model": "unet2d", "base_width": 4, "depth": 2}
     meta = {**META, "task": "bone_drr", "dim": 2, "n_classes": 2, "class_ids": [0, 1],

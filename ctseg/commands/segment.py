@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         fast=args.fast,
         series_uid=args.series_uid,
+        localiser=args.localiser,
     )
     failed = [r for r in results if r.error]
     for r in results:
