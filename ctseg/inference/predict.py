@@ -28,7 +28,8 @@ from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
 from ctseg.core.normalise import hu_to_float
 from ctseg.core.orientation import from_canonical, to_canonical
-from ctseg.core.resample import resample_onto, resample_to_spacing
+from ctseg.core.resample import resample_onto
+from ctseg.inference.downsample import working_image
 from ctseg.inference.drr import predict_drr_views
 from ctseg.inference.package import load_package
 from ctseg.inference.postprocess import (
@@ -186,9 +187,8 @@ def predict_volume_with_evidence(
     exp = meta["experiment"]
     tta = bool(exp.get("tta_flip", False)) if tta_flip is None else tta_flip
     canon = to_canonical(ct)
-    ct_r = resample_to_spacing(
-        sitk.Cast(canon, sitk.sitkFloat32), meta["spacing_mm"], is_label=False, default=-1000.0
-    )
+    # resample_to_spacing (anti-aliased, linear), computed at the working samples only
+    ct_r = working_image(sitk.Cast(canon, sitk.sitkFloat32), meta["spacing_mm"], default=-1000.0)
     image = hu_to_float(sitk.GetArrayFromImage(ct_r), meta["hu_window"])
     logits = working_grid_logits(model, meta, image, device=device, tta=tta)
     raw = classes_to_ids(decode_logits(logits), meta["class_ids"])
