@@ -204,6 +204,28 @@ def test_segment_writes_outputs_on_each_inputs_own_grid(package, tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_a_dicom_seg_that_cannot_be_written_leaves_the_other_outputs(
+    package, tmp_path, monkeypatch
+):
+    """As in the workflow: a DICOM source whose DICOM-SEG fails (anonymised UIDs, no vertebra
+    found) still gets every other output, and qc.json notes why the DICOM-SEG is missing."""
+    import ctseg.formats.dicom_seg as dseg
+
+    def refuse(*_a, **_k):
+        raise InputError("source slice has no SOP Instance UID", path="slice1.dcm")
+
+    monkeypatch.setattr(dseg, "write_dicom_seg", refuse)
+    ct = ct_image()
+    dicom = tmp_path / "anon"
+    arr = np.round(sitk.GetArrayFromImage(ct)).astype(np.int16)
+    write_dicom_series(arr, ct.GetSpacing(), ct.GetOrigin(), None, dicom, seed=2)
+    (res,) = segment_inputs([dicom], package, tmp_path / "o", device="cpu")
+    assert res.error is None and "labels.seg.dcm" not in res.files
+    assert {"labels.nii.gz", "qc.json", "statistics.json"} <= set(res.files)
+    qc = json.loads((tmp_path / "o" / "anon" / "qc.json").read_text())
+    assert any("DICOM-SEG not written" in n and "SOP Instance UID" in n for n in qc["notes"])
+
+
 def test_segment_cli_reports_failures_and_goes_on(package, tmp_path, capsys):
     good = tmp_path / "good.nii.gz"
     sitk.WriteImage(ct_image(), str(good))

@@ -9,7 +9,9 @@ failed input leaves nothing that looks complete; a failing input does not stop t
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,18 +112,32 @@ class Segmenter:
         if not self.task.vertebrae:  # metal: the mask only
             sitk.WriteImage(pred.labels, str(tmp / "labels.nii.gz"), useCompression=True)
             return ["labels.nii.gz"]
-        dicom_files = sorted(p for p in dicom_dir.rglob("*") if p.is_file()) if dicom_dir else None
         paths = write_case_outputs(
             pred.labels,
             ct,
             tmp,
-            source_dicom_files=dicom_files,
             trained_ids=self.trained_ids,
             confidence_measures=pred.confidence or None,
             relabelled_fraction=pred.relabelled_fraction,
             title=title,
         )
-        return sorted(p.name for p in paths.values())
+        names = sorted(p.name for p in paths.values())
+        if dicom_dir is not None:
+            # Last, as in the workflow: a DICOM-SEG that cannot be written (a source whose
+            # anonymiser blanked its UIDs, a prediction with no vertebra) is noted in qc.json
+            # and reported, and every other output stands.
+            from ctseg.formats.dicom_seg import write_dicom_seg
+
+            files = sorted(p for p in dicom_dir.rglob("*") if p.is_file())
+            try:
+                names.append(write_dicom_seg(pred.labels, files, tmp / "labels.seg.dcm").name)
+            except InputError as exc:
+                note = f"DICOM-SEG not written: {exc}"
+                print(f"{dicom_dir}: {note}", file=sys.stderr)
+                qc = json.loads((tmp / "qc.json").read_text())
+                qc.setdefault("notes", []).append(note)
+                (tmp / "qc.json").write_text(json.dumps(qc, indent=1) + "\n")
+        return sorted(names)
 
     @property
     def trained_ids(self) -> list[int]:
