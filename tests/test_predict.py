@@ -281,10 +281,12 @@ def test_a_foreground_model_takes_its_levels_from_the_centroids_only(tmp_path):
         {"label": 20, "x": 14.0, "y": 14.0, "z": 10.0},
         {"label": 21, "x": 14.0, "y": 14.0, "z": 50.0},
     ]
-    lab = sitk.GetArrayFromImage(
-        predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=cents).labels
-    )
+    pred = predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=cents)
+    lab = sitk.GetArrayFromImage(pred.labels)
     assert set(np.unique(lab[:7])) == {20} and set(np.unique(lab[8:])) == {21}
+    # its arg-max names no level, so "changed by the naming" measures nothing (was 1.0: QC's
+    # 'relabelled' flag then fired on every case)
+    assert pred.relabelled_fraction is None
     none = predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=[]).labels
     assert sitk.GetArrayFromImage(none).max() == 0
 

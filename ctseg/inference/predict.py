@@ -157,7 +157,8 @@ class VolumePrediction:
     labels: sitk.Image
     #: mean max-probability / normalised entropy over the predicted foreground (working grid)
     confidence: dict = field(default_factory=dict)
-    #: share of predicted foreground voxels whose id the along-spine relabelling changed
+    #: share of predicted foreground voxels whose id the along-spine relabelling (or the
+    #: centroids' naming) changed; None for a foreground model, whose arg-max names no level
     relabelled_fraction: float | None = None
 
 
@@ -205,7 +206,8 @@ def predict_volume_with_evidence(
             raw > 0, np.asarray(pts), [int(c["label"]) for c in centroids], ct_r.GetSpacing()[::-1]
         )
         fg = raw > 0
-        relabelled = float((ids[fg] != raw[fg]).mean()) if fg.any() else 0.0
+        if not foreground_model:  # a foreground model's arg-max names no level to compare
+            relabelled = float((ids[fg] != raw[fg]).mean()) if fg.any() else 0.0
     elif meta["task"] == "vertebrae" and exp.get("postprocess", True):
         ids = relabel_along_spine(
             raw, ct_r.GetDirection(), ct_r.GetSpacing(), [c for c in meta["class_ids"] if c]
