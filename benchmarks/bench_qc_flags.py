@@ -7,6 +7,16 @@ to the next one, and every level labelled one too high (T1 -> C7 ... L5 -> L4). 
 kind, how many of the cases ``ctseg.formats.qc.quality_flags`` flags and with which flags.
 
     .venv/bin/python benchmarks/bench_qc_flags.py [--seeds 10]
+
+With ``--model`` (and ``--localiser`` for a foreground model) it judges a trained model's own
+predictions instead: the robustness suite's 42 test draws (``cases.robustness.tsv``, families
+of ``config.robustness.yaml``) and in-distribution draws of the default population (the
+sheet's ph23-ph28 and ``--extra`` seeds from 7001), each segmented as ``ctseg segment`` does,
+scored against its truth (foreground Dice, mean Dice over the true levels) and judged by QC;
+prints one row per case and the flag rates on good (level Dice >= ``--good``) and bad ones.
+
+    .venv/bin/python benchmarks/bench_qc_flags.py --model results/models/vert3d/model.pt \
+        --localiser results/models/centroids/model.pt
 """
 
 from __future__ import annotations
@@ -49,10 +59,66 @@ def corruptions(lab: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarr
     return out
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1))
+
+
+def model_predictions(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import pandas as pd
+    import yaml
+
+    from ctseg.inference.segment import Segmenter
+    from ctseg.phantom.population import case_params
+
+    root = Path(__file__).resolve().parents[1]
+    base = yaml.safe_load((root / "config.yaml").read_text())
+    rob = yaml.safe_load((root / "config.robustness.yaml").read_text())
+    pcfg = {**base["phantom"], "families": rob["phantom"]["families"]}
+    sheet = pd.read_csv(root / "cases.robustness.tsv", sep="\t", dtype=str).fillna("")
+    cases = [(r.case, int(r.location), r.family) for r in sheet.itertuples() if r.split == "test"]
+    cases += [(f"id{s}", s, "") for s in range(7001, 7001 + args.extra)]
+    seg = Segmenter(args.model, device="cpu", localiser=args.localiser)
+    rows = []
+    for name, seed, fam in cases:
+        ph = generate(seed, case_params(pcfg, name, seed, fam))
+        ct, truth = ph.image("hu"), ph.image("labels")
+        pred = seg.segment(ct)
+        p, t = sitk.GetArrayFromImage(pred.labels), sitk.GetArrayFromImage(truth)
+        levels = [int(v) for v in np.unique(t) if v]
+        lvl = float(np.mean([dice(p == v, t == v) for v in levels])) if levels else 0.0
+        qc = quality_flags(
+            pred.labels,
+            ct,
+            trained_ids=seg.trained_ids,
+            confidence_measures=pred.confidence or None,
+            relabelled_fraction=pred.relabelled_fraction,
+        )
+        flags = sorted({f["name"] for f in qc["flags"]})
+        rows.append((lvl >= args.good, bool(flags)))
+        print(
+            f"{name:7s} {fam or 'in-distribution':15s} foreground Dice {dice(p > 0, t > 0):.3f} "
+            f"level Dice {lvl:.3f} levels {qc['measures']['levels']} flags {flags}",
+            flush=True,
+        )
+    for good in (True, False):
+        hits = [f for g, f in rows if g == good]
+        what = f"good (level Dice >= {args.good})" if good else "bad"
+        print(f"{what}: {sum(hits)}/{len(hits)} flagged")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--model", default=None, help="judge this model package's predictions")
+    ap.add_argument("--localiser", default=None, help="its centroid localiser (foreground models)")
+    ap.add_argument("--extra", type=int, default=12, help="in-distribution draws beyond ph23-ph28")
+    ap.add_argument("--good", type=float, default=0.9, help="level Dice of a good prediction")
     args = ap.parse_args()
+    if args.model:
+        model_predictions(args)
+        return
     rng = np.random.default_rng(0)
     flagged: dict[str, list[bool]] = {}
     names: dict[str, dict[str, int]] = {}
