@@ -222,3 +222,41 @@ def test_random_crops_keep_axes_the_crop_spans_centred(cases, tmp_path):
                 np.flatnonzero(lab.reshape(32, -1).max(1)),
                 np.flatnonzero(src.reshape(32, -1).max(1)),
             )
+
+
+def test_bone_negative_crops_centre_on_unlabelled_bone():
+    """A crop drawn as a hard negative is centred on bone that carries no label and lies at
+    least two voxels from any labelled voxel; foreground and uniform draws keep their shares."""
+    from ctseg.core.config import CubeRecipe
+    from ctseg.core.normalise import hu_to_float
+    from ctseg.training.cubes import bone_negatives, choose_crop_centre
+
+    hu = np.full((20, 20, 20), -800.0)
+    label = np.zeros(hu.shape, np.uint8)
+    hu[8:12, 8:12, 8:12], label[8:12, 8:12, 8:12] = 700.0, 9  # a vertebra
+    hu[2:4, 2:18, 15:17] = 600.0  # a rib-like bar, unlabelled
+    hu[8:12, 12:15, 8:12] = 600.0  # unlabelled bone touching the vertebra
+    recipe = CubeRecipe.from_dict(
+        {"mode": "random", "fg_prob": 0.5, "bone_neg_prob": 0.5, "patch": [8, 8, 8]}
+    )
+    image = hu_to_float(hu, recipe.hu_window)
+    neg = bone_negatives(image, label, recipe)
+    expected = np.zeros(hu.shape, bool)
+    expected[2:4, 2:18, 15:17] = True
+    expected[8:12, 14:15, 8:12] = True  # the part more than two voxels from the label
+    assert np.array_equal(neg, expected)
+    rng = np.random.default_rng(0)
+    kinds = {"fg": 0, "neg": 0}
+    for _ in range(400):
+        c = choose_crop_centre(label, (8, 8, 8), rng, 0.5, neg, 0.5)
+        kinds["fg" if label[c] else "neg"] += 1
+        assert label[c] > 0 or neg[c]
+    assert 150 < kinds["neg"] < 250
+    assert bone_negatives(image, label, CubeRecipe.from_dict({"mode": "random"})) is None
+
+
+def test_bone_negative_share_is_validated():
+    from ctseg.core.config import ConfigError, CubeRecipe
+
+    with pytest.raises(ConfigError, match="bone_neg_prob"):
+        CubeRecipe.from_dict({"name": "v", "fg_prob": 0.8, "bone_neg_prob": 0.3})

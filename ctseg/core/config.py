@@ -256,6 +256,10 @@ class CubeRecipe:
     copies: int = 0
     mode: str = "whole"
     fg_prob: float = 0.7
+    #: probability of centring a crop on bone that is not foreground (ribs, pelvis, skull):
+    #: the hard negatives a foreground-biased crop never shows (taken out of the uniform share)
+    bone_neg_prob: float = 0.0
+    bone_hu: float = 250.0
     hu_window: tuple[float, ...] = (-1000.0, 2000.0)
     augment: dict = field(default_factory=dict)
     centre_on_foreground: bool = False
@@ -283,6 +287,8 @@ class CubeRecipe:
             raise ConfigError(f"{where}.mode: whole or random, not {self.mode!r}")
         if not 0.0 <= self.fg_prob <= 1.0:
             raise ConfigError(f"{where}.fg_prob: must lie in [0, 1]")
+        if not 0.0 <= self.bone_neg_prob <= 1.0 - self.fg_prob:
+            raise ConfigError(f"{where}.bone_neg_prob: must lie in [0, 1 - fg_prob]")
         if len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]:
             raise ConfigError(f"{where}.hu_window: [low, high] with low < high")
         if self.copies < 0:

@@ -26,6 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 from tqdm import tqdm
 
 from ctseg.core.atomic import atomic_path
@@ -120,17 +121,30 @@ def foreground_centre(label: np.ndarray) -> tuple[int, ...]:
 
 
 def choose_crop_centre(
-    label: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator, fg_prob: float
+    label: np.ndarray,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    fg_prob: float,
+    negatives: np.ndarray | None = None,
+    neg_prob: float = 0.0,
 ) -> tuple[int, ...]:
-    """Random crop centre: a random foreground voxel with probability ``fg_prob``, else uniform
-    over centres that keep the crop inside the volume.
+    """Random crop centre: a random foreground voxel with probability ``fg_prob``, a random
+    voxel of ``negatives`` (a mask: bone that is not foreground) with probability ``neg_prob``,
+    else uniform over centres that keep the crop inside the volume.
 
-    Along axes where the crop is at least as large as the volume the crop stays centred on the
-    volume, so e.g. a crop spanning the whole spine keeps every vertebra (identification needs
-    the whole column) instead of being shifted out of the field of view.
+    Foreground-biased crops alone never show the ribs' lateral arcs, the iliac wings or the
+    skull, and a network trained on them calls all bone "vertebra" there; the hard negatives
+    are those regions. Along axes where the crop is at least as large as the volume the crop
+    stays centred on the volume, so e.g. a crop spanning the whole spine keeps every vertebra
+    (identification needs the whole column) instead of being shifted out of the field of view.
     """
-    fg = rng.random() < fg_prob
-    idx = np.flatnonzero(label) if fg else np.array([], dtype=np.int64)
+    u = rng.random()
+    if u < fg_prob:
+        idx = np.flatnonzero(label)
+    elif u < fg_prob + neg_prob and negatives is not None:
+        idx = np.flatnonzero(negatives)
+    else:
+        idx = np.array([], dtype=np.int64)
     pick = np.unravel_index(idx[rng.integers(len(idx))], label.shape) if len(idx) else None
     centre = []
     for ax, (n, size) in enumerate(zip(label.shape, shape, strict=True)):
@@ -142,6 +156,16 @@ def choose_crop_centre(
         else:
             centre.append(int(rng.integers(lo, hi + 1)))
     return tuple(centre)
+
+
+def bone_negatives(image: np.ndarray, label: np.ndarray, recipe: CubeRecipe) -> np.ndarray | None:
+    """Voxels of bone (>= ``bone_hu`` on the normalised image) that carry no label, at least
+    two voxels away from any labelled one (so a crop centred there is not a vertebra's edge)."""
+    if recipe.bone_neg_prob <= 0:
+        return None
+    level = float(hu_to_float(np.array([recipe.bone_hu]), recipe.hu_window)[0])
+    near = ndimage.binary_dilation(label > 0, iterations=2)
+    return (image >= level) & ~near
 
 
 def build_cube(items: list[dict], out_h5: Path, recipe: dict | CubeRecipe, *, seed: int) -> None:
@@ -201,6 +225,7 @@ def build_cube(items: list[dict], out_h5: Path, recipe: dict | CubeRecipe, *, se
         with tqdm(total=n_total, desc=f"cube {out_h5.name}", unit="sample") as bar:
             for ci, item in enumerate(items):
                 image, label = load_case_arrays(item, recipe)
+                negatives = bone_negatives(image, label, recipe) if mode == "random" else None
                 for k in range(copies + 1):
                     s = sample_seed(seed, ci, k)
                     rng = np.random.default_rng(s)
@@ -210,7 +235,9 @@ def build_cube(items: list[dict], out_h5: Path, recipe: dict | CubeRecipe, *, se
                         centre = (
                             foreground_centre(label)
                             if k == 0
-                            else choose_crop_centre(label, shape, rng, fg_prob)
+                            else choose_crop_centre(
+                                label, shape, rng, fg_prob, negatives, recipe.bone_neg_prob
+                            )
                         )
                     if centre is not None:  # axes the patch spans stay centred (no shift)
                         centre = tuple(
