@@ -3,6 +3,8 @@
 Run `snakemake --cores all` (default phantom cohort) or see README.md.
 """
 
+import gc
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -20,6 +22,19 @@ if not workflow.overwrite_configfiles:
 
 
 report: "rules/captions/workflow.rst"
+
+
+# Python's cyclic garbage collector rescans the millions of objects a large DAG holds each time
+# they have grown by a quarter: 19 % of the CPU of `snakemake -n --quiet` at 3,000 cases (68.4 s
+# with it, 55.5 s without), for nothing, since the DAG lives until the process ends. It is off
+# while the DAG is built (about 30 % more memory), then back on for the run itself (`onstart`,
+# which a dry run never reaches). Only as the main workflow: Snakemake calls no module's onstart.
+if workflow.modifier.is_main_snakefile():
+    gc.disable()
+
+
+onstart:
+    gc.enable()
 
 
 include: "rules/common.smk"

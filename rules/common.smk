@@ -4,7 +4,6 @@ Everything the rules need to wire files together lives here; rules compute nothi
 """
 
 import ast
-import gc
 import importlib
 import math
 import os
@@ -61,19 +60,6 @@ def own_module(name):
             f"{name} resolved to {mod.__file__}, outside {WORKFLOW_ROOT}"
         )
     return mod
-
-
-# Python's cyclic garbage collector rescans the millions of objects a large DAG holds each time
-# they have grown by a quarter: 19 % of the CPU of `snakemake -n --quiet` at 3,000 cases (68.4 s
-# with it, 55.5 s without), for nothing, since the DAG lives until the process ends. It is off
-# while the DAG is built (about 30 % more memory), then back on for the run itself (`onstart`,
-# which a dry run never reaches). Only as the main workflow: Snakemake calls no module's onstart.
-if workflow.modifier.is_main_snakefile():
-    gc.disable()
-
-
-onstart:
-    gc.enable()
 
 
 _own_ctseg()
