@@ -259,6 +259,27 @@ def test_labels_from_centroids_cut_between_successive_centroids():
     assert labels_from_centroids(fg, np.zeros((0, 3)), [], (1.0, 1.0, 1.0)).max() == 0
 
 
+def test_labels_from_centroids_drop_pieces_that_never_reach_a_centroid():
+    """A separate piece of foreground (a skull or an iliac wing called bone) within the 80 mm
+    reach but never within ``component_mm`` of a centroid is dropped; a piece touching the
+    column keeps its voxels, even those far from the centroids."""
+    from ctseg.inference.postprocess import labels_from_centroids
+
+    fg = np.zeros((40, 40, 40), bool)
+    fg[5:25, 18:22, 18:22] = True  # the column, centroids at z 10 and 20
+    fg[10:14, 22:36, 18:22] = True  # a process attached to it, reaching 17 mm out
+    fg[32:38, 18:22, 30:36] = True  # a separate blob: nearest voxel ~15 mm from z=20 centroid
+    pts = np.array([[10.0, 20.0, 20.0], [20.0, 20.0, 20.0]])
+    out = labels_from_centroids(fg, pts, [9, 10], (1.0, 1.0, 1.0), 80.0, component_mm=12.0)
+    assert out[5:25, 18:22, 18:22].all() and out[10:14, 22:36, 18:22].all()
+    assert not out[32:38, 18:22, 30:36].any()
+    kept = labels_from_centroids(fg, pts, [9, 10], (1.0, 1.0, 1.0), 80.0, component_mm=None)
+    assert kept[32:38, 18:22, 30:36].all() and (kept[32:38, 18:22, 30:36] == 10).all()
+    # the same blob, scaled by spacing: at 0.5 mm voxels it lies within 12 mm and is kept
+    half = labels_from_centroids(fg, pts, [9, 10], (0.5, 0.5, 0.5), 80.0, component_mm=12.0)
+    assert half[32:38, 18:22, 30:36].all()
+
+
 def test_a_foreground_model_takes_its_levels_from_the_centroids_only(tmp_path):
     """A vertebra-foreground model (classes: foreground) whose output is foreground
     everywhere: with two centroids every voxel takes the nearer one's level; without

@@ -70,6 +70,7 @@ from ctseg.localisation.heatmaps import gaussian_heatmaps
 from ctseg.localisation.identify import identification_scores, identification_table
 from ctseg.localisation.predict import HEADS, activate, decode_centroids, forward_logits, pad_zyx
 from ctseg.localisation.refine import RefinerTrainer, refiner_spec, resolve_refiner
+from ctseg.localisation.synthetic import resolve_synthetic, synthetic_items
 from ctseg.models import build_model, model_kwargs
 from ctseg.training import history as shared
 from ctseg.training.checkpoint import (
@@ -124,6 +125,8 @@ DEFAULTS: dict = {
     "cpu_bf16": False,  # bf16 autocast on CPUs with native bf16 (faster steps)
     # second stage on a fine grid (ctseg.localisation.refine): a mapping of its keys, or false
     "refiner": False,
+    # extra training cases drawn from the phantom population (ctseg.localisation.synthetic)
+    "synthetic": False,
 }
 #: Keys read only when heatmaps are decoded into centroids (prediction, validation figures).
 DECODE_KEYS = (
@@ -177,6 +180,7 @@ def resolve_config(config: dict | None) -> dict:
     if out["refiner"] is not None:
         out["refiner"]["hu_window"] = list(out["hu_window"])
         out["refiner"]["levels"] = list(out["levels"])
+    out["synthetic"] = resolve_synthetic(out["synthetic"])
     out["task"] = "centroids"
     return out
 
@@ -267,8 +271,14 @@ class Case:
             if lab in by:
                 pts[k] = world_to_index(self.work, by[lab]["world"])
         self.points_zyx = pts
+        self.sigma_mm = float(cfg["sigma_mm"])
+
+    @property
+    def target(self) -> np.ndarray:
+        """Per-level heatmaps ``[L, z, y, x]``, computed when asked (separable, a few ms): kept
+        in memory for hundreds of synthetic cases they would take gigabytes."""
         sp_zyx = list(reversed(self.work.GetSpacing()))
-        self.target = gaussian_heatmaps(pts, self.image.shape, sp_zyx, float(cfg["sigma_mm"]))
+        return gaussian_heatmaps(self.points_zyx, self.image.shape, sp_zyx, self.sigma_mm)
 
 
 def rotation_zyx(angles_deg: list[float]) -> np.ndarray:
@@ -331,6 +341,13 @@ class LocaliserTrainer:
         if not self.train_items:
             raise InputError("no training cases", path=self.out_dir)
         self.train = [Case(it, self.cfg) for it in self.train_items]
+        syn = self.cfg["synthetic"]
+        if syn is not None:
+            draws = synthetic_items(syn, self.seed)
+            self.train += [
+                Case(it, self.cfg)
+                for it in tqdm(draws, total=syn["cases"], desc="synthetic cases", unit="case")
+            ]
         self.val = [Case(it, self.cfg) for it in self.val_items]
         self.levels = self.cfg["levels"]
         self.head = self.cfg["head"]
@@ -368,13 +385,14 @@ class LocaliserTrainer:
         and jittered in intensity, padded to the network divisor."""
         g = self.gen
         case = self.train[int(torch.randint(len(self.train), (1,), generator=g))]
-        img, tgt = case.image, case.target
-        nz = img.shape[0]
+        nz = case.image.shape[0]
         r = torch.rand(8, generator=g).tolist()
         max_deg = float(self.cfg["rotate_deg"])
         if max_deg > 0 and r[4] < float(self.cfg["rotate_prob"]):
             angles = [max_deg * (2 * a - 1) for a in r[5:8]]
             img, tgt = rotated(case, angles, float(self.cfg["sigma_mm"]))
+        else:
+            img, tgt = case.image, case.target
         if r[0] < float(self.cfg["crop_prob"]):
             sz = float(case.work.GetSpacing()[2])
             min_len = min(nz, max(self.model.divisor, int(round(self.cfg["min_crop_mm"] / sz))))
@@ -535,8 +553,12 @@ class LocaliserTrainer:
         plot_history(self.out_dir / "loss.png", self.history, self.out_dir.name)
         subnets = {}
         if self.cfg["refiner"] is not None:
+            syn = self.cfg["synthetic"]
+            items = list(self.train_items)
+            if syn is not None and syn["refiner_cases"]:
+                items += list(synthetic_items(syn, self.seed, syn["refiner_cases"]))
             subnets["refiner"] = RefinerTrainer(
-                self.train_items, self.cfg["refiner"], self.out_dir, self.seed, self.dev
+                items, self.cfg["refiner"], self.out_dir, self.seed, self.dev
             ).fit()
         path = self.out_dir / "model.pt"
         save_package(path, self.model, self.cfg, make_plan(self.meta(), self.cfg), subnets)
