@@ -75,7 +75,7 @@ def test_draws_are_the_population_phantoms_with_their_centroids():
     items = list(synthetic_items(cfg, 7))
     assert len(items) == 3 and len({it["case"] for it in items}) == 3
     again = list(synthetic_items(cfg, 7, limit=2))
-    for it, seed, rep in zip(items, synthetic_seeds(7, 3), again + [None]):
+    for it, seed, rep in zip(items, synthetic_seeds(7, 3), [*again, None], strict=True):
         assert set(it) == {"case", "ct", "centroids"}
         assert it["case"] == f"synthetic{seed}"
         ph = phantom.generate(seed, case_params({"population": POP}, it["case"], seed))
