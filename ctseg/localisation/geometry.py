@@ -22,7 +22,7 @@ from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
 from ctseg.core.labels import VERSE_IDS, VERSE_NAMES
 from ctseg.core.normalise import hu_to_float
-from ctseg.core.resample import resample_to_spacing
+from ctseg.inference.downsample import working_image
 
 AIR_HU = -1024.0
 
@@ -33,9 +33,12 @@ def to_working(ct: sitk.Image, spacing_xyz: list[float] | tuple[float, ...]) -> 
     An oblique scan keeps its (LPS-permuted) oblique grid: the network sees its patient
     tilted, which rotation augmentation teaches it (measured on 10-degree tilted phantoms:
     identification 96 % this way against 84 % after resampling onto world axes, whose tilted
-    field-of-view edges and air wedges the model had not seen)."""
+    field-of-view edges and air wedges the model had not seen). The resampling is
+    :func:`ctseg.inference.downsample.working_image`: the values of ``resample_to_spacing``
+    (anti-aliased linear) computed only at the working grid's samples (a 512 x 512 x 300 CT
+    to 8 mm in a fraction of a second instead of seconds)."""
     img = sitk.Cast(sitk.DICOMOrient(ct, "LPS"), sitk.sitkFloat32)
-    return resample_to_spacing(img, spacing_xyz, is_label=False, default=AIR_HU)
+    return working_image(img, spacing_xyz, default=AIR_HU)
 
 
 def crop_to_body(
