@@ -66,23 +66,49 @@ def resolve_levels(levels) -> list[int]:
 
 
 def _score(
-    votes: np.ndarray, chosen: list[int | None], bonus: float, sizes=None, skip_cost=None
+    votes: np.ndarray,
+    chosen: list[int | None],
+    bonus: float,
+    sizes=None,
+    skip_cost=None,
+    steps=None,
 ) -> float:
     """Objective of an assignment (None = skipped point): summed votes, plus ``bonus`` times
-    the point's size for each assigned point whose id follows the previous assigned one's,
-    minus the ``skip_cost`` of each skipped point."""
+    the point's size for each assigned point whose id follows the previous assigned one's
+    by the expected step (``steps[prev_point, point]``, default 1), minus the ``skip_cost``
+    of each skipped point."""
     sizes = np.ones(len(votes)) if sizes is None else sizes
     skip_cost = np.zeros(len(votes)) if skip_cost is None else skip_cost
-    total, prev = 0.0, None
+    total, prev, kprev = 0.0, None, None
     for k, v in enumerate(chosen):
         if v is None:
             total -= float(skip_cost[k])
             continue
         total += float(votes[k, v])
-        if prev is not None and v == prev + 1:
+        step = 1 if steps is None or kprev is None else int(steps[kprev][k])
+        if prev is not None and v == prev + step:
             total += bonus * float(sizes[k])
-        prev = v
+        prev, kprev = v, k
     return total
+
+
+def chain_steps(worlds) -> np.ndarray:
+    """``[n, n]``: how many levels apart points i < j of a head-to-feet chain should be, from
+    their distance over the chain's local spacing (the median of the five neighbouring gaps):
+    a vertebra missed between two points makes them two levels apart, and the consecutive
+    bonus then rewards the gap instead of renumbering every level below it."""
+    w = np.asarray(worlds, dtype=float).reshape(-1, 3)
+    n = len(w)
+    out = np.ones((n, n), dtype=int)
+    if n < 3:
+        return out
+    d = np.linalg.norm(np.diff(w, axis=0), axis=1)
+    local = np.array([np.median(d[max(0, i - 2) : i + 3]) for i in range(n - 1)])
+    for i in range(n):
+        for j in range(i + 1, n):
+            dist = np.linalg.norm(w[j] - w[i])
+            out[i, j] = max(1, int(round(dist / max(local[i:j].min(), 1e-6))))
+    return out
 
 
 def increasing_ids_with_skips(
@@ -90,6 +116,7 @@ def increasing_ids_with_skips(
     sizes: np.ndarray,
     consecutive_bonus: float = 0.25,
     skip_cost: np.ndarray | None = None,
+    steps: np.ndarray | None = None,
 ) -> list[int | None]:
     """:func:`ctseg.inference.predict.assign_increasing_ids` generalised to leave points out.
 
@@ -98,7 +125,8 @@ def increasing_ids_with_skips(
     point may be skipped (None) at ``skip_cost[k]`` (default 0). Why: a segmentation instance
     is a vertebra, but a heatmap detection can be a ghost between two vertebrae; forced into
     the sequence it would shift every level below it by one. Dynamic programming over
-    (last assigned point, its id), O(n^2 m).
+    (last assigned point, its id), O(n^2 m). ``steps[kp, k]``: the id step that earns the
+    bonus between assigned points kp and k (default 1; :func:`chain_steps`).
     """
     votes = np.asarray(votes, dtype=float)
     n, m = votes.shape
@@ -121,11 +149,13 @@ def increasing_ids_with_skips(
                 if prev[v - 1] > run:
                     run, arg = prev[v - 1], v - 1
                 pm[v], pa[v] = run, arg
+            st = 1 if steps is None else int(steps[kp][k])
             cons = np.full(m, neg)
-            cons[1:] = prev[:-1] + consecutive_bonus * sizes[k]
+            if st < m:
+                cons[st:] = prev[:-st] + consecutive_bonus * sizes[k]
             take_cons = cons > pm
             cand = np.where(take_cons, cons, pm) + votes[k]
-            from_u = np.where(take_cons, np.arange(m) - 1, pa)
+            from_u = np.where(take_cons, np.arange(m) - st, pa)
             better = cand > best[k]
             best[k] = np.where(better, cand, best[k])
             back[k, better, 0] = kp
@@ -148,6 +178,7 @@ def assign_levels(
     allow_skips: bool = True,
     skip_weight: float = 1.0,
     optional_cost: float = 0.0,
+    steps: np.ndarray | None = None,
 ) -> list[int | None]:
     """Levels (VerSe ids, strictly increasing along ``levels``' spinal order) for points already
     ordered head to feet, maximising the summed evidence ``votes[k, channel]`` plus
@@ -164,6 +195,9 @@ def assign_levels(
     a prior against them. Why: with the hypotheses free, one spurious point below the sacrum
     was absorbed by calling L1 "T13" and renumbering every lumbar level (measured on held-out
     draws: most lower-spine failures were exactly this).
+
+    ``steps`` (:func:`chain_steps`, with ``allow_skips``): the expected id step between two
+    points for the consecutive bonus, instead of 1.
     """
     votes = np.asarray(votes, dtype=float)
     n = len(votes)
@@ -185,11 +219,12 @@ def assign_levels(
         if len(keep) > len(cols) and not allow_skips:
             continue
         sub = kv[:, cols]
+        st = None if steps is None or not allow_skips else np.asarray(steps)[np.ix_(keep, keep)]
         if allow_skips:
-            chosen = increasing_ids_with_skips(sub, ones, consecutive_bonus, skip_cost)
+            chosen = increasing_ids_with_skips(sub, ones, consecutive_bonus, skip_cost, st)
         else:
             chosen = assign_increasing_ids(sub, ones, consecutive_bonus)
-        score = _score(sub, chosen, consecutive_bonus, ones, skip_cost)
+        score = _score(sub, chosen, consecutive_bonus, ones, skip_cost, st)
         used = {levels[cols[c]] for c in chosen if c is not None}
         score -= optional_cost * len(used & set(optional))
         if best is None or score > best[0] + 1e-12:

@@ -18,7 +18,7 @@ from scipy import ndimage
 from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
 from ctseg.inference.package import load_package
-from ctseg.localisation.decode import assign_levels, level_name
+from ctseg.localisation.decode import assign_levels, chain_steps, level_name
 from ctseg.localisation.geometry import (
     crop_to_body,
     index_to_world,
@@ -165,11 +165,19 @@ def level_votes(heatmaps: np.ndarray, work: sitk.Image, worlds: list, meta: dict
 
 
 def decode_refined(
-    heatmaps: np.ndarray, work: sitk.Image, meta: dict, fine: tuple, refiner, device
+    heatmaps: np.ndarray,
+    work: sitk.Image,
+    meta: dict,
+    fine: tuple,
+    refiner,
+    device,
+    regions: tuple | None = None,
 ) -> list[dict]:
     """Two-stage decoding: first-stage candidates refined on the fine grid
     (:func:`ctseg.localisation.refine.refine_candidates`), then levels along the refined
-    chain from the first stage's identification maps (:func:`assign_levels`)."""
+    chain from the first stage's identification maps (:func:`assign_levels`), times the
+    anatomical region evidence of each refined point when the package has a region network
+    (``regions``: (network, its grid, its array); :mod:`ctseg.localisation.regions`)."""
     from ctseg.localisation.refine import refine_candidates
 
     levels = [int(v) for v in meta["levels"]]
@@ -185,6 +193,15 @@ def decode_refined(
         local = np.stack([p["levels"] for p in pts])
         votes = votes * np.power(np.clip(local, 1e-6, None), w)
         votes = votes / np.clip(votes.sum(axis=1, keepdims=True), 1e-12, None)
+    if regions is not None and pts:
+        from ctseg.localisation.regions import combine, region_probs
+
+        net, rwork, rarr = regions
+        spec_r = meta["regions"]
+        probs = region_probs(net, spec_r, rwork, rarr, worlds, device)
+        votes = combine(votes, probs, levels, float(spec_r.get("weight", 1.0)))
+        spec = {**spec, "chain_bonus": spec_r.get("chain_bonus", 1.0)}
+        spec["chain_steps"] = spec_r.get("chain_steps", True)
     labels = assign_levels(
         votes,
         levels,
@@ -192,6 +209,7 @@ def decode_refined(
         bool(meta.get("allow_skips", True)),
         float(meta.get("skip_weight", 1.0)),
         float(meta.get("optional_cost", 0.0)),
+        chain_steps(worlds) if spec.get("chain_steps", False) else None,
     )
     return labelled_points(worlds, votes, labels, levels)
 
@@ -227,7 +245,9 @@ def predict_centroids(
         from ctseg.localisation.refine import fine_image
 
         fine = fine_image(ct, meta["refiner"])
-        pts = decode_refined(heat, work, meta, fine, refiner, dev)
+        net = (meta.get("subnet_modules") or {}).get("regions")
+        regions = None if net is None else (net, *fine_image(ct, meta["regions"]))
+        pts = decode_refined(heat, work, meta, fine, refiner, dev, regions)
         return [c for c in pts if inside(ct, c["world"])]
     # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
     # outside it is not output (the scan's truth cannot hold it either)

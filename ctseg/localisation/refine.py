@@ -157,7 +157,7 @@ class RefinerCase:
         )
         self.channels = np.array([levels.index(c["label"]) for c in truth], dtype=int)
         self.body = np.argwhere(self.image > 0.05)[::7]  # candidate background centres
-        self.hard = self._bone_far_from_centroids(cfg)
+        self.hard = self._bone_far_from_centroids(cfg) if "hard_negative_mm" in cfg else None
 
     def _bone_far_from_centroids(self, cfg: dict) -> np.ndarray:
         """Bone voxels (> 250 HU) at least ``hard_negative_mm`` from every centroid: ribs,
@@ -173,28 +173,41 @@ class RefinerCase:
 
 
 class RefinerTrainer:
-    """Trains the refiner on random patches; resumes its checkpoint (``refiner.pt``)."""
+    """Trains the refiner on random patches; resumes its checkpoint (``refiner.pt``).
+
+    A patch network of the localiser: subclasses (:class:`ctseg.localisation.regions.
+    RegionTrainer`) change :attr:`name`, :meth:`n_outputs`, :meth:`init_head`, :meth:`sample`
+    and :meth:`loss` and keep the case loading, level-balanced draws, checkpoints and loop."""
+
+    name = "refiner"
 
     def __init__(self, items: list[dict], cfg: dict, out_dir: Path, seed: int, device):
         self.cfg, self.out_dir, self.seed, self.dev = cfg, Path(out_dir), int(seed), device
         self.cases = [RefinerCase(it, cfg) for it in items]
         self.cases = [c for c in self.cases if len(c.points)]
-        self.pairs, self.pair_p = self._centroid_draws(bool(cfg["balance_levels"]))
+        self.pairs, self.pair_p = self._centroid_draws(bool(cfg.get("balance_levels", True)))
         self.gen = np.random.default_rng(self.seed)
         torch.manual_seed(self.seed)
-        self.n_levels = len(cfg["levels"]) if cfg["identify"] else 0
-        self.model = build_model(cfg, 1 + self.n_levels)
-        head = getattr(self.model, "head", None)
-        if head is not None and getattr(head, "bias", None) is not None:
-            with torch.no_grad():
-                head.bias.zero_()
-                head.bias[:1].fill_(math.log(cfg["prior"] / (1 - cfg["prior"])))
+        self.n_levels = len(cfg["levels"]) if cfg.get("identify") else 0
+        self.model = build_model(cfg, self.n_outputs())
+        self.init_head()
         self.model.to(self.dev)
         optim_cfg = ExperimentConfig.from_dict({"optimizer": "adamw", "lr": float(cfg["lr"])})
         self.opt, self.sched = make_optimizer(optim_cfg, self.model.parameters(), cfg["steps"])
         identity = {k: v for k, v in cfg.items() if k not in REFINER_DECODE_KEYS}
         shapes = [list(c.image.shape) for c in self.cases]
         self.run_id = experiment_hash(identity, self.seed, {"cases": shapes})
+
+    def n_outputs(self) -> int:
+        return 1 + self.n_levels
+
+    def init_head(self) -> None:
+        """Detection channel biased to the ``prior`` (RetinaNet): the background dominates."""
+        head = getattr(self.model, "head", None)
+        if head is not None and getattr(head, "bias", None) is not None:
+            with torch.no_grad():
+                head.bias.zero_()
+                head.bias[:1].fill_(math.log(self.cfg["prior"] / (1 - self.cfg["prior"])))
 
     def _centroid_draws(self, balance: bool) -> tuple[np.ndarray, np.ndarray]:
         """Every (case, centroid) pair and its draw probability: uniform, or with
@@ -210,7 +223,7 @@ class RefinerTrainer:
 
     @property
     def ckpt_path(self) -> Path:
-        return self.out_dir / "checkpoints" / "refiner.pt"
+        return self.out_dir / "checkpoints" / f"{self.name}.pt"
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, g, size = self.cfg, self.gen, int(self.cfg["patch"])
@@ -263,7 +276,7 @@ class RefinerTrainer:
         self.model.train()
         losses: list[float] = []
         t0 = time.perf_counter()
-        bar = tqdm(range(step0, steps), desc="refiner", initial=step0, total=steps, leave=False)
+        bar = tqdm(range(step0, steps), desc=self.name, initial=step0, total=steps, leave=False)
         for step in bar:
             x, y = self.sample()
             self.opt.zero_grad(set_to_none=True)
@@ -275,7 +288,7 @@ class RefinerTrainer:
             if (step + 1) % 100 == 0 or step + 1 == steps:
                 self.save(step + 1)
                 tqdm.write(
-                    f"refiner step {step + 1}/{steps} loss {np.mean(losses[-100:]):.4f} "
+                    f"{self.name} step {step + 1}/{steps} loss {np.mean(losses[-100:]):.4f} "
                     f"({time.perf_counter() - t0:.0f} s)"
                 )
         self.model.eval()

@@ -70,6 +70,7 @@ from ctseg.localisation.heatmaps import gaussian_heatmaps
 from ctseg.localisation.identify import identification_scores, identification_table
 from ctseg.localisation.predict import HEADS, activate, decode_centroids, forward_logits, pad_zyx
 from ctseg.localisation.refine import RefinerTrainer, refiner_spec, resolve_refiner
+from ctseg.localisation.regions import REGIONS, RegionTrainer, regions_spec, resolve_regions
 from ctseg.localisation.synthetic import resolve_synthetic, synthetic_items
 from ctseg.models import build_model, model_kwargs
 from ctseg.training import history as shared
@@ -125,6 +126,8 @@ DEFAULTS: dict = {
     "cpu_bf16": False,  # bf16 autocast on CPUs with native bf16 (faster steps)
     # second stage on a fine grid (ctseg.localisation.refine): a mapping of its keys, or false
     "refiner": False,
+    # anatomical anchors of each refined vertebra (ctseg.localisation.regions): mapping or false
+    "regions": False,
     # extra training cases drawn from the phantom population (ctseg.localisation.synthetic)
     "synthetic": False,
 }
@@ -180,6 +183,12 @@ def resolve_config(config: dict | None) -> dict:
     if out["refiner"] is not None:
         out["refiner"]["hu_window"] = list(out["hu_window"])
         out["refiner"]["levels"] = list(out["levels"])
+    out["regions"] = resolve_regions(out["regions"])
+    if out["regions"] is not None:
+        if out["refiner"] is None:
+            raise ConfigError("config key 'regions' needs the refiner (its points are classified)")
+        out["regions"]["hu_window"] = list(out["hu_window"])
+        out["regions"]["levels"] = list(out["levels"])
     out["synthetic"] = resolve_synthetic(out["synthetic"])
     out["task"] = "centroids"
     return out
@@ -524,6 +533,13 @@ class LocaliserTrainer:
                     "n_classes": 1 + len(self.levels) * int(bool(ref["identify"])),
                 }
             }
+        reg = self.cfg["regions"]
+        if reg is not None:
+            extra["regions"] = regions_spec(reg)
+            extra["subnets"]["regions"] = {
+                "model_kwargs": model_kwargs(reg),
+                "n_classes": len(REGIONS),
+            }
         return {
             **extra,
             "task": "centroids",
@@ -560,6 +576,10 @@ class LocaliserTrainer:
             subnets["refiner"] = RefinerTrainer(
                 items, self.cfg["refiner"], self.out_dir, self.seed, self.dev
             ).fit()
+            if self.cfg["regions"] is not None:
+                subnets["regions"] = RegionTrainer(
+                    items, self.cfg["regions"], self.out_dir, self.seed, self.dev
+                ).fit()
         path = self.out_dir / "model.pt"
         save_package(path, self.model, self.cfg, make_plan(self.meta(), self.cfg), subnets)
         return path

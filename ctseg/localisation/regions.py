@@ -1,0 +1,248 @@
+"""The localiser's anatomical anchors: which part of the spine each refined vertebra is.
+
+Why: the first stage names vertebrae from the whole field of view at 8 mm, where a rib is a
+fraction of a voxel, and measured on held-out population draws its failures are whole chains
+named one or two levels off (small bodies, fine voxels, crops), the points themselves a median
+1-2 mm from the truth. Radiologists count from anchors -- C2's dens, the first and the last rib
+pair, the sacrum -- and those are *local*: a 160 mm cube at 5 mm around a vertebra shows whether
+ribs leave it, whether the sacrum or the skull base is next to it. This network (a small 3D
+U-Net on such cubes) classifies the vertebra at the cube's centre into :data:`REGIONS`, eleven
+appearance classes that are easy to tell apart locally (unlike T5 from T6, which the refiner's
+level head could not learn, see the README), and its probabilities multiply into the first
+stage's level evidence before the levels are chosen along the chain, so one anchor in the chain
+fixes the names of all its points.
+
+Training uses the training cases' CTs and centroids only (the centroid-only contract): cubes
+around a centroid drawn evenly over the levels, jittered, rotated, scaled (body size) and
+mirrored; every voxel within ``radius_mm`` of a centroid is a target of that centroid's class.
+The class of a level depends on the case's own levels where transitional anatomy shows in
+them (with a T13, T12 carries the second-last rib pair; with an L6, L5 is not the last lumbar).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ctseg.core.errors import ConfigError
+from ctseg.localisation.geometry import world_to_index
+from ctseg.localisation.refine import RefinerTrainer, crop_patch
+
+T12, T13, L5, L6, SACRUM = 19, 28, 24, 25, 26
+
+#: Appearance classes: C1, C2, C3-C6, C7 (no rib, above the first rib), T1 (the first rib
+#: pair), T2-T10, T11 (the second-last rib pair), T12 (the last rib pair), L1-L4, L5 (the last
+#: lumbar, on the sacrum), the sacrum.
+REGIONS = ("C1", "C2", "C3-C6", "C7", "T1", "T2-T10", "T11", "T12", "L1-L4", "L5", "sacrum")
+
+_BASE = {1: 0, 2: 1, 3: 2, 4: 2, 5: 2, 6: 2, 7: 3, 8: 4, **{k: 5 for k in range(9, 18)}}
+_BASE.update({18: 6, T12: 7, T13: 7, 20: 8, 21: 8, 22: 8, 23: 8, L5: 9, L6: 9, SACRUM: 10})
+
+#: Keys of the ``regions`` block of a localiser config, with defaults.
+REGIONS_DEFAULTS: dict = {
+    "spacing_mm": [5.0, 5.0, 5.0],
+    "patch": 32,
+    "radius_mm": 10.0,
+    "offset_mm": 6.0,
+    "scale": [0.75, 1.3],  # zoom range of the cubes (body size)
+    "rotate_deg": 10.0,
+    "intensity_jitter": 0.1,
+    "balance_levels": True,
+    "batch_size": 8,
+    "steps": 600,
+    "lr": 3e-3,
+    "model": "unet3d",
+    "base_width": 8,
+    "depth": 4,
+    "norm": "instance",
+    # decoding: exponent of the region evidence in the product with the first stage's
+    "weight": 1.0,
+    # decoding: the chain's consecutive bonus (an anchor renames the chain only when one
+    # break in it costs more than any one point's preference) and expected steps over gaps
+    "chain_bonus": 1.0,
+    "chain_steps": True,
+}
+#: Keys read only when decoding.
+REGIONS_DECODE_KEYS = ("weight", "chain_bonus", "chain_steps")
+
+
+def resolve_regions(config) -> dict | None:
+    """The regions block with defaults; None when disabled (``false`` / ``null``)."""
+    if config is None or config is False:
+        return None
+    if config is True:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"config key 'regions' must be a mapping or false, got {config!r}")
+    unknown = sorted(set(config) - set(REGIONS_DEFAULTS) - {"hu_window", "levels"})
+    if unknown:
+        raise ConfigError(f"unknown regions key(s): {', '.join(unknown)}")
+    out = {**REGIONS_DEFAULTS, **config}
+    sp = [float(s) for s in out["spacing_mm"]]
+    if len(sp) != 3 or min(sp) <= 0:
+        raise ConfigError(f"config key 'regions.spacing_mm' must be 3 positive mm, got {sp}")
+    out["spacing_mm"] = sp
+    if int(out["patch"]) < 16 or int(out["patch"]) % 16:
+        raise ConfigError(
+            f"config key 'regions.patch' must be a multiple of 16, got {out['patch']}"
+        )
+    lo, hi = (float(v) for v in out["scale"])
+    if not 0 < lo <= hi:
+        raise ConfigError(
+            f"config key 'regions.scale' must be [low, high] with 0 < low <= high, got {out['scale']}"
+        )
+    out["scale"] = [lo, hi]
+    for key in ("radius_mm", "lr", "weight"):
+        if float(out[key]) <= 0:
+            raise ConfigError(f"config key 'regions.{key}' must be > 0, got {out[key]}")
+    return out
+
+
+def region_classes(labels) -> dict[int, int]:
+    """Level id -> :data:`REGIONS` index, for a case whose levels are ``labels``: with a T13
+    shown, T12 carries the second-last rib pair (class T11) and T11 is mid-thoracic; with an L6
+    shown, L5 is a middle lumbar level."""
+    labels = {int(v) for v in labels}
+    out = dict(_BASE)
+    if T13 in labels:
+        out[T12], out[18] = _BASE[18], _BASE[17]
+    if L6 in labels:
+        out[L5] = _BASE[23]
+    return out
+
+
+def level_likelihood(region_p: np.ndarray, levels: list[int]) -> np.ndarray:
+    """``[n, len(levels)]``: region probabilities ``[n, len(REGIONS)]`` as evidence per level.
+
+    Trained with levels drawn evenly, the network's class prior is each class's share of the
+    levels, so the likelihood ratio of a level is its class's probability divided by the
+    number of levels in that class (the first stage's softmax tells the levels inside a class
+    apart). Transitional levels share their normal neighbour's class."""
+    cls = np.array([_BASE[int(v)] for v in levels])
+    size = np.bincount(cls, minlength=len(REGIONS)).astype(float)
+    return np.asarray(region_p)[:, cls] / np.maximum(size[cls], 1.0)
+
+
+def combine(
+    votes: np.ndarray, region_p: np.ndarray, levels: list[int], weight: float
+) -> np.ndarray:
+    """Product of experts: first-stage level evidence times region evidence ** ``weight``,
+    renormalised per point (so a point's strength for the chain's DP stays in [0, 1])."""
+    if not len(votes):
+        return votes
+    lik = np.power(np.clip(level_likelihood(region_p, levels), 1e-6, None), float(weight))
+    out = votes * lik
+    return out / np.clip(out.sum(axis=1, keepdims=True), 1e-12, None)
+
+
+def _rotation(angles_deg) -> np.ndarray:
+    from ctseg.localisation.training import rotation_zyx
+
+    return rotation_zyx(list(angles_deg))
+
+
+class RegionTrainer(RefinerTrainer):
+    """Trains the region network on transformed cubes around centroids (checkpoint
+    ``regions.pt``); everything else as the refiner's trainer."""
+
+    name = "regions"
+
+    def __init__(self, items: list[dict], cfg: dict, out_dir, seed: int, device):
+        super().__init__(items, cfg, out_dir, seed, device)
+        levels = list(cfg["levels"])
+        self.classes = []
+        for c in self.cases:
+            labs = [levels[ch] for ch in c.channels]
+            m = region_classes(labs)
+            self.classes.append(np.array([m[v] for v in labs], dtype=np.int64))
+        size = int(cfg["patch"])
+        self.grid = np.indices((size,) * 3, dtype=np.float32).reshape(3, -1).T - (size - 1) / 2
+
+    def n_outputs(self) -> int:
+        return len(REGIONS)
+
+    def init_head(self) -> None:
+        return None
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, g, size = self.cfg, self.gen, int(self.cfg["patch"])
+        lo, hi = cfg["scale"]
+        radius = float(cfg["radius_mm"]) / float(cfg["spacing_mm"][0])
+        xs, ys = [], []
+        for _ in range(int(cfg["batch_size"])):
+            i, k = self.pairs[int(g.choice(len(self.pairs), p=self.pair_p))]
+            c = self.cases[i]
+            s = math.exp(g.uniform(math.log(lo), math.log(hi)))
+            rot = _rotation(g.uniform(-1, 1, 3) * float(cfg["rotate_deg"]))
+            centre = c.points[k] + g.uniform(-1, 1, 3) * float(cfg["offset_mm"]) / c.sp
+            src = centre + (self.grid * s) @ rot.T
+            img = ndimage.map_coordinates(c.image, src.T, order=1, mode="constant", cval=0.0)
+            img = img.reshape((size,) * 3).astype(np.float32)
+            q = (c.points - centre) @ rot / s + (size - 1) / 2  # centroids in patch voxels
+            tgt = self._target(q, self.classes[i], size, radius / s)
+            if g.random() < 0.5:  # left-right mirror: the classes are symmetric
+                img, tgt = img[..., ::-1], tgt[..., ::-1]
+            img = img * (1.0 + float(cfg["intensity_jitter"]) * g.uniform(-1, 1))
+            xs.append(img.copy())
+            ys.append(tgt.copy())
+        x = torch.from_numpy(np.stack(xs)[:, None]).to(self.dev)
+        y = torch.from_numpy(np.stack(ys)).to(self.dev)
+        return x, y
+
+    def _target(self, q: np.ndarray, cls: np.ndarray, size: int, radius: float) -> np.ndarray:
+        """Class of the nearest centroid within ``radius`` patch voxels, -100 elsewhere."""
+        out = np.full(size**3, -100, dtype=np.int64)
+        near = np.flatnonzero(np.all((q > -radius) & (q < size - 1 + radius), axis=1))
+        if not len(near):
+            return out.reshape((size,) * 3)
+        vox = self.grid + (size - 1) / 2
+        d = np.linalg.norm(vox[:, None, :] - q[near][None], axis=2)
+        j = np.argmin(d, axis=1)
+        hit = d[np.arange(len(d)), j] <= radius
+        out[hit] = cls[near][j[hit]]
+        return out.reshape((size,) * 3)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, ignore_index=-100)
+
+
+def regions_spec(cfg: dict) -> dict:
+    """What the package stores to apply the region network (``plan["regions"]``)."""
+    return {k: cfg[k] for k in ("spacing_mm", "patch", "hu_window", *REGIONS_DECODE_KEYS)}
+
+
+@torch.no_grad()
+def region_probs(model, spec: dict, work, arr: np.ndarray, worlds: list, device) -> np.ndarray:
+    """``[n, len(REGIONS)]``: the class softmax around each world point (mean of the 3^3
+    voxels at the point), averaged with the left-right mirrored cube."""
+    size = int(spec["patch"])
+    if not worlds:
+        return np.zeros((0, len(REGIONS)))
+    half = size // 2
+    starts = [np.rint(world_to_index(work, w)).astype(int) - half for w in worlds]
+    out = []
+    for i in range(0, len(starts), 16):
+        x = torch.from_numpy(np.stack([crop_patch(arr, s, size) for s in starts[i : i + 16]]))
+        x = x[:, None].to(device)
+        p = torch.softmax(model(x).float(), dim=1)
+        p = p + torch.softmax(model(x.flip(-1)).float(), dim=1).flip(-1)
+        out.append(p[:, :, half - 1 : half + 2, half - 1 : half + 2, half - 1 : half + 2])
+    win = torch.cat(out).mean(dim=(2, 3, 4)).cpu().numpy()
+    return win / win.sum(axis=1, keepdims=True)
+
+
+__all__ = [
+    "REGIONS",
+    "REGIONS_DEFAULTS",
+    "RegionTrainer",
+    "combine",
+    "level_likelihood",
+    "region_classes",
+    "region_probs",
+    "regions_spec",
+    "resolve_regions",
+]

@@ -1,0 +1,167 @@
+"""The localiser's anatomical anchors (ctseg.localisation.regions): classes, evidence, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctseg.core.errors import ConfigError
+from ctseg.localisation.decode import assign_levels, chain_steps, resolve_levels
+from ctseg.localisation.regions import (
+    REGIONS,
+    RegionTrainer,
+    combine,
+    level_likelihood,
+    region_classes,
+    resolve_regions,
+)
+
+
+def test_region_classes_follow_the_anchors_and_transitional_anatomy():
+    names = lambda m, ids: [REGIONS[m[i]] for i in ids]  # noqa: E731
+    normal = region_classes([*range(1, 25), 26])  # no T13 (28), no L6 (25)
+    assert names(normal, [1, 2, 3, 6, 7, 8, 9, 17, 18, 19, 20, 23, 24, 26]) == [
+        "C1", "C2", "C3-C6", "C3-C6", "C7", "T1", "T2-T10", "T2-T10", "T11", "T12", "L1-L4",
+        "L1-L4", "L5", "sacrum",
+    ]  # fmt: skip
+    # a 13th rib pair: T13 carries the last ribs, T12 the second-last, T11 is mid-thoracic
+    t13 = region_classes([17, 18, 19, 28, 20])
+    assert names(t13, [18, 19, 28]) == ["T2-T10", "T11", "T12"]
+    # an L6: it is the last lumbar level, L5 a middle one
+    l6 = region_classes([23, 24, 25, 26])
+    assert names(l6, [24, 25, 26]) == ["L1-L4", "L5", "sacrum"]
+
+
+def test_level_likelihood_divides_each_class_by_its_levels():
+    levels = resolve_levels("T1-L5")  # T1 | T2-T10 (9) | T11 | T12 | L1-L4 (4) | L5
+    p = np.zeros((1, len(REGIONS)))
+    p[0, REGIONS.index("T2-T10")] = 0.9
+    p[0, REGIONS.index("T12")] = 0.1
+    lik = level_likelihood(p, levels)[0]
+    assert lik[levels.index(9)] == pytest.approx(0.1)  # T2: 0.9 over 9 levels
+    assert lik[levels.index(19)] == pytest.approx(0.1)  # T12: a class of its own
+    assert lik[levels.index(20)] == 0.0
+
+
+def test_one_anchor_renames_a_chain_the_first_stage_shifted():
+    """Five points T10-L2 that the first stage calls T9-L1 (each one level too high, with some
+    doubt); the region network sees the last rib pair on the third point. With the chain bonus
+    of the region decoding (1.0: one break costs more than any one point's preference) the DP
+    names all five right; without the anchor it keeps the shift, and with the first stage's
+    bonus (0.25) the anchor renames only the points whose class it tells apart."""
+    levels = resolve_levels("T1-L5")
+    truth = [17, 18, 19, 20, 21]
+    votes = np.full((5, len(levels)), 0.02)
+    for i, t in enumerate(truth):
+        votes[i, levels.index(t) - 1] = 0.6  # the first stage: one level up
+        votes[i, levels.index(t)] = 0.3
+    votes /= votes.sum(axis=1, keepdims=True)
+    assert assign_levels(votes, levels) == [16, 17, 18, 19, 20]
+    p = np.full((5, len(REGIONS)), 0.02)
+    for i, r in enumerate(["T2-T10", "T11", "T12", "L1-L4", "L1-L4"]):
+        p[i, REGIONS.index(r)] = 0.8
+    p /= p.sum(axis=1, keepdims=True)
+    both = combine(votes, p, levels, 1.0)
+    assert assign_levels(both, levels, consecutive_bonus=1.0) == truth
+    assert assign_levels(votes, levels, consecutive_bonus=1.0) == [16, 17, 18, 19, 20]
+    assert assign_levels(both, levels, consecutive_bonus=0.25) == [16, 18, 19, 20, 21]
+
+
+def test_chain_steps_see_a_missed_vertebra_and_keep_the_names_below_it():
+    """Points 30 mm apart with one vertebra missing between the 3rd and 4th: the expected step
+    there is 2, so the DP with steps names the points below the gap by their evidence; the
+    plain consecutive bonus (1.0) renumbers them to close the gap."""
+    z = [0.0, -30.0, -60.0, -120.0, -150.0]
+    worlds = [[0.0, 0.0, v] for v in z]
+    steps = chain_steps(worlds)
+    assert steps[2, 3] == 2 and steps[0, 1] == 1 and steps[0, 4] == 5 and steps[3, 4] == 1
+    levels = resolve_levels("T1-L5")
+    truth = [15, 16, 17, 19, 20]  # T8, T9, T10, (T11 missed), T12, L1
+    votes = np.full((5, len(levels)), 0.02)
+    for i, t in enumerate(truth):
+        votes[i, levels.index(t)] = 0.45
+        votes[i, levels.index(t) - 1] = 0.35
+    votes /= votes.sum(axis=1, keepdims=True)
+    assert assign_levels(votes, levels, 1.0, steps=steps) == truth
+    assert assign_levels(votes, levels, 1.0) != truth
+
+
+def test_regions_config_is_checked():
+    assert resolve_regions(False) is None
+    assert resolve_regions(True)["patch"] == 32
+    with pytest.raises(ConfigError, match="unknown regions key"):
+        resolve_regions({"stepz": 3})
+    with pytest.raises(ConfigError, match="regions.scale"):
+        resolve_regions({"scale": [1.3, 0.75]})
+    with pytest.raises(ConfigError, match="regions.patch"):
+        resolve_regions({"patch": 24})
+    from ctseg.localisation.training import resolve_config
+
+    with pytest.raises(ConfigError, match="'regions' needs the refiner"):
+        resolve_config({"regions": {"steps": 3}})
+
+
+def _phantom_item():
+    from ctseg import phantom
+
+    ph = phantom.generate(3, {"shape": [32, 24, 40], "spacing_mm": [8.0, 8.0, 8.0],
+                              "first_level": "T8", "last_level": "L3"})  # fmt: skip
+    return {"case": "tiny", "ct": ph.image("hu"), "centroids": ph.centroids}
+
+
+def test_training_cubes_carry_each_centroids_class_around_it(tmp_path):
+    """Without jitter, rotation or zoom, each cube's centre voxel is its drawn centroid: the
+    target there is that level's class; voxels far from every centroid are ignored."""
+    import torch
+
+    item = _phantom_item()
+    cfg = resolve_regions({"offset_mm": 1e-6, "rotate_deg": 0.0, "scale": [1.0, 1.0],
+                           "batch_size": 16, "spacing_mm": [4.0] * 3})  # fmt: skip
+    cfg["hu_window"], cfg["levels"] = [-1000.0, 2000.0], resolve_levels("T8-L3")
+    tr = RegionTrainer([item], cfg, tmp_path, 5, torch.device("cpu"))
+    classes = region_classes(cfg["levels"])
+    expected = {classes[v] for v in cfg["levels"]}
+    x, y = tr.sample()
+    assert x.shape == (16, 1, 32, 32, 32) and y.shape == (16, 32, 32, 32)
+    centre = y[:, 15:17, 15:17, 15:17].reshape(16, -1)
+    for row in centre:  # the centre voxels belong to one centroid, of a class the case holds
+        assert len(set(row.tolist())) == 1 and int(row[0]) in expected
+    assert (y[:, 0, 0, 0] == -100).all()  # a corner, 80 mm from the centre: no target
+    labelled = (y != -100).float().mean()
+    assert 0.002 < float(labelled) < 0.05  # a few 2-voxel balls per cube
+
+
+def test_a_localiser_with_regions_trains_saves_and_predicts(tmp_path):
+    """The region network travels in model.pt as a sub-network and is used by prediction:
+    a tiny overfit on one case identifies every level."""
+    import torch
+
+    from ctseg.inference.package import read_plan
+    from ctseg.localisation import (
+        identification_scores,
+        identification_table,
+        predict_centroids,
+        train_localiser,
+    )
+
+    item = _phantom_item()
+    cfg = {
+        "levels": "T8-L3", "epochs": 3, "steps_per_epoch": 20, "crop_prob": 0.0,
+        "rotate_prob": 0.0, "lr": 3e-3,
+        "refiner": {"steps": 150, "batch_size": 4, "patch": 16, "spacing_mm": [4.0] * 3,
+                    "sigma_mm": 5.0, "background_prob": 0.1},
+        "regions": {"steps": 30, "batch_size": 4, "patch": 16, "spacing_mm": [8.0] * 3,
+                    "depth": 3},
+    }  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        model = train_localiser([item], [], tmp_path, cfg, seed=1, device="cpu", threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    _, plan, _ = read_plan(model)
+    assert plan["subnets"]["regions"]["n_classes"] == len(REGIONS)
+    assert plan["regions"]["patch"] == 16
+    assert (tmp_path / "checkpoints" / "regions.pt").is_file()
+    pred = predict_centroids(model, item["ct"], device="cpu")
+    s = identification_scores(identification_table(pred, item["centroids"]))
+    assert s["id_rate"] == 1.0 and s["false_positives"] == 0
