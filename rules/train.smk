@@ -64,6 +64,7 @@ rule predict:
 rule case_outputs:
     input:
         unpack(outputs_inputs),
+        unpack(localiser_input),
         code=code_of("case_outputs"),
     output:
         qc="results/outputs/{experiment}/{case}/qc.json",

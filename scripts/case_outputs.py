@@ -13,4 +13,7 @@ with job(snakemake.log[0], case=snakemake.wildcards.case):
         dicom_dir=Path(snakemake.params.dicom) if snakemake.params.dicom else None,
         trained_ids=snakemake.params.trained_ids,
         case=snakemake.wildcards.case,
+        localiser=Path(snakemake.input.localiser)
+        if "localiser" in snakemake.input.keys()
+        else None,
     )

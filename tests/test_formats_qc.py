@@ -206,3 +206,25 @@ def test_level_off_the_spine_line_is_flagged():
     assert f["levels"] == ["L3"]
     assert f["value"] == pytest.approx(np.hypot(8, 8) / np.median([32, moved, moved, 32]))
     assert "off the line between L2 and L4" in f["reason"]
+
+
+def test_anatomy_rows_flag_a_spine_named_one_level_off():
+    """L1-L5 named T12-L4: the region network sees the last lumbar (on the sacrum) at the
+    level called L4 and a lumbar body at the one called T12; only confident disagreements
+    count, and a good spine's rows raise nothing."""
+    rows = [
+        {"label": 19, "expected": "T12", "seen": "L1-L4", "p_seen": 0.93, "p_expected": 0.02},
+        {"label": 20, "expected": "L1-L4", "seen": "L1-L4", "p_seen": 0.97, "p_expected": 0.97},
+        {"label": 23, "expected": "L1-L4", "seen": "L5", "p_seen": 0.7, "p_expected": 0.25},
+    ]
+    qc = quality_flags(image(spine()), anatomy=rows)
+    assert names(qc) == ["anatomy"] and qc["trusted"] is False
+    flag = qc["flags"][0]
+    assert flag["levels"] == ["T12"] and flag["value"] == pytest.approx(0.93)
+    assert "T12 looks like L1-L4 (p 0.93)" in flag["reason"]
+    assert qc["measures"]["anatomy"] == rows
+    good = [{"label": 20, "expected": "L1-L4", "seen": "L1-L4", "p_seen": 0.9, "p_expected": 0.9}]
+    assert quality_flags(image(spine()), anatomy=good)["flags"] == []
+    strict = quality_flags(image(spine()), anatomy=rows, thresholds={"anatomy_min_seen": 0.6,
+                           "anatomy_max_expected": 0.3})  # fmt: skip
+    assert strict["flags"][0]["levels"] == ["T12", "L4"]

@@ -116,7 +116,8 @@ def test_training_cubes_carry_each_centroids_class_around_it(tmp_path):
 
     item = _phantom_item()
     cfg = resolve_regions({"offset_mm": 1e-6, "rotate_deg": 0.0, "scale": [1.0, 1.0],
-                           "batch_size": 16, "spacing_mm": [4.0] * 3})  # fmt: skip
+                           "batch_size": 16, "spacing_mm": [4.0] * 3,
+                           "background_prob": 0.0})  # fmt: skip
     cfg["hu_window"], cfg["levels"] = [-1000.0, 2000.0], resolve_levels("T8-L3")
     tr = RegionTrainer([item], cfg, tmp_path, 5, torch.device("cpu"))
     classes = region_classes(cfg["levels"])
@@ -165,3 +166,42 @@ def test_a_localiser_with_regions_trains_saves_and_predicts(tmp_path):
     pred = predict_centroids(model, item["ct"], device="cpu")
     s = identification_scores(identification_table(pred, item["centroids"]))
     assert s["id_rate"] == 1.0 and s["false_positives"] == 0
+    # the QC's anatomy rows: one per labelled centroid, the label's class as expected
+    from ctseg.localisation.predict import load_localiser
+    from ctseg.localisation.regions import anatomy_rows
+
+    truth = [{"label": c["label"], "world": [c["x"], c["y"], c["z"]]} for c in item["centroids"]]
+    rows = anatomy_rows(load_localiser(model, "cpu"), item["ct"], truth)
+    classes = region_classes([c["label"] for c in truth])
+    assert [r["label"] for r in rows] == [c["label"] for c in truth]
+    assert [r["expected"] for r in rows] == [REGIONS[classes[c["label"]]] for c in truth]
+    assert all(0 <= r["p_expected"] <= r["p_seen"] <= 1 for r in rows)
+
+
+def test_background_cubes_teach_none_at_their_centre(tmp_path):
+    """Cubes centred off the vertebrae (bone >= 30 mm from every centroid, or any body voxel)
+    carry "none" at their centre, so ghosts and the pelvis can be told from vertebrae."""
+    import torch
+
+    from ctseg.localisation.regions import NONE
+
+    item = _phantom_item()
+    cfg = resolve_regions({"background_prob": 0.999, "batch_size": 16, "spacing_mm": [4.0] * 3})
+    cfg["hu_window"], cfg["levels"] = [-1000.0, 2000.0], resolve_levels("T8-L3")
+    tr = RegionTrainer([item], cfg, tmp_path, 5, torch.device("cpu"))
+    _, y = tr.sample()
+    centre = y[:, 15:17, 15:17, 15:17].reshape(16, -1)
+    assert int((centre == NONE).all(dim=1).sum()) >= 12
+
+
+def test_combine_scales_points_by_their_vertebra_probability():
+    levels = resolve_levels("T1-L5")
+    votes = np.full((2, len(levels)), 1.0 / len(levels))
+    p = np.zeros((2, len(REGIONS)))
+    p[0, REGIONS.index("T12")] = 1.0
+    p[1, REGIONS.index("T12")], p[1, REGIONS.index("none")] = 0.1, 0.9
+    out = combine(votes, p, levels, 1.0)
+    assert out[0].sum() == pytest.approx(1.0) and out[1].sum() == pytest.approx(0.1)
+    assert levels[int(out[0].argmax())] == 19 and levels[int(out[1].argmax())] == 19
+    # an 11-class network (no "none") scales nothing
+    np.testing.assert_allclose(combine(votes, p[:, :-1], levels, 1.0)[0], out[0])

@@ -43,6 +43,7 @@ def write_case_outputs(
     qc_thresholds: dict | None = None,
     confidence_measures: dict | None = None,
     relabelled_fraction: float | None = None,
+    localiser: tuple | None = None,
     title: str = "",
     png: bool = True,
 ) -> dict[str, Path]:
@@ -52,7 +53,8 @@ def write_case_outputs(
     cannot be referenced its InputError propagates with every other output already written. Optional evidence feeds the QC: ``probabilities``
     ``[C, z, y, x]``, ``raw_argmax`` (labels before the along-spine relabelling) and the
     model's ``trained_ids`` (or, computed on the working grid, ``confidence_measures`` and
-    ``relabelled_fraction``, see :func:`~ctseg.formats.qc.quality_flags`); ``metal`` adds per-level implant volumes to the statistics.
+    ``relabelled_fraction``, see :func:`~ctseg.formats.qc.quality_flags`); ``metal`` adds per-level implant volumes to the statistics; ``localiser`` (a loaded
+    centroid localiser with a region network) adds the ``anatomy`` check of the naming.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,12 @@ def write_case_outputs(
     )
     write_statistics(stats, out / "statistics.json", out / "statistics.tsv")
     paths.update(statistics=out / "statistics.json", statistics_tsv=out / "statistics.tsv")
+    anatomy = None
+    if localiser is not None:
+        from ctseg.localisation.regions import anatomy_rows
+
+        pts = [{"label": r["label"], "world": r["centroid"]} for r in stats["levels"]]
+        anatomy = anatomy_rows(localiser, ct, pts)
     qc = quality_flags(
         labels,
         ct,
@@ -88,6 +96,7 @@ def write_case_outputs(
         stats=stats,
         confidence_measures=confidence_measures,
         relabelled_fraction=relabelled_fraction,
+        anatomy=anatomy,
     )
     write_text(out / "qc.json", json.dumps(qc, indent=1) + "\n")
     paths["qc"] = out / "qc.json"
@@ -110,9 +119,11 @@ def write_case_outputs_from_files(
     dicom_dir: Path | None = None,
     trained_ids: Iterable[int] | None = None,
     case: str | None = None,
+    localiser: Path | None = None,
 ) -> dict[str, Path]:
     """The workflow's form of :func:`write_case_outputs`: read a prediction and its CT, write
     every output into a temporary folder that replaces ``out_dir`` only when complete.
+    ``localiser``: the centroid localiser's model.pt (the QC's ``anatomy`` check).
 
     A DICOM-SEG that cannot reference its source series (e.g. anonymised UIDs) is reported in
     the log and in ``qc.json``'s notes instead of failing the case: every other output stands.
@@ -124,16 +135,20 @@ def write_case_outputs_from_files(
     labels = read_image_file(prediction, case)
     ct = read_image_file(ct_path, case)
     files = sorted(p for p in Path(dicom_dir).rglob("*") if p.is_file()) if dicom_dir else None
+    loc = None
+    if localiser is not None:
+        from ctseg.localisation.predict import load_localiser
+
+        loc = load_localiser(localiser, "cpu")
+    kw = {"trained_ids": trained_ids, "title": case or "", "localiser": loc}
     with atomic_dir(Path(out_dir)) as tmp:
         try:
-            paths = write_case_outputs(
-                labels, ct, tmp, source_dicom_files=files, trained_ids=trained_ids, title=case or ""
-            )
+            paths = write_case_outputs(labels, ct, tmp, source_dicom_files=files, **kw)
         except InputError as exc:
             if not files:
                 raise
             print(f"DICOM-SEG not written: {exc}")
-            paths = write_case_outputs(labels, ct, tmp, trained_ids=trained_ids, title=case or "")
+            paths = write_case_outputs(labels, ct, tmp, **kw)
             qc = json.loads((tmp / "qc.json").read_text())
             qc.setdefault("notes", []).append(f"DICOM-SEG not written: {exc}")
             write_text(tmp / "qc.json", json.dumps(qc, indent=1) + "\n")

@@ -23,7 +23,12 @@ and statistically plausible, and whether the network itself was sure:
 - ``low_confidence``: mean max-probability inside the prediction below 0.75, or mean
   normalised entropy above 0.35 (needs the class probabilities);
 - ``relabelled``: the fraction of foreground voxels whose arg-max label the along-spine
-  relabelling changed is above 15 % (needs the raw arg-max).
+  relabelling changed is above 15 % (needs the raw arg-max);
+- ``anatomy``: a level that the localiser's region network
+  (:func:`ctseg.localisation.regions.anatomy_rows`) sees as another part of the spine with
+  probability >= 0.8 while giving its label's part <= 0.1: the vertebra called L1 carries the
+  last ribs, the one called L4 sits on the sacrum -- the off-by-N naming that the checks above
+  cannot see (needs a localiser with a region network).
 
 Each flag names the levels concerned and the measured value; ``trusted`` is true when no flag
 is raised. Thresholds live in :class:`QCThresholds` and can be overridden.
@@ -81,6 +86,8 @@ class QCThresholds:
     min_mean_max_prob: float = 0.75
     max_mean_entropy: float = 0.35
     max_relabelled_fraction: float = 0.15
+    anatomy_min_seen: float = 0.8
+    anatomy_max_expected: float = 0.1
 
     @classmethod
     def from_dict(cls, d: dict | None) -> QCThresholds:
@@ -172,6 +179,7 @@ def quality_flags(
     stats: dict | None = None,
     confidence_measures: dict | None = None,
     relabelled_fraction: float | None = None,
+    anatomy: list[dict] | None = None,
 ) -> dict:
     """Flags for one predicted label image (VerSe ids); see the module docstring.
 
@@ -183,6 +191,7 @@ def quality_flags(
     evidence may come as figures computed on the working grid instead:
     ``confidence_measures`` = :func:`confidence`'s ``{"mean_max_prob", "mean_entropy"}`` and
     ``relabelled_fraction`` = the share of foreground voxels the relabelling changed.
+    ``anatomy``: :func:`ctseg.localisation.regions.anatomy_rows` of the labels' centroids.
     """
     th = thresholds if isinstance(thresholds, QCThresholds) else QCThresholds.from_dict(thresholds)
     arr = label_array(labels)
@@ -395,6 +404,9 @@ def quality_flags(
                 )
             )
 
+    if anatomy:
+        measures["anatomy"] = anatomy
+        flags.extend(anatomy_flags(anatomy, th))
     return {
         "trusted": not flags,
         "flags": flags,
@@ -402,3 +414,31 @@ def quality_flags(
         "measures": measures,
         "thresholds": asdict(th),
     }
+
+
+def anatomy_flags(rows: list[dict], th: QCThresholds | None = None) -> list[dict]:
+    """The ``anatomy`` flag (module docstring) from region-network rows ``[{"label",
+    "expected", "seen", "p_seen", "p_expected"}]``; at most one flag naming every such level."""
+    th = th or QCThresholds()
+    bad = [
+        r
+        for r in rows
+        if r["seen"] != r["expected"]
+        and r["p_seen"] >= th.anatomy_min_seen
+        and r["p_expected"] <= th.anatomy_max_expected
+    ]
+    if not bad:
+        return []
+    what = "; ".join(
+        f"{VERSE_NAMES.get(r['label'], r['label'])} looks like {r['seen']} (p {r['p_seen']:.2f}), "
+        f"not {r['expected']} (p {r['p_expected']:.2f})"
+        for r in bad
+    )
+    return [
+        _flag(
+            "anatomy",
+            f"the anatomy disagrees with the naming: {what}",
+            [r["label"] for r in bad],
+            value=max(r["p_seen"] for r in bad),
+        )
+    ]

@@ -119,6 +119,7 @@ class Segmenter:
             trained_ids=self.trained_ids,
             confidence_measures=pred.confidence or None,
             relabelled_fraction=pred.relabelled_fraction,
+            localiser=self.localiser,
             title=title,
         )
         names = sorted(p.name for p in paths.values())

@@ -194,12 +194,16 @@ def decode_refined(
         votes = votes * np.power(np.clip(local, 1e-6, None), w)
         votes = votes / np.clip(votes.sum(axis=1, keepdims=True), 1e-12, None)
     if regions is not None and pts:
-        from ctseg.localisation.regions import combine, region_probs
+        from ctseg.localisation.regions import combine, none_prob, region_probs
 
         net, rwork, rarr = regions
         spec_r = meta["regions"]
         probs = region_probs(net, spec_r, rwork, rarr, worlds, device)
-        votes = combine(votes, probs, levels, float(spec_r.get("weight", 1.0)))
+        # not a vertebra (a ghost between two, the pelvis below the sacrum): out of the chain
+        # before its spacing is read
+        keep = none_prob(probs) <= float(spec_r.get("none_drop", 0.5))
+        worlds = [w for w, k in zip(worlds, keep, strict=True) if k]
+        votes = combine(votes[keep], probs[keep], levels, float(spec_r.get("weight", 1.0)))
         spec = {**spec, "chain_bonus": spec_r.get("chain_bonus", 1.0)}
         spec["chain_steps"] = spec_r.get("chain_steps", True)
     labels = assign_levels(

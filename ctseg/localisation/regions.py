@@ -36,8 +36,12 @@ T12, T13, L5, L6, SACRUM = 19, 28, 24, 25, 26
 
 #: Appearance classes: C1, C2, C3-C6, C7 (no rib, above the first rib), T1 (the first rib
 #: pair), T2-T10, T11 (the second-last rib pair), T12 (the last rib pair), L1-L4, L5 (the last
-#: lumbar, on the sacrum), the sacrum.
-REGIONS = ("C1", "C2", "C3-C6", "C7", "T1", "T2-T10", "T11", "T12", "L1-L4", "L5", "sacrum")
+#: lumbar, on the sacrum), the sacrum -- and "none": no vertebra centre here (a ghost between
+#: two vertebrae, the pelvis, a rib), learnt from background cubes like the refiner's.
+REGIONS = (
+    "C1", "C2", "C3-C6", "C7", "T1", "T2-T10", "T11", "T12", "L1-L4", "L5", "sacrum", "none",
+)  # fmt: skip
+NONE = REGIONS.index("none")
 
 _BASE = {1: 0, 2: 1, 3: 2, 4: 2, 5: 2, 6: 2, 7: 3, 8: 4, **{k: 5 for k in range(9, 18)}}
 _BASE.update({18: 6, T12: 7, T13: 7, 20: 8, 21: 8, 22: 8, 23: 8, L5: 9, L6: 9, SACRUM: 10})
@@ -51,6 +55,8 @@ REGIONS_DEFAULTS: dict = {
     "scale": [0.75, 1.3],  # zoom range of the cubes (body size)
     "rotate_deg": 10.0,
     "intensity_jitter": 0.1,
+    "background_prob": 0.2,  # cubes centred off the vertebrae: class "none" at their centre
+    "hard_negative_mm": 30.0,  # half of those on bone this far from every centroid
     "balance_levels": True,
     "batch_size": 8,
     "steps": 600,
@@ -65,9 +71,11 @@ REGIONS_DEFAULTS: dict = {
     # break in it costs more than any one point's preference) and expected steps over gaps
     "chain_bonus": 1.0,
     "chain_steps": True,
+    # decoding: points whose "none" probability exceeds this are not vertebrae (dropped)
+    "none_drop": 0.5,
 }
 #: Keys read only when decoding.
-REGIONS_DECODE_KEYS = ("weight", "chain_bonus", "chain_steps")
+REGIONS_DECODE_KEYS = ("weight", "chain_bonus", "chain_steps", "none_drop")
 
 
 def resolve_regions(config) -> dict | None:
@@ -96,7 +104,11 @@ def resolve_regions(config) -> dict | None:
             f"config key 'regions.scale' must be [low, high] with 0 < low <= high, got {out['scale']}"
         )
     out["scale"] = [lo, hi]
-    for key in ("radius_mm", "lr", "weight"):
+    if not 0 <= float(out["background_prob"]) < 1:
+        raise ConfigError("config key 'regions.background_prob' must be in [0, 1)")
+    if not 0 < float(out["none_drop"]) <= 1:
+        raise ConfigError("config key 'regions.none_drop' must be in (0, 1]")
+    for key in ("radius_mm", "lr", "weight", "hard_negative_mm"):
         if float(out[key]) <= 0:
             raise ConfigError(f"config key 'regions.{key}' must be > 0, got {out[key]}")
     return out
@@ -124,19 +136,29 @@ def level_likelihood(region_p: np.ndarray, levels: list[int]) -> np.ndarray:
     apart). Transitional levels share their normal neighbour's class."""
     cls = np.array([_BASE[int(v)] for v in levels])
     size = np.bincount(cls, minlength=len(REGIONS)).astype(float)
-    return np.asarray(region_p)[:, cls] / np.maximum(size[cls], 1.0)
+    p = np.asarray(region_p, dtype=float)
+    p = p[:, :NONE] / np.clip(p[:, :NONE].sum(axis=1, keepdims=True), 1e-12, None)
+    return p[:, cls] / np.maximum(size[cls], 1.0)
 
 
 def combine(
     votes: np.ndarray, region_p: np.ndarray, levels: list[int], weight: float
 ) -> np.ndarray:
     """Product of experts: first-stage level evidence times region evidence ** ``weight``,
-    renormalised per point (so a point's strength for the chain's DP stays in [0, 1])."""
+    renormalised per point (so a point's strength for the chain's DP stays in [0, 1]), then
+    scaled by the point's probability of being a vertebra at all (1 - "none")."""
     if not len(votes):
         return votes
     lik = np.power(np.clip(level_likelihood(region_p, levels), 1e-6, None), float(weight))
     out = votes * lik
-    return out / np.clip(out.sum(axis=1, keepdims=True), 1e-12, None)
+    out = out / np.clip(out.sum(axis=1, keepdims=True), 1e-12, None)
+    return out * (1.0 - none_prob(region_p))[:, None]
+
+
+def none_prob(region_p: np.ndarray) -> np.ndarray:
+    """Per point, the probability of "none" (0 for a network trained without that class)."""
+    p = np.asarray(region_p, dtype=float)
+    return p[:, NONE] if p.shape[1] > NONE else np.zeros(len(p))
 
 
 def _rotation(angles_deg) -> np.ndarray:
@@ -179,11 +201,18 @@ class RegionTrainer(RefinerTrainer):
             s = math.exp(g.uniform(math.log(lo), math.log(hi)))
             rot = _rotation(g.uniform(-1, 1, 3) * float(cfg["rotate_deg"]))
             centre = c.points[k] + g.uniform(-1, 1, 3) * float(cfg["offset_mm"]) / c.sp
+            background = g.random() < float(cfg["background_prob"])
+            if background:
+                pool = c.hard if len(c.hard) and g.random() < 0.5 else c.body
+                centre = pool[int(g.integers(len(pool)))].astype(float)
             src = centre + (self.grid * s) @ rot.T
             img = ndimage.map_coordinates(c.image, src.T, order=1, mode="constant", cval=0.0)
             img = img.reshape((size,) * 3).astype(np.float32)
             q = (c.points - centre) @ rot / s + (size - 1) / 2  # centroids in patch voxels
-            tgt = self._target(q, self.classes[i], size, radius / s)
+            cls = self.classes[i]
+            if background:  # "none" at the centre unless a centroid is as near
+                q, cls = np.vstack([q, [(size - 1) / 2] * 3]), np.append(cls, NONE)
+            tgt = self._target(q, cls, size, radius / s)
             if g.random() < 0.5:  # left-right mirror: the classes are symmetric
                 img, tgt = img[..., ::-1], tgt[..., ::-1]
             img = img * (1.0 + float(cfg["intensity_jitter"]) * g.uniform(-1, 1))
@@ -221,7 +250,7 @@ def region_probs(model, spec: dict, work, arr: np.ndarray, worlds: list, device)
     voxels at the point), averaged with the left-right mirrored cube."""
     size = int(spec["patch"])
     if not worlds:
-        return np.zeros((0, len(REGIONS)))
+        return np.zeros((0, int(model.head.out_channels)))
     half = size // 2
     starts = [np.rint(world_to_index(work, w)).astype(int) - half for w in worlds]
     out = []
@@ -231,16 +260,58 @@ def region_probs(model, spec: dict, work, arr: np.ndarray, worlds: list, device)
         p = torch.softmax(model(x).float(), dim=1)
         p = p + torch.softmax(model(x.flip(-1)).float(), dim=1).flip(-1)
         out.append(p[:, :, half - 1 : half + 2, half - 1 : half + 2, half - 1 : half + 2])
-    win = torch.cat(out).mean(dim=(2, 3, 4)).cpu().numpy()
+    win = torch.cat(out).mean(dim=(2, 3, 4)).cpu().numpy().astype(float)
     return win / win.sum(axis=1, keepdims=True)
+
+
+def anatomy_rows(localiser: tuple, ct, centroids: list[dict]) -> list[dict]:
+    """What the region network sees at each labelled vertebra of a prediction, against what
+    its label implies: ``[{"label", "expected", "seen", "p_seen", "p_expected"}]`` (class names
+    of :data:`REGIONS`). Empty when the localiser has no region network.
+
+    Why: a whole spine named one level off is consecutive, evenly spaced and plausibly sized,
+    so the plausibility checks of :mod:`ctseg.formats.qc` cannot see it; whether the vertebra
+    called T12 carries the last ribs, or the one called L5 sits on the sacrum, can.
+    ``localiser``: a loaded ``(model, meta)`` pair; ``centroids``: ``[{"label", "world"}]``
+    in world LPS mm of ``ct``."""
+    from ctseg.localisation.geometry import read_ct
+    from ctseg.localisation.refine import fine_image
+
+    _model, meta = localiser
+    net = (meta.get("subnet_modules") or {}).get("regions")
+    if net is None or not centroids:
+        return []
+    spec = meta["regions"]
+    work, arr = fine_image(read_ct(ct), spec)
+    device = next(net.parameters()).device
+    probs = region_probs(net, spec, work, arr, [c["world"] for c in centroids], device)
+    labels = [int(c["label"]) for c in centroids]
+    expected = region_classes(labels)
+    rows = []
+    for lab, p in zip(labels, probs, strict=True):
+        if lab not in expected:
+            continue
+        e, s = expected[lab], int(np.argmax(p))
+        rows.append(
+            {
+                "label": lab,
+                "expected": REGIONS[e],
+                "seen": REGIONS[s],
+                "p_seen": round(float(p[s]), 4),
+                "p_expected": round(float(p[e]), 4),
+            }
+        )
+    return rows
 
 
 __all__ = [
     "REGIONS",
+    "anatomy_rows",
     "REGIONS_DEFAULTS",
     "RegionTrainer",
     "combine",
     "level_likelihood",
+    "none_prob",
     "region_classes",
     "region_probs",
     "regions_spec",
