@@ -163,3 +163,23 @@ def test_the_refiner_brings_a_tiny_overfit_to_the_centroids(tmp_path):
     assert s["id_rate"] == 1.0 and s["false_positives"] == 0
     assert s["mean_error_mm"] < 2.5
     assert (tmp_path / "checkpoints" / "refiner.pt").is_file()
+
+
+def test_a_candidate_moves_to_its_own_peak_not_the_neighbours_stronger_one():
+    """Two vertebrae 16 mm apart on a 2 mm patch: the candidate sits 3 mm from the weaker
+    peak. The strongest peak in reach (20 mm) is the neighbour's; weighted by distance
+    (near_mm 10) the candidate keeps its own."""
+    from ctseg.localisation.heatmaps import gaussian_heatmaps
+    from ctseg.localisation.refine import _peak_near
+
+    sp = np.array([2.0, 2.0, 2.0])
+    own, other = np.array([16.0, 16.0, 16.0]), np.array([24.0, 16.0, 16.0])
+    maps = gaussian_heatmaps(np.stack([own, other]), (32, 32, 32), sp, 3.0)
+    heat = np.maximum(0.6 * maps[0], 0.9 * maps[1])
+    centre = own + np.array([1.5, 0.0, 0.0])
+    zyx, value = _peak_near(heat, centre, sp, 20.0, 0.3, 10.0)
+    np.testing.assert_allclose(zyx, own, atol=0.05)
+    assert value == pytest.approx(0.6, abs=0.01)
+    zyx, value = _peak_near(heat, centre, sp, 20.0, 0.3, None)
+    np.testing.assert_allclose(zyx, other, atol=0.05)
+    assert _peak_near(heat, centre, sp, 20.0, 0.95, 10.0) is None

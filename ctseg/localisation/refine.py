@@ -71,12 +71,13 @@ REFINER_DEFAULTS: dict = {
     "id_radius_mm": 10.0,
     # decoding
     "search_mm": 20.0,
+    "near_mm": 10.0,  # peaks in reach weighted by a Gaussian of their distance (None: strongest)
     "threshold": 0.3,
     "merge_mm": 8.0,
     "probe_gaps": True,
 }
 #: Keys read only when decoding (not part of the refiner's training identity).
-REFINER_DECODE_KEYS = ("search_mm", "threshold", "merge_mm", "probe_gaps")
+REFINER_DECODE_KEYS = ("search_mm", "near_mm", "threshold", "merge_mm", "probe_gaps")
 
 
 def resolve_refiner(config) -> dict | None:
@@ -100,6 +101,8 @@ def resolve_refiner(config) -> dict | None:
     for key in ("sigma_mm", "offset_mm", "search_mm", "merge_mm", "lr", "hard_negative_mm"):
         if float(out[key]) <= 0:
             raise ConfigError(f"config key 'refiner.{key}' must be > 0, got {out[key]}")
+    if out["near_mm"] is not None and float(out["near_mm"]) <= 0:
+        raise ConfigError(f"config key 'refiner.near_mm' must be > 0 or null, got {out['near_mm']}")
     if not 0 <= float(out["background_prob"]) <= 1:
         raise ConfigError("config key 'refiner.background_prob' must be in [0, 1]")
     return out
@@ -328,9 +331,22 @@ def patch_heatmaps(model, arr: np.ndarray, starts: list, size: int, device) -> n
     return np.concatenate(out) if out else np.zeros((0, 1, size, size, size), np.float32)
 
 
-def _peak_near(heat: np.ndarray, centre: np.ndarray, sp: np.ndarray, search_mm: float, thr: float):
-    """(sub-voxel ``zyx``, value) of the strongest local maximum within ``search_mm`` of
-    ``centre`` (patch index) above ``thr``, or None."""
+def _peak_near(
+    heat: np.ndarray,
+    centre: np.ndarray,
+    sp: np.ndarray,
+    search_mm: float,
+    thr: float,
+    near_mm: float | None = None,
+):
+    """(sub-voxel ``zyx``, value) of the local maximum above ``thr`` within ``search_mm`` of
+    ``centre`` (patch index) with the highest value times ``exp(-d^2 / 2 near_mm^2)`` (d: its
+    distance to ``centre``; ``near_mm`` None: the strongest), or None.
+
+    Why the distance weight: where vertebrae are closer than ``search_mm`` (the cervical and
+    upper thoracic spine, small bodies: 15-18 mm), the strongest peak in reach is often the
+    neighbour's, and candidates of two vertebrae then met on one and were merged (measured:
+    9 candidates of a C7-T8 scan refined to 3 points)."""
     is_max = (heat == ndimage.maximum_filter(heat, size=3, mode="nearest")) & (heat > thr)
     cand = np.argwhere(is_max)
     if not len(cand):
@@ -339,7 +355,11 @@ def _peak_near(heat: np.ndarray, centre: np.ndarray, sp: np.ndarray, search_mm: 
     if not near.any():
         return None
     cand = cand[near]
-    best = cand[int(np.argmax(heat[tuple(cand.T)]))]
+    score = heat[tuple(cand.T)].astype(float)
+    if near_mm is not None:
+        d = np.linalg.norm((cand - centre) * sp, axis=1)
+        score = score * np.exp(-0.5 * (d / float(near_mm)) ** 2)
+    best = cand[int(np.argmax(score))]
     return refine_peak(heat, tuple(best)), float(heat[tuple(best)])
 
 
@@ -370,7 +390,14 @@ def refine_candidates(
         found = []
         for i, s, h in zip(idx, starts, heats, strict=True):
             c = i - s
-            hit = _peak_near(h[0], c, sp, float(spec["search_mm"]), float(spec["threshold"]))
+            hit = _peak_near(
+                h[0],
+                c,
+                sp,
+                float(spec["search_mm"]),
+                float(spec["threshold"]),
+                spec.get("near_mm"),
+            )
             if hit is not None:
                 p = {"world": index_to_world(work, s + hit[0]), "score": hit[1]}
                 if len(h) > 1:  # the level softmax around the refined point
