@@ -377,7 +377,7 @@ class LocaliserTrainer:
             self.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
         # decoding settings do not change what is trained: a run whose only change is one of
         # them resumes its finished checkpoint and rewrites model.pt with the new decoding
-        skip = ("threads", "refiner", *DECODE_KEYS)
+        skip = ("threads", "refiner", "regions", *DECODE_KEYS)
         identity = {k: v for k, v in self.cfg.items() if k not in skip}
         shapes = [list(c.image.shape) for c in self.train]
         self.run_id = experiment_hash(identity, self.seed, {"cases": shapes})
