@@ -205,3 +205,25 @@ def test_combine_scales_points_by_their_vertebra_probability():
     assert levels[int(out[0].argmax())] == 19 and levels[int(out[1].argmax())] == 19
     # an 11-class network (no "none") scales nothing
     np.testing.assert_allclose(combine(votes, p[:, :-1], levels, 1.0)[0], out[0])
+
+
+def test_points_below_the_sacrum_and_twin_detections_leave_the_chain():
+    """A point 60 mm below the one seen as the sacrum (the coccyx, the pelvis) is dropped; a
+    point 10 mm from its neighbour in a chain spaced 40 mm is the same vertebra found twice:
+    the weaker one goes, and chain_steps calls that pair 0 levels apart."""
+    from ctseg.localisation.predict import drop_duplicates
+    from ctseg.localisation.regions import below_sacrum
+
+    worlds = [[0.0, 0.0, z] for z in (0.0, -40.0, -80.0, -90.0, -150.0)]
+    p = np.full((5, len(REGIONS)), 0.01)
+    for i, r in enumerate(["L1-L4", "L1-L4", "sacrum", "sacrum", "L5"]):
+        p[i, REGIONS.index(r)] = 0.9
+    np.testing.assert_array_equal(
+        below_sacrum(worlds, p, 0.5, 30.0), [False, False, False, False, True]
+    )
+    assert not below_sacrum(worlds, p[:, ::-1], 0.5, 30.0).any()  # no sacrum seen
+    assert chain_steps(worlds[:4])[2, 3] == 0 and chain_steps(worlds[:4])[1, 2] == 1
+    votes = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.6], [0.2, 0.9]])
+    kept, v = drop_duplicates(worlds[:4], votes)
+    assert [w[2] for w in kept] == [0.0, -40.0, -90.0]
+    np.testing.assert_array_equal(v, votes[[0, 1, 3]])

@@ -96,7 +96,9 @@ def chain_steps(worlds) -> np.ndarray:
     """``[n, n]``: how many levels apart points i < j of a head-to-feet chain should be, from
     their distance over the chain's local spacing (the median of the five neighbouring gaps):
     a vertebra missed between two points makes them two levels apart, and the consecutive
-    bonus then rewards the gap instead of renumbering every level below it."""
+    bonus then rewards the gap instead of renumbering every level below it. Points closer than
+    half a spacing get 0: two detections of one vertebra, of which the bonus rewards neither
+    following the other (one of them is skipped, or both named at no bonus)."""
     w = np.asarray(worlds, dtype=float).reshape(-1, 3)
     n = len(w)
     out = np.ones((n, n), dtype=int)
@@ -107,7 +109,7 @@ def chain_steps(worlds) -> np.ndarray:
     for i in range(n):
         for j in range(i + 1, n):
             dist = np.linalg.norm(w[j] - w[i])
-            out[i, j] = max(1, int(round(dist / max(local[i:j].min(), 1e-6))))
+            out[i, j] = int(round(dist / max(local[i:j].min(), 1e-6)))
     return out
 
 
@@ -151,7 +153,7 @@ def increasing_ids_with_skips(
                 pm[v], pa[v] = run, arg
             st = 1 if steps is None else int(steps[kp][k])
             cons = np.full(m, neg)
-            if st < m:
+            if 0 < st < m:
                 cons[st:] = prev[:-st] + consecutive_bonus * sizes[k]
             take_cons = cons > pm
             cand = np.where(take_cons, cons, pm) + votes[k]

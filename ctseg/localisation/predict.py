@@ -164,6 +164,24 @@ def level_votes(heatmaps: np.ndarray, work: sitk.Image, worlds: list, meta: dict
     )
 
 
+def drop_duplicates(worlds: list, votes: np.ndarray) -> tuple[list, np.ndarray]:
+    """Of two neighbours in the chain closer than half its local spacing (:func:`chain_steps`
+    gives 0: two peaks on one vertebra, e.g. on the 100 mm sacrum), keep the one with the
+    stronger evidence. Why: a skipped point costs the DP its best evidence, so the second
+    detection was kept under a transitional name (the sacrum's twin as "L6")."""
+    worlds, votes = list(worlds), np.asarray(votes)
+    while len(worlds) >= 3:
+        steps = chain_steps(worlds)
+        pairs = [i for i in range(len(worlds) - 1) if steps[i, i + 1] == 0]
+        if not pairs:
+            break
+        i = pairs[0]
+        weak = i if votes[i].max() < votes[i + 1].max() else i + 1
+        del worlds[weak]
+        votes = np.delete(votes, weak, axis=0)
+    return worlds, votes
+
+
 def decode_refined(
     heatmaps: np.ndarray,
     work: sitk.Image,
@@ -194,7 +212,7 @@ def decode_refined(
         votes = votes * np.power(np.clip(local, 1e-6, None), w)
         votes = votes / np.clip(votes.sum(axis=1, keepdims=True), 1e-12, None)
     if regions is not None and pts:
-        from ctseg.localisation.regions import combine, none_prob, region_probs
+        from ctseg.localisation.regions import below_sacrum, combine, none_prob, region_probs
 
         net, rwork, rarr = regions
         spec_r = meta["regions"]
@@ -202,8 +220,12 @@ def decode_refined(
         # not a vertebra (a ghost between two, the pelvis below the sacrum): out of the chain
         # before its spacing is read
         keep = none_prob(probs) <= float(spec_r.get("none_drop", 0.5))
+        below = spec_r.get("below_sacrum_mm", 30.0)
+        if below is not None:
+            keep &= ~below_sacrum(worlds, probs, 0.5, float(below))
         worlds = [w for w, k in zip(worlds, keep, strict=True) if k]
         votes = combine(votes[keep], probs[keep], levels, float(spec_r.get("weight", 1.0)))
+        worlds, votes = drop_duplicates(worlds, votes)
         spec = {**spec, "chain_bonus": spec_r.get("chain_bonus", 1.0)}
         spec["chain_steps"] = spec_r.get("chain_steps", True)
     labels = assign_levels(
