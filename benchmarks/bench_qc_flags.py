@@ -69,7 +69,9 @@ def model_predictions(args: argparse.Namespace) -> None:
     import pandas as pd
     import yaml
 
+    from ctseg.formats.vertebra_stats import vertebra_statistics
     from ctseg.inference.segment import Segmenter
+    from ctseg.localisation.regions import anatomy_rows
     from ctseg.phantom.population import case_params
 
     root = Path(__file__).resolve().parents[1]
@@ -88,24 +90,34 @@ def model_predictions(args: argparse.Namespace) -> None:
         p, t = sitk.GetArrayFromImage(pred.labels), sitk.GetArrayFromImage(truth)
         levels = [int(v) for v in np.unique(t) if v]
         lvl = float(np.mean([dice(p == v, t == v) for v in levels])) if levels else 0.0
+        st = vertebra_statistics(pred.labels, ct)
+        anatomy = None
+        if seg.localiser is not None:  # the QC's anatomy check, as ctseg segment runs it
+            pts = [{"label": r["label"], "world": r["centroid"]} for r in st["levels"]]
+            anatomy = anatomy_rows(seg.localiser, ct, pts)
         qc = quality_flags(
             pred.labels,
             ct,
             trained_ids=seg.trained_ids,
+            stats=st,
             confidence_measures=pred.confidence or None,
             relabelled_fraction=pred.relabelled_fraction,
+            anatomy=anatomy,
         )
         flags = sorted({f["name"] for f in qc["flags"]})
-        rows.append((lvl >= args.good, bool(flags)))
+        rows.append((lvl >= args.good, bool(flags), "anatomy" in flags))
         print(
             f"{name:7s} {fam or 'in-distribution':15s} foreground Dice {dice(p > 0, t > 0):.3f} "
             f"level Dice {lvl:.3f} levels {qc['measures']['levels']} flags {flags}",
             flush=True,
         )
     for good in (True, False):
-        hits = [f for g, f in rows if g == good]
+        hits = [(f, a) for g, f, a in rows if g == good]
         what = f"good (level Dice >= {args.good})" if good else "bad"
-        print(f"{what}: {sum(hits)}/{len(hits)} flagged")
+        print(
+            f"{what}: {sum(f for f, _ in hits)}/{len(hits)} flagged, "
+            f"{sum(a for _, a in hits)}/{len(hits)} by the anatomy check"
+        )
 
 
 def main() -> None:
