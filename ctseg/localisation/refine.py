@@ -80,27 +80,42 @@ REFINER_DEFAULTS: dict = {
 REFINER_DECODE_KEYS = ("search_mm", "near_mm", "threshold", "merge_mm", "probe_gaps")
 
 
-def resolve_refiner(config) -> dict | None:
-    """The refiner block with defaults; None when disabled (``false`` / ``null``)."""
+def resolve_patch_block(
+    name: str, config, defaults: dict, multiple: int, positive: tuple[str, ...]
+) -> dict | None:
+    """A patch network's config block (``refiner``, ``regions``) with ``defaults`` filled in;
+    None when disabled (``false`` / ``null``). Checks what the blocks share: unknown keys, 3
+    positive spacings, a patch that is a multiple of ``multiple``, the ``positive`` keys > 0."""
     if config is None or config is False:
         return None
     if config is True:
         config = {}
     if not isinstance(config, dict):
-        raise ConfigError(f"config key 'refiner' must be a mapping or false, got {config!r}")
-    unknown = sorted(set(config) - set(REFINER_DEFAULTS) - {"hu_window", "levels"})
+        raise ConfigError(f"config key {name!r} must be a mapping or false, got {config!r}")
+    unknown = sorted(set(config) - set(defaults) - {"hu_window", "levels"})
     if unknown:
-        raise ConfigError(f"unknown refiner key(s): {', '.join(unknown)}")
-    out = {**REFINER_DEFAULTS, **config}
-    sp = out["spacing_mm"]
-    if len(sp) != 3 or min(float(s) for s in sp) <= 0:
-        raise ConfigError(f"config key 'refiner.spacing_mm' must be 3 positive mm, got {sp}")
-    out["spacing_mm"] = [float(s) for s in sp]
-    if int(out["patch"]) < 8 or int(out["patch"]) % 8:
-        raise ConfigError(f"config key 'refiner.patch' must be a multiple of 8, got {out['patch']}")
-    for key in ("sigma_mm", "offset_mm", "search_mm", "merge_mm", "lr", "hard_negative_mm"):
+        raise ConfigError(f"unknown {name} key(s): {', '.join(unknown)}")
+    out = {**defaults, **config}
+    sp = [float(v) for v in out["spacing_mm"]]
+    if len(sp) != 3 or min(sp) <= 0:
+        raise ConfigError(f"config key '{name}.spacing_mm' must be 3 positive mm, got {sp}")
+    out["spacing_mm"] = sp
+    if int(out["patch"]) < multiple or int(out["patch"]) % multiple:
+        raise ConfigError(
+            f"config key '{name}.patch' must be a multiple of {multiple}, got {out['patch']}"
+        )
+    for key in positive:
         if float(out[key]) <= 0:
-            raise ConfigError(f"config key 'refiner.{key}' must be > 0, got {out[key]}")
+            raise ConfigError(f"config key '{name}.{key}' must be > 0, got {out[key]}")
+    return out
+
+
+def resolve_refiner(config) -> dict | None:
+    """The refiner block with defaults; None when disabled (``false`` / ``null``)."""
+    positive = ("sigma_mm", "offset_mm", "search_mm", "merge_mm", "lr", "hard_negative_mm")
+    out = resolve_patch_block("refiner", config, REFINER_DEFAULTS, 8, positive)
+    if out is None:
+        return None
     if out["near_mm"] is not None and float(out["near_mm"]) <= 0:
         raise ConfigError(f"config key 'refiner.near_mm' must be > 0 or null, got {out['near_mm']}")
     if not 0 <= float(out["background_prob"]) <= 1:
@@ -454,5 +469,6 @@ __all__ = [
     "RefinerTrainer",
     "refine_candidates",
     "refiner_spec",
+    "resolve_patch_block",
     "resolve_refiner",
 ]

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from ctseg.core.errors import ConfigError
 from ctseg.localisation.geometry import world_to_index
-from ctseg.localisation.refine import RefinerTrainer, crop_patch
+from ctseg.localisation.refine import RefinerTrainer, crop_patch, resolve_patch_block
 
 T12, T13, L5, L6, SACRUM = 19, 28, 24, 25, 26
 
@@ -82,24 +82,10 @@ REGIONS_DECODE_KEYS = ("weight", "chain_bonus", "chain_steps", "none_drop", "bel
 
 def resolve_regions(config) -> dict | None:
     """The regions block with defaults; None when disabled (``false`` / ``null``)."""
-    if config is None or config is False:
+    positive = ("radius_mm", "lr", "weight", "hard_negative_mm")
+    out = resolve_patch_block("regions", config, REGIONS_DEFAULTS, 16, positive)
+    if out is None:
         return None
-    if config is True:
-        config = {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"config key 'regions' must be a mapping or false, got {config!r}")
-    unknown = sorted(set(config) - set(REGIONS_DEFAULTS) - {"hu_window", "levels"})
-    if unknown:
-        raise ConfigError(f"unknown regions key(s): {', '.join(unknown)}")
-    out = {**REGIONS_DEFAULTS, **config}
-    sp = [float(s) for s in out["spacing_mm"]]
-    if len(sp) != 3 or min(sp) <= 0:
-        raise ConfigError(f"config key 'regions.spacing_mm' must be 3 positive mm, got {sp}")
-    out["spacing_mm"] = sp
-    if int(out["patch"]) < 16 or int(out["patch"]) % 16:
-        raise ConfigError(
-            f"config key 'regions.patch' must be a multiple of 16, got {out['patch']}"
-        )
     lo, hi = (float(v) for v in out["scale"])
     if not 0 < lo <= hi:
         raise ConfigError(
@@ -110,9 +96,6 @@ def resolve_regions(config) -> dict | None:
         raise ConfigError("config key 'regions.background_prob' must be in [0, 1)")
     if not 0 < float(out["none_drop"]) <= 1:
         raise ConfigError("config key 'regions.none_drop' must be in (0, 1]")
-    for key in ("radius_mm", "lr", "weight", "hard_negative_mm"):
-        if float(out[key]) <= 0:
-            raise ConfigError(f"config key 'regions.{key}' must be > 0, got {out[key]}")
     return out
 
 
