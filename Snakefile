@@ -59,6 +59,7 @@ include: "rules/evaluate.smk"
 # Cheap aggregates and plots run on the node snakemake runs on, never queued on a cluster.
 localrules:
     all,
+    dataset,
     summary_table,
     metal_summary,
     drr_stack,

@@ -4,6 +4,7 @@ Everything the rules need to wire files together lives here; rules compute nothi
 """
 
 import ast
+import hashlib
 import importlib
 import math
 import os
@@ -343,12 +344,39 @@ def import_closure(script):
     return sorted(p for p in seen if p.relative_to(WORKFLOW_ROOT).parts[0] == "ctseg")
 
 
+CODE_DIGESTS = "results/code"
+
+
+def _write_if_changed(path, text):
+    """Replace a file atomically, and only when its content differs (its mtime is the signal)."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@cache
 def code_of(script):
-    """The library files a rule's script runs, as inputs: editing any of them reruns the rule."""
+    """The library code a rule's script runs, as one input: editing any of it reruns the rule.
+
+    The input is a digest of the script's import closure (`sha256sum` format, paths relative to
+    the workflow's root, so `sha256sum -c` checks it from there), rewritten while the DAG is
+    built when and only when a file's content changed. Listing the ~30 library files of every
+    job instead made them nine in ten of the files a large DAG handles (issue 16: the
+    10,000-case check). A touched but unchanged file reruns nothing."""
     path = WORKFLOW_ROOT / "scripts" / f"{script}.py"
     if not path.is_file():
         raise ValueError(f"code_of({script!r}): no script {path}")
-    return [_relative(p) for p in import_closure(path.relative_to(WORKFLOW_ROOT))]
+    lines = []
+    for f in import_closure(path.relative_to(WORKFLOW_ROOT)):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        lines.append(f"{digest}  {f.relative_to(WORKFLOW_ROOT).as_posix()}\n")
+    target = f"{CODE_DIGESTS}/{script}.sha256"
+    _write_if_changed(target, "".join(lines))
+    return target
 
 
 # ---------------------------------------------------------------- case accessors

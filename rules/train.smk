@@ -1,6 +1,29 @@
-rule train:
+rule dataset:
     input:
         train_inputs,
+        code=code_of("dataset"),
+    output:
+        "results/datasets/{experiment}.tsv",
+    log:
+        "results/logs/dataset/{experiment}.log",
+    benchmark:
+        "results/benchmarks/dataset/{experiment}.tsv"
+    conda:
+        "../envs/io.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(),
+        runtime=runtime(),
+    params:
+        train_data=train_data,
+        val_data=val_data,
+    script:
+        "../scripts/dataset.py"
+
+
+rule train:
+    input:
+        dataset="results/datasets/{experiment}.tsv",
         code=code_of("train"),
     output:
         model="results/models/{experiment}/model.pt",

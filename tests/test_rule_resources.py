@@ -139,7 +139,7 @@ def test_cheap_aggregates_are_local_rules():
     assert block, "Snakefile has no localrules: block"
     local = set(re.findall(r"(\w+),", block.group(1)))
     assert local == {
-        "all", "summary_table", "metal_summary", "drr_stack", "dice_plot",
+        "all", "dataset", "summary_table", "metal_summary", "drr_stack", "dice_plot",
         "centroid_plot", "report_tables",
     }  # fmt: skip
     rules = set(re.findall(r"(?m)^rule (\w+):", text))

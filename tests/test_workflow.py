@@ -94,6 +94,7 @@ def expected_jobs(cfg: dict, sheet: pd.DataFrame) -> dict[str, int]:
         "drr_stack": n_test if "bone_drr" in tasks else 0,
         "cube": len(cubes),
         "check_cube": len(cubes),
+        "dataset": len(trained),
         "train": len(trained),
         # voxel models predict the test cases, vertebra and metal models the predict cases too
         "predict": n_voxel * n_test + sum(t in ("vertebrae", "metal") for t in tasks) * n_pred,
