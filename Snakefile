@@ -3,7 +3,6 @@
 Run `snakemake --cores all` (default phantom cohort) or see README.md.
 """
 
-import functools
 import gc
 
 from snakemake.utils import min_version
@@ -32,24 +31,6 @@ report: "rules/captions/workflow.rst"
 # which a dry run never reaches). Only as the main workflow: Snakemake calls no module's onstart.
 if workflow.modifier.is_main_snakefile():
     gc.disable()
-
-
-# Snakemake checks each job's script through its source cache, which parses the script's path
-# with smart_open's parse_uri three times per job; smart_open (7.x to 9.x) builds a new
-# namedtuple class on every call: 71 us each, 15 s of the 132 s that 10,000 cases took to plan.
-# The parse of a string is a pure function of it (and of HOME, fixed for the process), and its
-# result an immutable tuple, so it is memoised, process-wide and once; the result is the same
-# object type with the same fields (tests/test_scale.py compares it with smart_open's own).
-def _memoise_uri_parsing():
-    import smart_open
-
-    if not getattr(smart_open.parse_uri, "_ctseg_memoised", False):
-        memo = functools.lru_cache(maxsize=4096)(smart_open.parse_uri)
-        memo._ctseg_memoised = True
-        smart_open.parse_uri = memo
-
-
-_memoise_uri_parsing()
 
 
 onstart:

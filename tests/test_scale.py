@@ -85,7 +85,7 @@ main()
 
 
 def test_uri_parsing_is_memoised_with_smart_opens_own_results(tmp_path):
-    """The Snakefile memoises smart_open.parse_uri (a new namedtuple class per call, three calls
+    """rules/common.smk memoises smart_open.parse_uri (a new namedtuple class per call, three calls
     per job): after a dry run it is memoised, was hit, and returns what smart_open returns."""
     cfg = yaml.safe_load(TINY.read_text())
     (tmp_path / "cases.tsv").write_text((REPO / cfg["cases"]).read_text())
