@@ -254,7 +254,8 @@ NIFTI_MEM_PER_MB = 30.0
 
 def _input_mb(input):
     """MB of a job's data inputs (its `code` inputs, the library's sources, do not count)."""
-    code = set(getattr(input, "code", []))
+    code = getattr(input, "code", [])
+    code = {code} if isinstance(code, str) else set(code)
     total = 0
     for f in (f for f in input if f not in code):
         if os.path.isdir(f):
