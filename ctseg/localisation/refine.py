@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ from ctseg.localisation.geometry import (
 from ctseg.localisation.heatmaps import gaussian_heatmaps, refine_peak
 from ctseg.models import build_model
 from ctseg.training.checkpoint import experiment_hash, load_checkpoint
+from ctseg.training.precision import guarded_step
 from ctseg.training.trainer import make_optimizer
 
 #: Keys of the ``refiner`` block of a localiser config, with defaults.
@@ -199,8 +201,12 @@ class RefinerTrainer:
 
     name = "refiner"
 
-    def __init__(self, items: list[dict], cfg: dict, out_dir: Path, seed: int, device):
+    def __init__(
+        self, items: list[dict], cfg: dict, out_dir: Path, seed: int, device, autocast=None
+    ):
         self.cfg, self.out_dir, self.seed, self.dev = cfg, Path(out_dir), int(seed), device
+        # the first stage's mixed precision (ctseg.localisation.training.mixed_precision)
+        self.autocast = autocast or nullcontext
         self.cases = [RefinerCase(it, cfg) for it in items]
         self.cases = [c for c in self.cases if len(c.points)]
         self.pairs, self.pair_p = self._centroid_draws(bool(cfg.get("balance_levels", True)))
@@ -297,10 +303,10 @@ class RefinerTrainer:
         bar = tqdm(range(step0, steps), desc=self.name, initial=step0, total=steps, leave=False)
         for step in bar:
             x, y = self.sample()
-            self.opt.zero_grad(set_to_none=True)
-            loss = self.loss(self.model(x).float(), y)
-            loss.backward()
-            self.opt.step()
+            with self.autocast():
+                logits = self.model(x)
+            loss = self.loss(logits.float(), y)
+            guarded_step(self.model, self.opt, loss)
             self.sched.step()
             losses.append(float(loss.detach()))
             if (step + 1) % 100 == 0 or step + 1 == steps:

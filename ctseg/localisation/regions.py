@@ -179,8 +179,8 @@ class RegionTrainer(RefinerTrainer):
 
     name = "regions"
 
-    def __init__(self, items: list[dict], cfg: dict, out_dir, seed: int, device):
-        super().__init__(items, cfg, out_dir, seed, device)
+    def __init__(self, items: list[dict], cfg: dict, out_dir, seed: int, device, autocast=None):
+        super().__init__(items, cfg, out_dir, seed, device, autocast)
         levels = list(cfg["levels"])
         self.classes = []
         for c in self.cases:

@@ -29,7 +29,6 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +57,7 @@ from ctseg.training.data import CubeSource, DrrSource, load_batches, load_val_vo
 from ctseg.training.distributed import GlobalBatchDiceCELoss, all_reduce_sum
 from ctseg.training.history import write_history
 from ctseg.training.losses import DiceCELoss, mean_foreground_dice
+from ctseg.training.precision import mixed_precision
 
 
 def set_threads(experiment: ExperimentConfig, threads: int | None = None) -> int:
@@ -266,9 +266,7 @@ class Trainer:
             )
 
     def autocast(self):
-        if self.dev.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return mixed_precision(self.dev)()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)

@@ -1,0 +1,46 @@
+"""Mixed precision and the guarded optimiser step shared by the training loops.
+
+Why here: the segmentation trainer, the localiser's first stage and its patch networks
+(refiner, regions) all run a forward pass under the same autocast policy, and the localiser's
+loops must survive the rare non-finite step that bf16 produces (one default run diverged to
+NaN at step 400 before the guard existed).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (AVX512-BF16 / AMX via oneDNN)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def mixed_precision(device: torch.device, cpu_bf16: bool = False):
+    """Autocast context factory for a forward pass: bf16 on CUDA; bf16 on a CPU with native
+    bf16 when ``cpu_bf16`` asks for it (measured 3.7x faster localiser steps on this project's
+    CPU machine); else none. Weights, optimiser state and losses stay float32 (callers cast
+    logits up before the loss)."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu_bf16 and cpu_has_bf16():
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def guarded_step(model: torch.nn.Module, opt, loss: torch.Tensor, max_norm: float = 12.0) -> bool:
+    """Backward, clip the gradient norm, and step only when the loss and the norm are finite,
+    so that one non-finite step cannot poison the weights or AdamW's moments. Gradients are
+    cleared either way. Returns whether the step was taken."""
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    ok = bool(torch.isfinite(loss)) and bool(torch.isfinite(norm))
+    if ok:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return ok
+
+
+__all__ = ["cpu_has_bf16", "guarded_step", "mixed_precision"]

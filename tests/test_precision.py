@@ -1,0 +1,56 @@
+"""The shared mixed-precision policy and the guarded optimiser step (ctseg.training.precision)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctseg.training.precision import cpu_has_bf16, guarded_step, mixed_precision
+
+
+def _model_and_opt():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    return model, torch.optim.AdamW(model.parameters(), lr=0.1)
+
+
+def test_a_non_finite_loss_changes_neither_weights_nor_optimiser_state():
+    model, opt = _model_and_opt()
+    x = torch.randn(3, 4)
+    assert guarded_step(model, opt, model(x).sum())  # one real step: AdamW has moments
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in opt.state.values()]
+    ok = guarded_step(model, opt, model(x).sum() * float("nan"))
+    assert not ok
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, opt.state.values()))
+    assert all(p.grad is None for p in model.parameters())  # cleared for the next step
+
+
+def test_a_finite_step_moves_the_weights_downhill_and_clips():
+    model, opt = _model_and_opt()
+    x = torch.randn(3, 4)
+    loss0 = float((model(x) ** 2).sum())
+    assert guarded_step(model, opt, (model(x) ** 2).sum())
+    assert float((model(x) ** 2).sum()) < loss0
+    # an enormous gradient is clipped to the norm before AdamW sees it: the step stays finite
+    model2, opt2 = _model_and_opt()
+    assert guarded_step(model2, opt2, model2(x).sum() * 1e15, max_norm=1.0)
+    assert all(torch.isfinite(p).all() for p in model2.parameters())
+
+
+def test_cpu_autocast_is_off_unless_asked():
+    ctx = mixed_precision(torch.device("cpu"))
+    conv = torch.nn.Conv3d(1, 2, 3)
+    with ctx():
+        assert conv(torch.randn(1, 1, 5, 5, 5)).dtype == torch.float32
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_cpu_bf16_autocast_runs_convolutions_in_bf16():
+    conv = torch.nn.Conv3d(1, 2, 3)
+    with mixed_precision(torch.device("cpu"), cpu_bf16=True)():
+        out = conv(torch.randn(1, 1, 5, 5, 5))
+    assert out.dtype == torch.bfloat16
+    assert conv.weight.dtype == torch.float32  # weights stay float32
