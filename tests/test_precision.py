@@ -24,7 +24,9 @@ def test_a_non_finite_loss_changes_neither_weights_nor_optimiser_state():
     assert not ok
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, opt.state.values(), strict=True))
+    assert all(
+        torch.equal(a, s["exp_avg"]) for a, s in zip(moments, opt.state.values(), strict=True)
+    )
     assert all(p.grad is None for p in model.parameters())  # cleared for the next step
 
 
