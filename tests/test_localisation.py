@@ -614,3 +614,73 @@ def test_a_decoding_change_reuses_the_trained_weights(tiny_run):
         assert torch.equal(v, before[k]), k
     rows = (model_pt.parent / "history.tsv").read_text().splitlines()
     assert len(rows) == 4  # the three epochs of the first run, none added
+
+
+# ------------------------------------------------------------------------------ ensemble
+
+
+def test_ensemble_config_is_checked():
+    assert resolve_config({})["ensemble"] == 1
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ConfigError, match="ensemble"):
+            resolve_config({"ensemble": bad})
+
+
+def test_ensemble_maps_are_the_mean_of_the_members_maps():
+    """Three tiny networks: the averaged activated maps equal the mean computed by hand, and a
+    package without members gives its one network's maps unchanged."""
+    import torch
+
+    from ctseg.localisation.predict import MEMBER, ensemble_heatmaps, infer_heatmaps
+    from ctseg.models import build_model
+
+    cfg = resolve_config({"levels": "T8-L3", "base_width": 4, "depth": 2})
+    nets = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        nets.append(build_model(cfg, 9).eval())
+    arr = np.random.default_rng(0).random((12, 8, 16)).astype(np.float32)
+    dev = torch.device("cpu")
+    meta = {
+        "head": "detect_identify",
+        "subnet_modules": {f"{MEMBER}1": nets[1], f"{MEMBER}2": nets[2]},
+    }
+    maps = [infer_heatmaps(n, arr, dev, "detect_identify") for n in nets]
+    np.testing.assert_allclose(
+        ensemble_heatmaps(nets[0], meta, arr, dev), np.mean(maps, axis=0), atol=1e-6
+    )
+    alone = {"head": "detect_identify", "subnet_modules": {"refiner": nets[1]}}
+    np.testing.assert_array_equal(ensemble_heatmaps(nets[0], alone, arr, dev), maps[0])
+
+
+def test_an_ensemble_trains_its_members_and_the_package_carries_them(tmp_path):
+    """ensemble: 2 trains a second first stage with the next seed in its own folder; model.pt
+    holds it as a sub-network, and the member resumes rather than retrains on a rerun."""
+    import torch
+
+    from ctseg import phantom
+    from ctseg.localisation import load_localiser, predict_centroids, train_localiser
+    from ctseg.localisation.predict import MEMBER
+
+    threads = torch.get_num_threads()
+    ph = phantom.generate(3, TINY)
+    item = {"case": "tiny", "ct": ph.image("hu"), "centroids": ph.centroids}
+    cfg = {**TINY_CFG, "epochs": 1, "ensemble": 2}
+    try:
+        model = train_localiser([item], [item], tmp_path, cfg, seed=1, device="cpu", threads=1)
+        member_pt = tmp_path / "member1" / "model.pt"
+        train_localiser([item], [item], tmp_path, cfg, seed=1, device="cpu", threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    net, meta = load_localiser(model, "cpu")
+    member = meta["subnet_modules"][f"{MEMBER}1"]
+    alone, _ = load_localiser(member_pt, "cpu")
+    for (k, a), b in zip(member.state_dict().items(), alone.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k  # the package's member is the member run's network
+    assert not torch.equal(  # another seed: another network
+        next(iter(net.state_dict().values())), next(iter(member.state_dict().values()))
+    )
+    history = (tmp_path / "member1" / "history.tsv").read_text().splitlines()
+    assert len(history) == 2  # one epoch, not retrained on the rerun
+    pts = predict_centroids((net, meta), item["ct"])
+    assert all(15 <= p["label"] <= 22 for p in pts)

@@ -85,6 +85,26 @@ def infer_heatmaps(
     return activate(forward_logits(model, arr, device), head)
 
 
+#: Name prefix of an ensemble's further first-stage networks in a package's sub-networks.
+MEMBER = "first_stage_"
+
+
+def ensemble_heatmaps(
+    model: torch.nn.Module, meta: dict, arr: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """The first stage's activated maps, averaged over the package's ensemble members (the
+    main network and every ``first_stage_<k>`` sub-network; just the main one's without)."""
+    head = head_of(meta)
+    nets = [model] + [
+        net for name, net in sorted((meta.get("subnet_modules") or {}).items())
+        if name.startswith(MEMBER)
+    ]  # fmt: skip
+    heat = infer_heatmaps(nets[0], arr, device, head)
+    for net in nets[1:]:
+        heat += infer_heatmaps(net, arr, device, head)
+    return heat / len(nets)
+
+
 def labelled_points(worlds: list, votes: np.ndarray, labels: list, levels: list) -> list[dict]:
     """The decoded output: one dict per point that got a level (head to feet)."""
     out = []
@@ -265,7 +285,7 @@ def predict_centroids(
     work = crop_to_body(to_working(ct, meta["spacing_mm"]))
     arr = working_array(work, meta["hu_window"])
     dev = next(model.parameters()).device
-    heat = infer_heatmaps(model, arr, dev, head_of(meta))
+    heat = ensemble_heatmaps(model, meta, arr, dev)
     refiner = (meta.get("subnet_modules") or {}).get("refiner")
     if refiner is not None:
         from ctseg.localisation.refine import fine_image

@@ -67,7 +67,14 @@ from ctseg.localisation.geometry import (
 )
 from ctseg.localisation.heatmaps import gaussian_heatmaps
 from ctseg.localisation.identify import identification_scores, identification_table
-from ctseg.localisation.predict import HEADS, activate, decode_centroids, forward_logits, pad_zyx
+from ctseg.localisation.predict import (
+    HEADS,
+    MEMBER,
+    activate,
+    decode_centroids,
+    forward_logits,
+    pad_zyx,
+)
 from ctseg.localisation.refine import RefinerTrainer, refiner_spec, resolve_refiner
 from ctseg.localisation.regions import REGIONS, RegionTrainer, regions_spec, resolve_regions
 from ctseg.localisation.synthetic import resolve_synthetic, synthetic_items
@@ -124,6 +131,8 @@ DEFAULTS: dict = {
     "optional_cost": 0.0,  # decoding: prior cost of each transitional level (T13, L6) used
     "val_every": 1,
     "cpu_bf16": False,  # bf16 autocast on CPUs with native bf16 (faster steps)
+    # first-stage networks trained with seeds seed, seed+1, ...; prediction averages their maps
+    "ensemble": 1,
     # second stage on a fine grid (ctseg.localisation.refine): a mapping of its keys, or false
     "refiner": False,
     # anatomical anchors of each refined vertebra (ctseg.localisation.regions): mapping or false
@@ -190,6 +199,10 @@ def resolve_config(config: dict | None) -> dict:
         out["regions"]["hu_window"] = list(out["hu_window"])
         out["regions"]["levels"] = list(out["levels"])
     out["synthetic"] = resolve_synthetic(out["synthetic"])
+    if isinstance(out["ensemble"], bool) or not isinstance(out["ensemble"], int):
+        raise ConfigError(f"config key 'ensemble' must be an integer, got {out['ensemble']!r}")
+    if out["ensemble"] < 1:
+        raise ConfigError(f"config key 'ensemble' must be >= 1, got {out['ensemble']}")
     out["task"] = "centroids"
     return out
 
@@ -371,7 +384,7 @@ class LocaliserTrainer:
         self.autocast = mixed_precision(self.dev, bool(self.cfg["cpu_bf16"]))
         # decoding settings do not change what is trained: a run whose only change is one of
         # them resumes its finished checkpoint and rewrites model.pt with the new decoding
-        skip = ("threads", "refiner", "regions", *DECODE_KEYS)
+        skip = ("threads", "refiner", "regions", "ensemble", *DECODE_KEYS)
         identity = {k: v for k, v in self.cfg.items() if k not in skip}
         shapes = [list(c.image.shape) for c in self.train]
         self.run_id = experiment_hash(identity, self.seed, {"cases": shapes})
@@ -513,14 +526,18 @@ class LocaliserTrainer:
         :func:`ctseg.inference.predict.load_model` and :func:`predict_centroids`)."""
         keys = ("spacing_mm", "hu_window", "sigma_mm", *DECODE_KEYS, "head")
         ref = self.cfg["refiner"]
-        extra = {}
+        n_classes = len(self.levels) + int(self.head == "detect_identify")
+        extra: dict = {"subnets": {}}
+        for k in range(1, int(self.cfg["ensemble"])):
+            extra["subnets"][f"{MEMBER}{k}"] = {
+                "model_kwargs": model_kwargs(self.cfg),
+                "n_classes": n_classes,
+            }
         if ref is not None:
             extra["refiner"] = refiner_spec(ref)
-            extra["subnets"] = {
-                "refiner": {
-                    "model_kwargs": model_kwargs(ref),
-                    "n_classes": 1 + len(self.levels) * int(bool(ref["identify"])),
-                }
+            extra["subnets"]["refiner"] = {
+                "model_kwargs": model_kwargs(ref),
+                "n_classes": 1 + len(self.levels) * int(bool(ref["identify"])),
             }
         reg = self.cfg["regions"]
         if reg is not None:
@@ -534,7 +551,7 @@ class LocaliserTrainer:
             "task": "centroids",
             "dim": 3,
             # detect_identify: channel 0 (id 0) is the any-vertebra detection map
-            "n_classes": len(self.levels) + int(self.head == "detect_identify"),
+            "n_classes": n_classes,
             "class_ids": [0] * int(self.head == "detect_identify") + list(self.levels),
             "levels": list(self.levels),
             **{k: self.cfg[k] for k in keys},
@@ -556,7 +573,7 @@ class LocaliserTrainer:
             self.end_of_epoch(epoch, losses, t0)
         write_history(self.out_dir / "history.tsv", self.history)
         plot_history(self.out_dir / "loss.png", self.history, self.out_dir.name)
-        subnets = {}
+        subnets = self.fit_members()
         if self.cfg["refiner"] is not None:
             syn = self.cfg["synthetic"]
             items = list(self.train_items)
@@ -572,6 +589,23 @@ class LocaliserTrainer:
         path = self.out_dir / "model.pt"
         save_package(path, self.model, self.cfg, make_plan(self.meta(), self.cfg), subnets)
         return path
+
+    def fit_members(self) -> dict[str, torch.nn.Module]:
+        """The ensemble's further first-stage networks, each its own resumable run under
+        ``out_dir/member<k>`` with seed ``seed + k`` (same cases, recipe and precision; no
+        refiner or regions of its own). Why: on held-out draws two first stages failed
+        different families (crop_lower 22 % in one run, 94 % in another), and their averaged
+        maps beat either (README, *Centroid-only training*)."""
+        members = {}
+        for k in range(1, int(self.cfg["ensemble"])):
+            cfg = {**self.cfg, "refiner": False, "regions": False, "ensemble": 1}
+            trainer = LocaliserTrainer(
+                self.train_items, self.val_items, self.out_dir / f"member{k}", cfg,
+                self.seed + k, str(self.dev), self.threads,
+            )  # fmt: skip
+            trainer.fit()
+            members[f"{MEMBER}{k}"] = trainer.model.eval()
+        return members
 
 
 def write_history(path: Path, history: list[dict]) -> None:
