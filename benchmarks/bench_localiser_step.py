@@ -47,16 +47,7 @@ def stage_times(items: list[dict], cfg: dict, bf16: bool, steps: int, work: Path
     for name, cls in (("refiner", RefinerTrainer), ("regions", RegionTrainer)):
         sub = cls(items, first.cfg[name], work / f"{name}{int(bf16)}", 1, first.dev, first.autocast)
 
-        def one(sub=sub):
-            x, y = sub.sample()
-            with sub.autocast():
-                logits = sub.model(x)
-            loss = sub.loss(logits.float(), y)
-            loss.backward()
-            sub.opt.step()
-            sub.opt.zero_grad(set_to_none=True)
-
-        out[name] = _timed(one, steps)
+        out[name] = _timed(lambda sub=sub: sub.train_step(*sub.sample()), steps)
     return out
 
 
@@ -81,7 +72,7 @@ def main() -> None:
         bf16 = stage_times(items, cfg, True, args.steps, work)
     first = LocaliserTrainer(items, [], "-", cfg, seed=1).cfg
     total_steps = {
-        "first stage": first["epochs"] * first["steps_per_epoch"],
+        "first stage": first["epochs"] * first["steps_per_epoch"] * first["ensemble"],
         "refiner": first["refiner"]["steps"],
         "regions": first["regions"]["steps"],
     }

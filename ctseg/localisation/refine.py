@@ -205,7 +205,7 @@ class RefinerTrainer:
         self, items: list[dict], cfg: dict, out_dir: Path, seed: int, device, autocast=None
     ):
         self.cfg, self.out_dir, self.seed, self.dev = cfg, Path(out_dir), int(seed), device
-        # the first stage's mixed precision (ctseg.localisation.training.mixed_precision)
+        # the first stage's mixed precision (ctseg.training.precision.mixed_precision)
         self.autocast = autocast or nullcontext
         self.cases = [RefinerCase(it, cfg) for it in items]
         self.cases = [c for c in self.cases if len(c.points)]
@@ -287,6 +287,15 @@ class RefinerTrainer:
         )
         return detect_identify_loss(logits, y, pos_weight, 1.0, floor)
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One guarded AdamW step under the first stage's precision; returns the loss."""
+        with self.autocast():
+            logits = self.model(x)
+        loss = self.loss(logits.float(), y)
+        guarded_step(self.model, self.opt, loss)
+        self.sched.step()
+        return float(loss.detach())
+
     def fit(self) -> torch.nn.Module:
         step0 = 0
         ck = load_checkpoint(self.ckpt_path)
@@ -302,13 +311,7 @@ class RefinerTrainer:
         t0 = time.perf_counter()
         bar = tqdm(range(step0, steps), desc=self.name, initial=step0, total=steps, leave=False)
         for step in bar:
-            x, y = self.sample()
-            with self.autocast():
-                logits = self.model(x)
-            loss = self.loss(logits.float(), y)
-            guarded_step(self.model, self.opt, loss)
-            self.sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(self.train_step(*self.sample()))
             if (step + 1) % 100 == 0 or step + 1 == steps:
                 self.save(step + 1)
                 tqdm.write(
