@@ -21,7 +21,9 @@ from ctseg.inference.package import load_package
 from ctseg.inference.predict import predict_case
 from ctseg.training.cubes import build_cube
 from ctseg.training.data import CubeSource, ids_to_classes, load_batches
+from ctseg.training.precision import cpu_has_bf16
 from ctseg.training.train import train_experiment
+from ctseg.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,6 +177,28 @@ def test_overfit_single_case_reaches_dice_09(tiny, tmp_path):
     for lid in (8, 9, 10):
         p, t = pred == lid, truth == lid
         assert 2 * (p & t).sum() / (p.sum() + t.sum()) > 0.85
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_cpu_bf16_training_runs_the_forward_pass_in_bf16_and_still_fits(tiny, tmp_path):
+    exp = ExperimentConfig.from_dict({**EXP, "cpu_bf16": True, "epochs": 30, "steps_per_epoch": 2})
+    trainer = Trainer(exp, {}, {}, tmp_path / "t", seed=1, device=torch.device("cpu"))
+    conv = torch.nn.Conv3d(1, 1, 3)
+    with trainer.autocast():
+        assert conv(torch.randn(1, 1, 4, 4, 4)).dtype == torch.bfloat16
+    plain = Trainer(
+        ExperimentConfig.from_dict(EXP), {}, {}, tmp_path / "p", seed=1, device=torch.device("cpu")
+    )
+    with plain.autocast():
+        assert conv(torch.randn(1, 1, 4, 4, 4)).dtype == torch.float32
+    out = tmp_path / "m"
+    train_experiment(
+        exp, {"cube": str(tiny["cube"])}, {"cases": [tiny["case"]]}, out, seed=1, device="cpu"
+    )
+    dice = [float(r.split("\t")[3]) for r in (out / "history.tsv").read_text().splitlines()[1:]]
+    assert dice[-1] > 0.9, dice
+    blob = torch.load(out / "model.pt", weights_only=True)
+    assert json.loads(blob["experiment_json"])["cpu_bf16"] is True
 
 
 def test_2d_model_on_cube_slices_and_metal_task(tiny, tmp_path):

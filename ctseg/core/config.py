@@ -117,6 +117,9 @@ class ExperimentConfig:
     val_every: int = 1
     num_workers: int = 0
     tta_flip: bool = False
+    #: bf16 autocast for the training forward pass on a CPU with native bf16 (CUDA always
+    #: uses it); other CPUs train in float32 (ctseg.training.precision)
+    cpu_bf16: bool = False
     postprocess: bool = True
     world_size: int | None = None
     dist_backend: str | None = None

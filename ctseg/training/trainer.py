@@ -266,7 +266,7 @@ class Trainer:
             )
 
     def autocast(self):
-        return mixed_precision(self.dev)()
+        return mixed_precision(self.dev, self.exp.cpu_bf16)()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)
