@@ -84,6 +84,7 @@ _memoise_uri_parsing()
 _own_ctseg()
 ConfigError = own_module("ctseg.core.errors").ConfigError
 _labels = own_module("ctseg.core.labels")
+_config_module = own_module("ctseg.core.config")
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -540,6 +541,18 @@ def train_data(wildcards):
     if _is_centroids(name):
         return {"cases": [centroid_item(c) for c in cases_in("train")]}
     return {"cube": f"results/cubes/{EXPERIMENTS[name]['cube']}.h5"}
+
+
+def localiser_stage_files(wildcards):
+    """A centroid localiser's stage jobs (`train_stage`), which its `train` job packages; none
+    for other experiments. The stages are independent trainings (first stages of the ensemble,
+    refiner, region network), so on two cores two of them run side by side instead of one
+    after another in a single job."""
+    name = wildcards.experiment
+    if not _is_centroids(name) or EXPERIMENTS[name].get("pretrained"):
+        return []
+    stages = _config_module.localiser_stages(EXPERIMENTS[name].get("localiser"))
+    return [f"results/models/{name}/stages/{s}.json" for s in stages]
 
 
 def val_data(wildcards):

@@ -24,6 +24,7 @@ rule dataset:
 rule train:
     input:
         dataset="results/datasets/{experiment}.tsv",
+        stages=localiser_stage_files,
         code=code_of("train"),
     output:
         model="results/models/{experiment}/model.pt",
@@ -54,6 +55,21 @@ rule train:
         device=lambda wildcards: EXPERIMENTS[wildcards.experiment].get("device", "auto"),
     script:
         "../scripts/train.py"
+
+
+use rule train as train_stage with:
+    input:
+        dataset="results/datasets/{experiment}.tsv",
+        code=code_of("train"),
+    output:
+        "results/models/{experiment}/stages/{stage}.json",
+    log:
+        "results/logs/train/{experiment}.{stage}.log",
+    benchmark:
+        "results/benchmarks/train/{experiment}.{stage}.tsv"
+    wildcard_constraints:
+        stage=r"first_stage_\d+|refiner|regions",
+    priority: 1
 
 
 rule predict:

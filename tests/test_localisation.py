@@ -684,3 +684,49 @@ def test_an_ensemble_trains_its_members_and_the_package_carries_them(tmp_path):
     assert len(history) == 2  # one epoch, not retrained on the rerun
     pts = predict_centroids((net, meta), item["ct"])
     assert all(15 <= p["label"] <= 22 for p in pts)
+
+
+def test_stages_trained_apart_in_any_order_package_like_one_run(tmp_path):
+    """The workflow trains a localiser's stages as separate jobs (train_stage), side by side,
+    then packages them: each stage trained alone, in reverse order, then the packaging call,
+    gives exactly the weights of the one-call run; a finished stage is not retrained, and an
+    unknown stage is a ConfigError naming the known ones."""
+    import torch
+
+    from ctseg import phantom
+    from ctseg.core.config import localiser_stages
+    from ctseg.localisation import load_localiser, train_localiser
+
+    ph = phantom.generate(3, TINY)
+    item = {"case": "tiny", "ct": ph.image("hu"), "centroids": ph.centroids}
+    cfg = {
+        **TINY_CFG, "epochs": 1, "steps_per_epoch": 4, "ensemble": 2,
+        "refiner": {"steps": 3, "batch_size": 2, "patch": 16, "spacing_mm": [4.0] * 3},
+        "regions": {"steps": 3, "batch_size": 2, "patch": 16, "spacing_mm": [8.0] * 3,
+                    "depth": 3},
+    }  # fmt: skip
+    stages = localiser_stages(cfg)
+    assert stages == ["first_stage_0", "first_stage_1", "refiner", "regions"]
+    three = ["first_stage_0", "first_stage_1", "first_stage_2"]
+    assert localiser_stages({"ensemble": 3, "regions": {}}) == three  # regions need the refiner
+    threads = torch.get_num_threads()
+    try:
+        whole = train_localiser([item], [item], tmp_path / "a", cfg, 1, "cpu", 1)
+        for stage in reversed(stages):
+            assert train_localiser([item], [item], tmp_path / "b", cfg, 1, "cpu", 1, stage) is None
+        assert not (tmp_path / "b" / "model.pt").exists()  # a stage job packages nothing
+        with pytest.raises(ConfigError, match="first_stage_0, first_stage_1, refiner, regions"):
+            train_localiser([item], [item], tmp_path / "b", cfg, 1, "cpu", 1, "first_stage_5")
+        parts = train_localiser([item], [item], tmp_path / "b", cfg, 1, "cpu", 1)
+    finally:
+        torch.set_num_threads(threads)
+    (net_a, meta_a), (net_b, meta_b) = load_localiser(whole, "cpu"), load_localiser(parts, "cpu")
+    pairs = [(net_a, net_b)] + [
+        (meta_a["subnet_modules"][k], meta_b["subnet_modules"][k])
+        for k in ("first_stage_1", "refiner", "regions")
+    ]
+    for a, b in pairs:
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(va, vb), k
+    history = (tmp_path / "b" / "history.tsv").read_text().splitlines()
+    assert len(history) == 2  # the first stage's one epoch, not retrained by the packaging call

@@ -73,6 +73,15 @@ def test_snakefmt_check_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _n_stages(loc: dict) -> int:
+    refiner = loc.get("refiner") not in (None, False)  # {} is the refiner with its defaults
+    return (
+        int(loc.get("ensemble", 1))
+        + refiner
+        + (refiner and loc.get("regions") not in (None, False))
+    )
+
+
 def expected_jobs(cfg: dict, sheet: pd.DataFrame) -> dict[str, int]:
     """Every job a fresh run of ``cfg`` must plan, per rule, computed from the config alone."""
     n = len(sheet)
@@ -96,6 +105,10 @@ def expected_jobs(cfg: dict, sheet: pd.DataFrame) -> dict[str, int]:
         "check_cube": len(cubes),
         "dataset": len(trained),
         "train": len(trained),
+        # a localiser's stages: each ensemble member's first stage, the refiner, the regions
+        "train_stage": sum(
+            _n_stages(e.get("localiser", {})) for e in trained if e["task"] == "centroids"
+        ),
         # voxel models predict the test cases, vertebra and metal models the predict cases too
         "predict": n_voxel * n_test + sum(t in ("vertebrae", "metal") for t in tasks) * n_pred,
         "predict_centroids": tasks.count("centroids") * (n_test + n_pred),

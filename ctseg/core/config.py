@@ -23,6 +23,25 @@ SLICE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 PREPROCESS = ("none", "global", "local")
 
 
+#: package sub-network name of a localiser's k-th first stage (``first_stage_1``, ...)
+LOCALISER_MEMBER = "first_stage_"
+
+
+def localiser_stages(localiser: dict | None) -> list[str]:
+    """The independent training runs of a centroid localiser (its ``localiser:`` block, raw or
+    resolved), in training order: the ensemble's first stages ``first_stage_0`` ..
+    ``first_stage_<K-1>`` (seeds ``seed + k``), then ``refiner`` and ``regions`` where
+    configured. Each depends only on the cases, the recipe and its seed, so the workflow runs
+    each as its own job, side by side. Here, without torch, because the DAG needs the names."""
+    cfg = localiser or {}
+    names = [f"{LOCALISER_MEMBER}{k}" for k in range(int(cfg.get("ensemble", 1)))]
+    if cfg.get("refiner") not in (None, False):
+        names.append("refiner")
+        if cfg.get("regions") not in (None, False):
+            names.append("regions")
+    return names
+
+
 def _coerce(value, tp, where: str):
     """``value`` checked against the annotation ``tp`` (int, float, bool, str, tuples, optional)."""
     origin = typing.get_origin(tp)

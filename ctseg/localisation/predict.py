@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from ctseg.core.config import LOCALISER_MEMBER as MEMBER
 from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
 from ctseg.inference.package import load_package
@@ -83,10 +84,6 @@ def infer_heatmaps(
 ) -> np.ndarray:
     """Activated maps ``[C, z, y, x]`` of a whole working array (:func:`activate`)."""
     return activate(forward_logits(model, arr, device), head)
-
-
-#: Name prefix of an ensemble's further first-stage networks in a package's sub-networks.
-MEMBER = "first_stage_"
 
 
 def ensemble_heatmaps(

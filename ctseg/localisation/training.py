@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 import ctseg.report.training as report_training
 from ctseg.core.atomic import atomic_path
-from ctseg.core.config import ExperimentConfig
+from ctseg.core.config import ExperimentConfig, localiser_stages
 from ctseg.core.device import resolve_device
 from ctseg.core.errors import ConfigError, InputError
 from ctseg.core.normalise import DEFAULT_HU_WINDOW
@@ -351,6 +351,8 @@ class LocaliserTrainer:
         self.threads = threads
         self.history: list[dict] = []
         self.start_epoch = 0
+        # the first stage's mixed precision, shared by the refiner and the region network
+        self.autocast = mixed_precision(self.dev, bool(self.cfg["cpu_bf16"]))
 
     # ------------------------------------------------------------------ hooks
     def setup(self) -> None:
@@ -381,7 +383,6 @@ class LocaliserTrainer:
         self.epochs = int(self.cfg["epochs"])
         self.steps = int(self.cfg["steps_per_epoch"])
         self.make_optimiser()
-        self.autocast = mixed_precision(self.dev, bool(self.cfg["cpu_bf16"]))
         # decoding settings do not change what is trained: a run whose only change is one of
         # them resumes its finished checkpoint and rewrites model.pt with the new decoding
         skip = ("threads", "refiner", "regions", "ensemble", *DECODE_KEYS)
@@ -563,49 +564,59 @@ class LocaliserTrainer:
         }
 
     # ------------------------------------------------------------------ driver
+    def stages(self) -> list[str]:
+        """:func:`ctseg.core.config.localiser_stages` of this recipe."""
+        return localiser_stages(self.cfg)
+
     def fit(self) -> Path:
-        """Run setup and the remaining epochs; write model.pt, history.tsv and loss.png."""
-        self.setup()
-        self.model.train()
-        for epoch in range(self.start_epoch, self.epochs):
-            t0 = time.perf_counter()
-            losses = [self.train_step(*self.sample_batch()) for _ in range(self.steps)]
-            self.end_of_epoch(epoch, losses, t0)
-        write_history(self.out_dir / "history.tsv", self.history)
-        plot_history(self.out_dir / "loss.png", self.history, self.out_dir.name)
-        subnets = self.fit_members()
-        if self.cfg["refiner"] is not None:
-            syn = self.cfg["synthetic"]
-            items = list(self.train_items)
-            if syn is not None and syn["refiner_cases"]:
-                items += list(synthetic_items(syn, self.seed, syn["refiner_cases"]))
-            subnets["refiner"] = RefinerTrainer(
-                items, self.cfg["refiner"], self.out_dir, self.seed, self.dev, self.autocast
-            ).fit()
-            if self.cfg["regions"] is not None:
-                subnets["regions"] = RegionTrainer(
-                    items, self.cfg["regions"], self.out_dir, self.seed, self.dev, self.autocast
-                ).fit()
+        """Train every stage that is not finished (a finished one resumes at its last step and
+        trains nothing), then write model.pt with all of them."""
+        subnets: dict[str, torch.nn.Module] = {}
+        for stage in self.stages():
+            subnets.update(self.fit_stage(stage))
         path = self.out_dir / "model.pt"
         save_package(path, self.model, self.cfg, make_plan(self.meta(), self.cfg), subnets)
         return path
 
-    def fit_members(self) -> dict[str, torch.nn.Module]:
-        """The ensemble's further first-stage networks, each its own resumable run under
+    def fit_stage(self, stage: str) -> dict[str, torch.nn.Module]:
+        """Train one stage of :meth:`stages`; returns the sub-networks it adds to the package
+        (none for the first first stage, which is the package's main network)."""
+        if stage not in self.stages():
+            raise ConfigError(f"localiser stage {stage!r}: not one of {', '.join(self.stages())}")
+        if stage == f"{MEMBER}0":
+            self.setup()
+            self.model.train()
+            for epoch in range(self.start_epoch, self.epochs):
+                t0 = time.perf_counter()
+                losses = [self.train_step(*self.sample_batch()) for _ in range(self.steps)]
+                self.end_of_epoch(epoch, losses, t0)
+            write_history(self.out_dir / "history.tsv", self.history)
+            plot_history(self.out_dir / "loss.png", self.history, self.out_dir.name)
+            return {}
+        if stage.startswith(MEMBER):
+            return {stage: self.fit_member(int(stage[len(MEMBER) :]))}
+        set_threads(_optim_config(self.cfg), self.threads)
+        syn = self.cfg["synthetic"]
+        items = list(self.train_items)
+        if syn is not None and syn["refiner_cases"]:
+            items += list(synthetic_items(syn, self.seed, syn["refiner_cases"]))
+        trainer = RefinerTrainer if stage == "refiner" else RegionTrainer
+        cfg = self.cfg[stage]
+        return {stage: trainer(items, cfg, self.out_dir, self.seed, self.dev, self.autocast).fit()}
+
+    def fit_member(self, k: int) -> torch.nn.Module:
+        """The ensemble's k-th first stage (k >= 1): its own resumable run under
         ``out_dir/member<k>`` with seed ``seed + k`` (same cases, recipe and precision; no
-        refiner or regions of its own). Why: on held-out draws two first stages failed
-        different families (crop_lower 22 % in one run, 94 % in another), and their averaged
-        maps beat either (README, *Centroid-only training*)."""
-        members = {}
-        for k in range(1, int(self.cfg["ensemble"])):
-            cfg = {**self.cfg, "refiner": False, "regions": False, "ensemble": 1}
-            trainer = LocaliserTrainer(
-                self.train_items, self.val_items, self.out_dir / f"member{k}", cfg,
-                self.seed + k, str(self.dev), self.threads,
-            )  # fmt: skip
-            trainer.fit()
-            members[f"{MEMBER}{k}"] = trainer.model.eval()
-        return members
+        refiner or regions of its own). Why an ensemble: on held-out draws two first stages
+        failed different families (crop_lower 22 % in one run, 94 % in another), and their
+        averaged maps beat either (README, *Centroid-only training*)."""
+        cfg = {**self.cfg, "refiner": False, "regions": False, "ensemble": 1}
+        trainer = LocaliserTrainer(
+            self.train_items, self.val_items, self.out_dir / f"member{k}", cfg,
+            self.seed + k, str(self.dev), self.threads,
+        )  # fmt: skip
+        trainer.fit()
+        return trainer.model.eval()
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -629,11 +640,20 @@ def train_localiser(
     seed: int,
     device: str = "auto",
     threads: int | None = None,
-) -> Path:
+    stage: str | None = None,
+) -> Path | None:
     """Train a centroid localiser; writes ``out_dir/model.pt``, ``history.tsv``, ``loss.png``
     and ``checkpoints/last.pt`` (resumed on rerun). Items: ``{"case", "ct": path | sitk.Image,
-    "centroids": path | [{"label", "world" | x, y, z}]}``. Returns the model.pt path."""
-    return LocaliserTrainer(train_items, val_items, out_dir, config, seed, device, threads).fit()
+    "centroids": path | [{"label", "world" | x, y, z}]}``. Returns the model.pt path.
+
+    ``stage`` (one of :meth:`LocaliserTrainer.stages`): train only that stage, write nothing
+    else and return None; a later call without ``stage`` resumes the finished stages and
+    writes the package."""
+    trainer = LocaliserTrainer(train_items, val_items, out_dir, config, seed, device, threads)
+    if stage is None:
+        return trainer.fit()
+    trainer.fit_stage(stage)
+    return None
 
 
 __all__ = [

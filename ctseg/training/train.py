@@ -36,8 +36,13 @@ def train_experiment(
     seed: int,
     device: str = "auto",
     threads: int | None = None,
+    stage: str | None = None,
 ) -> None:
     """Train ``experiment`` and write ``model.pt``, ``history.tsv``, ``loss.png`` in ``out_dir``.
+
+    ``stage``: for a centroid localiser, train only that stage
+    (:func:`ctseg.localisation.training.localiser_stages`; the workflow's ``train_stage`` jobs);
+    other tasks have no stages.
 
     ``train_data``: ``{"cube": path}`` (volume tasks) or ``{"cases": [...]}`` (bone_drr);
     ``val_data``: ``{"cases": [...]}``. The experiment's keys and defaults are those of
@@ -55,9 +60,11 @@ def train_experiment(
 
         train_localiser(
             train_data.get("cases", []), val_data.get("cases", []), out_dir,
-            {"model": exp.model, **exp.localiser}, seed, device, threads,
+            {"model": exp.model, **exp.localiser}, seed, device, threads, stage,
         )  # fmt: skip
         return
+    if stage is not None:
+        raise ConfigError(f"experiment {exp.name or '?'}: stage {stage!r} needs task centroids")
     dev = resolve_device(device)
     args = (exp, train_data, val_data, out_dir)
     if in_process_group():  # launched by torchrun or a caller
