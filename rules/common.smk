@@ -674,6 +674,19 @@ def localiser_input(wildcards):
     return {"localiser": model_path(other)}
 
 
+def identify_input(wildcards):
+    """The centroids that name a vertebra experiment's levels in `predict` (identify_with):
+    its localiser's own scored prediction for the case, so the localiser runs once per case.
+    """
+    other = (
+        localiser_input(wildcards)
+        and EXPERIMENTS[wildcards.experiment]["identify_with"]
+    )
+    if not other:
+        return {}
+    return {"centroids": f"results/predictions/{other}/{wildcards.case}.centroids.json"}
+
+
 def segmented_cases():
     """Cases that get the standard outputs (labels, .seg.nrrd, centroids, statistics, QC):
     the test cases (QC next to the scores) and the unlabelled 'predict' cases."""

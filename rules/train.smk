@@ -75,7 +75,7 @@ use rule train as train_stage with:
 rule predict:
     input:
         predict_inputs,
-        unpack(localiser_input),
+        unpack(identify_input),
         model=model_input,
         code=code_of("predict"),
     output:

@@ -14,7 +14,7 @@ with job(snakemake.log[0], case=snakemake.wildcards.case):
         dict(snakemake.params.inputs),
         Path(snakemake.output[0]),
         device=snakemake.params.device,
-        localiser=Path(snakemake.input.localiser)
-        if "localiser" in snakemake.input.keys()
+        centroids=Path(snakemake.input.centroids)
+        if "centroids" in snakemake.input.keys()
         else None,
     )

@@ -206,6 +206,40 @@ def test_predict_output_has_exact_ct_geometry(tiny_model_pt, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["case.nii.gz"]
 
 
+def test_levels_named_by_a_centroids_file(tiny_model_pt, tmp_path):
+    """The workflow's predict names levels from the localiser's centroids JSON of the case:
+    every labelled voxel takes the label of its nearest listed centroid (world LPS mm); a
+    malformed file is an InputError naming it."""
+    import json
+
+    from ctseg.core.errors import InputError
+
+    path, _ = tiny_model_pt
+    hu = np.full((24, 10, 10), 400, np.int16)  # bone everywhere: the random net labels some
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing((4.0, 4.0, 4.0))
+    ct.SetOrigin((-20.0, -20.0, 0.0))
+    ct_path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(ct, str(ct_path))
+    top, bottom = (
+        {"label": 20, "x": 0.0, "y": 0.0, "z": 80.0},
+        {"label": 21, "x": 0, "y": 0, "z": 8},
+    )
+    ctd = tmp_path / "case.centroids.json"
+    ctd.write_text(json.dumps([top, bottom]))
+    out = tmp_path / "pred.nii.gz"
+    predict_case(path, {"ct": str(ct_path), "case": "x"}, out, device="cpu", centroids=ctd)
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert set(np.unique(lab).tolist()) - {0} == {20, 21}
+    z_mm = np.nonzero(lab)[0] * 4.0  # origin 0, identity direction: index z -> z mm
+    named = lab[np.nonzero(lab)]
+    assert (named[z_mm > 44.0] == 20).all() and (named[z_mm < 44.0] == 21).all()
+    bad = tmp_path / "bad.centroids.json"
+    bad.write_text('[{"label": 20}]')
+    with pytest.raises(InputError, match="bad.centroids.json"):
+        predict_case(path, {"ct": str(ct_path), "case": "x"}, out, device="cpu", centroids=bad)
+
+
 def test_decode_logits_foreground_first():
     # voxel 0: background 0.4 vs two vertebrae 0.3 + 0.3 -> foreground, the likelier vertebra
     # voxel 1: background 0.6 -> background; voxel 2: binary task = plain arg-max

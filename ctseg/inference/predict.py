@@ -249,11 +249,15 @@ def predict_case(
     device: str = "auto",
     tta_flip: bool | None = None,
     localiser: Path | None = None,
+    centroids: Path | None = None,
 ) -> None:
     """Predict one case and write the label NIfTI atomically.
 
     ``localiser``: a centroid-localiser package (task ``centroids``) whose identified centroids
-    name the vertebra levels (see :func:`predict_volume_with_evidence`).
+    name the vertebra levels (see :func:`predict_volume_with_evidence`); or ``centroids``: a
+    centroids JSON that localiser already wrote for this case (the workflow's
+    ``predict_centroids`` output, so the levels are named by exactly the scored centroids and
+    the localiser runs once per case).
 
     ``inputs``: ``{"ct": path}`` (vertebrae, metal) or ``{"drr": [paths]}`` (bone_drr);
     optional ``"case"`` for error messages.
@@ -273,10 +277,17 @@ def predict_case(
             raise InputError(
                 f"CT must be 3D, got {ct.GetDimension()}D", path=inputs["ct"], case=case
             )
-        centroids = None
-        if localiser is not None and meta["task"] == "vertebrae":
+        points = None
+        if centroids is not None and meta["task"] == "vertebrae":
+            from ctseg.localisation.geometry import read_centroids
+
+            points = [
+                {"label": c["label"], **dict(zip("xyz", c["world"], strict=True))}
+                for c in read_centroids(Path(centroids), case)
+            ]
+        elif localiser is not None and meta["task"] == "vertebrae":
             from ctseg.localisation.predict import predict_centroids
 
-            centroids = predict_centroids(Path(localiser), ct, device=device)
-        out = predict_volume(model, meta, ct, device=dev, tta_flip=tta_flip, centroids=centroids)
+            points = predict_centroids(Path(localiser), ct, device=device)
+        out = predict_volume(model, meta, ct, device=dev, tta_flip=tta_flip, centroids=points)
     _write(out, Path(out_path))
