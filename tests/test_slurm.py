@@ -311,7 +311,9 @@ def test_slurm_jobs_got_the_rules_resources(slurm_run):
     train_ids = [
         int(i) for i, c in (x.split("|") for x in out.split()) if c.startswith("rule_train_")
     ]
-    assert len(train_ids) == slurm_run["planned"]["train"]
+    # rule_train_ and rule_train_stage_: a localiser's stage jobs get the train resources too
+    planned = slurm_run["planned"]
+    assert len(train_ids) == planned["train"] + planned.get("train_stage", 0)
     for jid in train_ids:
         info = dict(re.findall(r"(\w+)=(\S+)", _run(["scontrol", "show", "job", str(jid)], env)))
         assert "gpu:1" in info.get("TresPerJob", "") + info.get("TresPerNode", ""), info
