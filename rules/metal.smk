@@ -15,8 +15,8 @@ rule metal:
         "results/logs/metal/{case}.log",
     benchmark:
         "results/benchmarks/metal/{case}.tsv"
-    # the longest job of a run is a training: the jobs on its path (metal -> cube, dataset ->
-    # train) go first, the localiser's stages next, the rest (DRRs, statistics) fill the cores
+    # the longest job of a run is a training: the jobs on its path (metal -> cube -> train)
+    # go first, the localiser's stages next, the rest (DRRs, statistics) fill the cores
     # (README, *The DAG*: scheduling)
     priority: 2
     conda:

@@ -8,7 +8,6 @@ rule dataset:
         "results/logs/dataset/{experiment}.log",
     benchmark:
         "results/benchmarks/dataset/{experiment}.tsv"
-    priority: 2
     conda:
         "../envs/io.yaml"
     threads: 1
