@@ -8,7 +8,6 @@ rule cube:
         "results/logs/cube/{cube}.log",
     benchmark:
         "results/benchmarks/cube/{cube}.tsv"
-    priority: 2
     conda:
         "../envs/torch.yaml"
     threads: 1

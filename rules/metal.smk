@@ -15,10 +15,6 @@ rule metal:
         "results/logs/metal/{case}.log",
     benchmark:
         "results/benchmarks/metal/{case}.tsv"
-    # the longest job of a run is a training: the jobs on its path (metal -> cube -> train)
-    # go first, the localiser's stages next, the rest (DRRs, statistics) fill the cores
-    # (README, *The DAG*: scheduling)
-    priority: 2
     conda:
         "../envs/io.yaml"
     threads: 1

@@ -39,7 +39,6 @@ rule train:
         "results/logs/train/{experiment}.log",
     benchmark:
         "results/benchmarks/train/{experiment}.tsv"
-    priority: 2
     conda:
         "../envs/torch.yaml"
     threads: TRAIN_RES.get("threads", 2)
