@@ -678,12 +678,9 @@ def identify_input(wildcards):
     """The centroids that name a vertebra experiment's levels in `predict` (identify_with):
     its localiser's own scored prediction for the case, so the localiser runs once per case.
     """
-    other = (
-        localiser_input(wildcards)
-        and EXPERIMENTS[wildcards.experiment]["identify_with"]
-    )
-    if not other:
+    if not localiser_input(wildcards):  # which also checks what identify_with names
         return {}
+    other = EXPERIMENTS[wildcards.experiment]["identify_with"]
     return {"centroids": f"results/predictions/{other}/{wildcards.case}.centroids.json"}
 
 

@@ -41,7 +41,7 @@ def train_experiment(
     """Train ``experiment`` and write ``model.pt``, ``history.tsv``, ``loss.png`` in ``out_dir``.
 
     ``stage``: for a centroid localiser, train only that stage
-    (:func:`ctseg.localisation.training.localiser_stages`; the workflow's ``train_stage`` jobs);
+    (:func:`ctseg.core.config.localiser_stages`; the workflow's ``train_stage`` jobs);
     other tasks have no stages.
 
     ``train_data``: ``{"cube": path}`` (volume tasks) or ``{"cases": [...]}`` (bone_drr);
