@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ctseg.core.labels import SPINE_ORDER
 from ctseg.formats.qc import anatomy_flags
 from ctseg.localisation import population_experiment as pe
-from ctseg.localisation.decode import SPINE_ORDER
 from ctseg.localisation.predict import load_localiser
 from ctseg.localisation.regions import anatomy_rows
 

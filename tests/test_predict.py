@@ -304,14 +304,38 @@ def test_labels_from_centroids_drop_pieces_that_never_reach_a_centroid():
     fg[10:14, 22:36, 18:22] = True  # a process attached to it, reaching 17 mm out
     fg[32:38, 18:22, 30:36] = True  # a separate blob: nearest voxel ~15 mm from z=20 centroid
     pts = np.array([[10.0, 20.0, 20.0], [20.0, 20.0, 20.0]])
-    out = labels_from_centroids(fg, pts, [9, 10], (1.0, 1.0, 1.0), 80.0, component_mm=12.0)
+    # end_guard None: the blob lies past the chain's end, where a guard would take it anyway
+    kw = {"end_guard": None}
+    out = labels_from_centroids(fg, pts, [9, 10], (1.0, 1.0, 1.0), 80.0, 12.0, **kw)
     assert out[5:25, 18:22, 18:22].all() and out[10:14, 22:36, 18:22].all()
     assert not out[32:38, 18:22, 30:36].any()
-    kept = labels_from_centroids(fg, pts, [9, 10], (1.0, 1.0, 1.0), 80.0, component_mm=None)
+    kept = labels_from_centroids(fg, pts, [9, 10], (1.0, 1.0, 1.0), 80.0, None, **kw)
     assert kept[32:38, 18:22, 30:36].all() and (kept[32:38, 18:22, 30:36] == 10).all()
     # the same blob, scaled by spacing: at 0.5 mm voxels it lies within 12 mm and is kept
-    half = labels_from_centroids(fg, pts, [9, 10], (0.5, 0.5, 0.5), 80.0, component_mm=12.0)
+    half = labels_from_centroids(fg, pts, [9, 10], (0.5, 0.5, 0.5), 80.0, 12.0, **kw)
     assert half[32:38, 18:22, 30:36].all()
+
+
+def test_labels_from_centroids_leave_the_cut_levels_past_the_chain_ends_unnamed():
+    """A column of bone with three named levels 20 mm apart (given out of order) and a cut
+    neighbour at each end: with the end guards the bone past the halfway point to the next
+    (unnamed) level stays background, at either end and along a tilted chain; the ghost
+    lies one local step on, so the cut follows the spine's direction."""
+    from ctseg.inference.postprocess import labels_from_centroids
+
+    fg = np.zeros((100, 12, 12), bool)
+    fg[:, 3:9, 3:9] = True  # bone from z 0 to 99 mm (1 mm voxels)
+    pts = np.array([[50.0, 6.0, 6.0], [30.0, 6.0, 6.0], [70.0, 6.0, 6.0]])
+    out = labels_from_centroids(fg, pts, [21, 20, 22], (1.0, 1.0, 1.0))
+    col = out[:, 6, 6]
+    # C1 first along the spine = label 20 at z 30: its ghost at z 10, L3 (22) at 70: ghost 90
+    assert (col[:20] == 0).all() and (col[21:40] == 20).all()
+    assert (col[41:60] == 21).all() and (col[61:80] == 22).all() and (col[81:] == 0).all()
+    unguarded = labels_from_centroids(fg, pts, [21, 20, 22], (1.0, 1.0, 1.0), end_guard=None)
+    assert (unguarded[:, 6, 6][:30] == 20).all() and (unguarded[:, 6, 6][75:] == 22).all()
+    # a lone centroid has no direction: no guard
+    one = labels_from_centroids(fg, pts[:1], [21], (1.0, 1.0, 1.0), max_distance_mm=200.0)
+    assert (one[fg] == 21).all()
 
 
 def test_a_foreground_model_takes_its_levels_from_the_centroids_only(tmp_path):
@@ -344,6 +368,36 @@ def test_a_foreground_model_takes_its_levels_from_the_centroids_only(tmp_path):
     assert pred.relabelled_fraction is None
     none = predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=[]).labels
     assert sitk.GetArrayFromImage(none).max() == 0
+
+
+def test_what_the_centroid_naming_removes_stays_removed_on_a_finer_ct_grid(tmp_path):
+    """The CT-grid decision (interpolated foreground probability, named by the nearest kept
+    working-grid id) must not bring back what the naming dropped: a foreground-everywhere
+    model on a 2 mm CT 200 mm long, two centroids near its top -> nothing labelled past the
+    lower guard (70 mm), on the 2 mm grid as on the 4 mm working grid. Before, every voxel
+    of the CT came back as the last level (the probability was 1 everywhere)."""
+    from ctseg.inference.predict import predict_volume_with_evidence
+
+    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2}
+    net = build_model(exp, 2)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([-5.0, 5.0]))  # foreground everywhere
+    path = tmp_path / "model.pt"
+    save_package(path, net, exp, make_plan(_plan(n_classes=2, class_ids=[0, 1]), exp))
+    model, plan = load_package(path)
+    ct = sitk.GetImageFromArray(np.zeros((100, 14, 14), np.int16))
+    ct.SetSpacing((2.0, 2.0, 2.0))  # z from 0 to 198 mm
+    cents = [
+        {"label": 20, "x": 13.0, "y": 13.0, "z": 10.0},
+        {"label": 21, "x": 13.0, "y": 13.0, "z": 50.0},
+    ]
+    lab = sitk.GetArrayFromImage(
+        predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=cents).labels
+    )
+    z, core = np.arange(100) * 2.0, lab[:, 2:-2, 2:-2]  # away from the image's x/y rim
+    assert (core[z < 28] == 20).all() and (core[(z > 32) & (z < 68)] == 21).all()
+    assert not lab[z > 74].any()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,15 @@ VERSE_NAMES: dict[int, str] = {
 }
 VERSE_IDS: dict[str, int] = {name: label for label, name in VERSE_NAMES.items()}
 
+#: VerSe ids in anatomical order, head to feet (T13 between T12 and L1, L6 after L5).
+SPINE_ORDER: tuple[int, ...] = (*range(1, 20), 28, *range(20, 25), 25, 26)
+_RANK = {label: n for n, label in enumerate(SPINE_ORDER)}
+
+
+def spine_rank(label: int) -> int:
+    """Position of a VerSe id along the spine, cranial first (unknown ids sort last)."""
+    return _RANK.get(int(label), 1000 + int(label))
+
 
 def label_name(label: int) -> str:
     """VerSe name of a label id, or the id as text for ids VerSe does not name."""

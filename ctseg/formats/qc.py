@@ -43,9 +43,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.core.labels import VERSE_NAMES
+from ctseg.core.labels import VERSE_NAMES, spine_rank
 from ctseg.formats.grid import index_to_world, label_array
-from ctseg.formats.vertebra_stats import spine_rank, vertebra_statistics
+from ctseg.formats.vertebra_stats import vertebra_statistics
 
 #: Levels that a normal spine may lack without a gap: T13 (28) and L6 (25).
 OPTIONAL_LEVELS = frozenset({25, 28})

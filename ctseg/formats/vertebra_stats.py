@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ctseg.core.atomic import write_text
-from ctseg.core.labels import VERSE_NAMES
+from ctseg.core.labels import VERSE_NAMES, spine_rank
 from ctseg.core.tsvio import write_tsv
 from ctseg.formats.grid import axcodes, direction_matrix, index_to_world, label_array
 
@@ -43,15 +43,6 @@ _OPP = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
 #: Anterior share of a level's antero-posterior extent taken as its vertebral body.
 BODY_FRACTION = 0.4
-
-#: Spine order of the VerSe ids (T13 between T12 and L1, L6 before the sacrum).
-SPINE_ORDER: list[int] = [*range(1, 20), 28, *range(20, 27)]
-_RANK = {label: n for n, label in enumerate(SPINE_ORDER)}
-
-
-def spine_rank(label: int) -> int:
-    """Position of a VerSe id along the spine, cranial first (unknown ids sort last)."""
-    return _RANK.get(int(label), 1000 + int(label))
 
 
 def _faces(img: sitk.Image) -> list[tuple[str, str]]:

@@ -215,7 +215,10 @@ def predict_volume_with_evidence(
         fg = raw > 0
         relabelled = float((ids[fg] != raw[fg]).mean()) if fg.any() else 0.0
     probs = torch.softmax(torch.from_numpy(np.ascontiguousarray(logits)), dim=0).numpy()
-    fg_prob = 1.0 - probs[0]
+    # what post-processing took away (a rib or the skull the network called bone, a piece far
+    # from every centroid) must stay away on the CT grid, where labels_onto_grid re-decides
+    # the foreground from the interpolated probability and names it by the nearest kept id
+    fg_prob = np.where((raw > 0) & (ids == 0), 0.0, 1.0 - probs[0])
     conf = {}
     if (ids > 0).any():
         p = probs[:, ids > 0]

@@ -26,11 +26,9 @@ from itertools import product
 
 import numpy as np
 
-from ctseg.core.labels import VERSE_IDS, VERSE_NAMES
+from ctseg.core.labels import SPINE_ORDER, VERSE_IDS, VERSE_NAMES
 from ctseg.inference.postprocess import assign_increasing_ids
 
-#: VerSe ids in anatomical order, head to feet (T13 between T12 and L1, L6 after L5).
-SPINE_ORDER: tuple[int, ...] = (*range(1, 20), 28, *range(20, 25), 25, 26)
 #: Levels that exist only in transitional anatomy.
 OPTIONAL_LEVELS: tuple[int, ...] = (28, 25)
 
