@@ -427,3 +427,46 @@ def test_working_image_matches_resample_to_spacing(shape, spacing, new):
     assert got.GetDirection() == ref.GetDirection()
     a, b = sitk.GetArrayFromImage(ref), sitk.GetArrayFromImage(got)
     np.testing.assert_allclose(b, a, atol=2e-4 * np.abs(a).max())
+
+
+def test_predict_spacing_sets_the_grid_a_volume_model_segments_on(tmp_path, monkeypatch):
+    """An experiment's ``predict_spacing_mm`` goes into the plan and prediction segments on
+    that grid (a 64 mm CT at 4 mm: 16 working voxels along z at the training spacing, 32 at
+    2 mm); the labels still land on the CT's own grid. Invalid values fail by key."""
+    import ctseg.inference.predict as pred_mod
+    from ctseg.core.config import ExperimentConfig
+    from ctseg.core.errors import ConfigError
+    from ctseg.inference.predict import inference_spacing, predict_volume_with_evidence
+
+    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2}
+    net = build_model(exp, 2)
+    seen = []
+
+    def fake_logits(model, meta, image, *, device, tta):
+        seen.append(image.shape)
+        out = np.zeros((2, *image.shape), np.float32)
+        out[1] = 5.0  # foreground everywhere
+        return out
+
+    monkeypatch.setattr(pred_mod, "working_grid_logits", fake_logits)
+    ct = sitk.GetImageFromArray(np.zeros((16, 8, 8), np.int16))
+    ct.SetSpacing((4.0, 4.0, 4.0))
+    cents = [
+        {"label": 20, "x": 14.0, "y": 14.0, "z": 10.0},
+        {"label": 21, "x": 14, "y": 14, "z": 50},
+    ]
+    for spacing, z_voxels in ((None, 16), ([2.0, 2.0, 2.0], 32)):
+        e = {**exp, "predict_spacing_mm": spacing} if spacing else exp
+        plan = make_plan(_plan(n_classes=2, class_ids=[0, 1], classes="foreground"), e)
+        assert inference_spacing(plan) == (spacing or [4.0, 4.0, 4.0])
+        path = tmp_path / f"model{z_voxels}.pt"
+        save_package(path, net, e, plan)
+        model, loaded = load_package(path)
+        out = predict_volume_with_evidence(model, loaded, ct, device="cpu", centroids=cents)
+        assert seen[-1][0] == z_voxels
+        assert out.labels.GetSize() == ct.GetSize() and out.labels.GetSpacing() == ct.GetSpacing()
+        assert sitk.GetArrayFromImage(out.labels)[2:5, 2:-2, 2:-2].min() == 20
+    with pytest.raises(ConfigError, match="predict_spacing_mm"):
+        ExperimentConfig.from_dict({**exp, "predict_spacing_mm": [3.6, 0.0, 3.6]}, "v")
+    keyed = ExperimentConfig.from_dict({**exp, "predict_spacing_mm": [3.6, 3.6, 3.6]}, "v")
+    assert "predict_spacing_mm" not in keyed.training_identity()  # no retraining for it

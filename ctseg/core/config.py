@@ -136,6 +136,10 @@ class ExperimentConfig:
     val_every: int = 1
     num_workers: int = 0
     tta_flip: bool = False
+    #: volume models: the grid prediction segments on (x, y, z mm), finer than the cube's
+    #: within its scale augmentation (ctseg.inference.predict.inference_spacing); None: the
+    #: cube's spacing
+    predict_spacing_mm: tuple[float, ...] | None = None
     #: bf16 autocast for the training forward pass on a CPU with native bf16 (CUDA always
     #: uses it); other CPUs train in float32 (ctseg.training.precision)
     cpu_bf16: bool = False
@@ -197,6 +201,10 @@ class ExperimentConfig:
             bad("lr", "must be > 0")
         if not 0.0 <= self.pos_slice_prob <= 1.0:
             bad("pos_slice_prob", "must lie in [0, 1]")
+        if self.predict_spacing_mm is not None and (
+            len(self.predict_spacing_mm) != 3 or min(self.predict_spacing_mm) <= 0
+        ):
+            bad("predict_spacing_mm", "three positive numbers (x, y, z mm)")
         if len(self.loss_weights) != 2:
             bad("loss_weights", "must be [dice, cross-entropy]")
         if self.classes not in ("levels", "foreground"):
@@ -262,7 +270,7 @@ class ExperimentConfig:
         workers, threads, device, name) does not: the plan fixes every random choice."""
         ignore = {"world_size", "dist_backend", "num_workers", "threads", "device", "name"}
         ignore |= {"localiser"}
-        ignore |= {"tta_flip", "postprocess"}  # inference-time settings
+        ignore |= {"tta_flip", "postprocess", "predict_spacing_mm"}  # inference-time settings
         return {k: v for k, v in self.to_dict().items() if k not in ignore}
 
 

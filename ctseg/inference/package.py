@@ -58,6 +58,8 @@ def make_plan(meta: dict, experiment: dict, extra: dict | None = None) -> dict:
         plan["class_names"] = {"1": "vertebra"}
     plan["postprocess"] = bool(experiment.get("postprocess", True))
     plan["tta_flip"] = bool(experiment.get("tta_flip", False))
+    if experiment.get("predict_spacing_mm"):
+        plan["predict_spacing_mm"] = [float(s) for s in experiment["predict_spacing_mm"]]
     plan["config_hash"] = config_hash(experiment)
     plan["ctseg_version"] = __version__
     plan["format"] = PACKAGE_FORMAT

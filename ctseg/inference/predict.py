@@ -162,6 +162,16 @@ class VolumePrediction:
     relabelled_fraction: float | None = None
 
 
+def inference_spacing(meta: dict) -> list[float]:
+    """The grid a volume model segments on: the plan's ``predict_spacing_mm`` where the
+    experiment set one, else its training spacing. Why finer: the probability is interpolated
+    onto the CT grid, and a 4 mm map blurs thin bone (laminae, processes); a network trained
+    with scale augmentation (+-25 %) reads bone at 3.6 mm as a larger body. Measured on one
+    run's six test draws, vert3d / vert2d foreground Dice at 4.0 mm 0.865 / 0.882, at 3.6 mm
+    0.880 / 0.903; 3.2 mm (the edge of the augmentation) 0.851 (README)."""
+    return [float(s) for s in (meta.get("predict_spacing_mm") or meta["spacing_mm"])]
+
+
 def predict_volume_with_evidence(
     model: torch.nn.Module,
     meta: dict,
@@ -189,7 +199,9 @@ def predict_volume_with_evidence(
     tta = bool(exp.get("tta_flip", False)) if tta_flip is None else tta_flip
     canon = to_canonical(ct)
     # resample_to_spacing (anti-aliased, linear), computed at the working samples only
-    ct_r = working_image(sitk.Cast(canon, sitk.sitkFloat32), meta["spacing_mm"], default=-1000.0)
+    ct_r = working_image(
+        sitk.Cast(canon, sitk.sitkFloat32), inference_spacing(meta), default=-1000.0
+    )
     image = hu_to_float(sitk.GetArrayFromImage(ct_r), meta["hu_window"])
     logits = working_grid_logits(model, meta, image, device=device, tta=tta)
     raw = classes_to_ids(decode_logits(logits), meta["class_ids"])
