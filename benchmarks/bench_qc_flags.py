@@ -111,6 +111,9 @@ def model_predictions(args: argparse.Namespace) -> None:
             f"level Dice {lvl:.3f} levels {qc['measures']['levels']} flags {flags}",
             flush=True,
         )
+        if args.details:
+            for f in qc["flags"]:
+                print(f"    {f['name']}: {f['reason']}", flush=True)
     for good in (True, False):
         hits = [(f, a) for g, f, a in rows if g == good]
         what = f"good (level Dice >= {args.good})" if good else "bad"
@@ -127,6 +130,7 @@ def main() -> None:
     ap.add_argument("--localiser", default=None, help="its centroid localiser (foreground models)")
     ap.add_argument("--extra", type=int, default=12, help="in-distribution draws beyond ph23-ph28")
     ap.add_argument("--good", type=float, default=0.9, help="level Dice of a good prediction")
+    ap.add_argument("--details", action="store_true", help="print each flag's reason")
     args = ap.parse_args()
     if args.model:
         model_predictions(args)
