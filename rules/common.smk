@@ -506,7 +506,17 @@ def cube_cases(cube):
 
 
 def cube_items(wildcards):
-    return [case_item(c) for c in cube_cases(wildcards.cube)]
+    """What a cube reads of each case: the CT and its task's truth only. Why: with every
+    item key an input, the vertebra cube waited for all the metal jobs and a metal setting
+    rebuilt it and retrained the vertebra models."""
+    truth = (
+        own_module("ctseg.core.tasks").get_task(CUBES[wildcards.cube]["task"]).truth_key
+    )
+    keep = ("case", "ct", truth)
+    return [
+        {k: v for k, v in case_item(c).items() if k in keep}
+        for c in cube_cases(wildcards.cube)
+    ]
 
 
 def cube_inputs(wildcards):

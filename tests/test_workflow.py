@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -302,6 +304,31 @@ def tiny_run(tmp_path_factory) -> Path:
         tail = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in logs if p.stat().st_size)
         pytest.fail(f"tiny workflow failed:\n{proc.stderr[-4000:]}\n{tail[-6000:]}")
     return work
+
+
+@pytest.mark.slow
+def test_a_metal_setting_reruns_the_metal_chain_and_not_the_vertebra_models(tiny_run, tmp_path):
+    """The vertebra cube reads each case's CT and labels, not its metal mask: a changed metal
+    threshold replans the metal jobs, the metal cube and metal2d, and leaves the vertebra
+    cube and vert3d alone (before, the vertebra cube took every item file as input)."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["metal"]["threshold_hu"] = 2500
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = snakemake("-n", "--configfile", "config.yaml", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    jobs, rule = set(), None
+    for line in out.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            rule = m.group(1)
+        elif rule and line.strip().startswith("wildcards:"):
+            jobs.add((rule, line.split(":", 1)[1].strip()))
+    assert ("cube", "cube=metal") in jobs and ("train", "experiment=metal2d") in jobs
+    assert ("cube", "cube=vert") not in jobs
+    assert not {j for j in jobs if j[0] in ("train", "predict") and "vert3d" in j[1]}
 
 
 @pytest.mark.slow
