@@ -505,18 +505,17 @@ def cube_cases(cube):
     return cases_in("train")
 
 
+def task_item(case, task):
+    """What a volume task reads of a case: the CT and the task's truth only. Why: with every
+    item key an input, the vertebra cube and the vertebra models' validation waited for all
+    the metal jobs, and a metal setting retrained the vertebra models."""
+    truth = own_module("ctseg.core.tasks").get_task(task).truth_key
+    return {k: v for k, v in case_item(case).items() if k in ("case", "ct", truth)}
+
+
 def cube_items(wildcards):
-    """What a cube reads of each case: the CT and its task's truth only. Why: with every
-    item key an input, the vertebra cube waited for all the metal jobs and a metal setting
-    rebuilt it and retrained the vertebra models."""
-    truth = (
-        own_module("ctseg.core.tasks").get_task(CUBES[wildcards.cube]["task"]).truth_key
-    )
-    keep = ("case", "ct", truth)
-    return [
-        {k: v for k, v in case_item(c).items() if k in keep}
-        for c in cube_cases(wildcards.cube)
-    ]
+    task = CUBES[wildcards.cube]["task"]
+    return [task_item(c, task) for c in cube_cases(wildcards.cube)]
 
 
 def cube_inputs(wildcards):
@@ -567,12 +566,12 @@ def localiser_stage_files(wildcards):
 
 def val_data(wildcards):
     name = wildcards.experiment
-    item = (
-        drr_item
-        if _is_drr(name)
-        else centroid_item if _is_centroids(name) else case_item
-    )
-    return {"cases": [item(c) for c in cases_in("val")]}
+    if _is_drr(name):
+        return {"cases": [drr_item(c) for c in cases_in("val")]}
+    if _is_centroids(name):
+        return {"cases": [centroid_item(c) for c in cases_in("val")]}
+    task = EXPERIMENTS[name]["task"]
+    return {"cases": [task_item(c, task) for c in cases_in("val")]}
 
 
 def train_inputs(wildcards):
