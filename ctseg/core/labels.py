@@ -17,6 +17,7 @@ VERSE_NAMES: dict[int, str] = {
     28: "T13",
 }
 VERSE_IDS: dict[str, int] = {name: label for label, name in VERSE_NAMES.items()}
+SACRUM: int = VERSE_IDS["sacrum"]
 
 #: VerSe ids in anatomical order, head to feet (T13 between T12 and L1, L6 after L5).
 SPINE_ORDER: tuple[int, ...] = (*range(1, 20), 28, *range(20, 25), 25, 26)

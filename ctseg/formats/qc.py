@@ -21,11 +21,6 @@ and statistically plausible, and whether the network itself was sure:
 - ``centroid_offset``: a level's centroid off the line through its two neighbours' by more
   than 0.35 median steps (a spine bends smoothly: on 40 population draws' truth at most 0.32,
   in lumbar lordosis; an arch given to the next level shifts both centroids off it);
-
-The sacrum is another bone: its volume (about twice an L5's) and its centroid's distance
-below L5 (1.6-1.9 lumbar steps) are not held against the lumbar levels' (on 30 population
-draws the truth itself was flagged 13 times for them; since: once, at 0.32 offset before
-the threshold moved to 0.35).
 - ``low_confidence``: mean max-probability inside the prediction below 0.75, or mean
   normalised entropy above 0.35 (needs the class probabilities);
 - ``relabelled``: the fraction of foreground voxels whose arg-max label the along-spine
@@ -35,6 +30,10 @@ the threshold moved to 0.35).
   probability >= 0.8 while giving its label's part <= 0.1: the vertebra called L1 carries the
   last ribs, the one called L4 sits on the sacrum -- the off-by-N naming that the checks above
   cannot see (needs a localiser with a region network).
+
+The sacrum is another bone: its volume (about twice an L5's) and its centroid's distance below
+L5 (1.6-1.9 lumbar steps) are not held against the lumbar levels' (the population's own truth
+was flagged in 13 of 30 draws for them and for the two rules above; with these rules, 0 of 30).
 
 Each flag names the levels concerned and the measured value; ``trusted`` is true when no flag
 is raised. Thresholds live in :class:`QCThresholds` and can be overridden.
@@ -49,13 +48,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctseg.core.labels import VERSE_NAMES, spine_rank
+from ctseg.core.labels import SACRUM, VERSE_NAMES, spine_rank
 from ctseg.formats.grid import index_to_world, label_array
 from ctseg.formats.vertebra_stats import vertebra_statistics
 
 #: Levels that a normal spine may lack without a gap: T13 (28) and L6 (25).
 OPTIONAL_LEVELS = frozenset({25, 28})
-SACRUM = 26
 #: Standard sequence C1..L5, sacrum (optional levels excluded).
 STANDARD_SEQUENCE: list[int] = [*range(1, 25), 26]
 
@@ -155,8 +153,7 @@ def _fragment_fraction(
     reach = join_voxels * max(spacing_zyx)
     near = np.full(n + 1, np.inf)
     np.minimum.at(near, comp[mask], dist[mask])
-    far = sum(int(sizes[k - 1]) for k in range(1, n + 1) if near[k] > reach)
-    return float(far / sizes.sum())
+    return float(sizes[near[1:] > reach].sum() / sizes.sum())
 
 
 def superior_extent_mm(img: sitk.Image) -> float:
