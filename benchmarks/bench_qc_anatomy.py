@@ -1,4 +1,5 @@
-"""The QC's ``anatomy`` check on whole spines named N levels off, against the true naming.
+"""The QC's ``anatomy`` and ``unanchored`` checks on whole spines named N levels off, against
+the true naming.
 
 A spine named one level off is consecutive, evenly spaced and plausibly sized, so the
 plausibility flags of ``ctseg.formats.qc`` pass it (0 of 50 in ``bench_qc_flags.py``). The
@@ -6,7 +7,8 @@ plausibility flags of ``ctseg.formats.qc`` pass it (0 of 50 in ``bench_qc_flags.
 This benchmark takes held-out draws of every robustness family (the seeds and cache of
 ``ctseg.localisation.population_experiment``, never in a case sheet), names each draw's true
 centroids correctly and shifted by -2, -1, +1 and +2 levels along the spine (levels shifted
-past C1 or the sacrum are dropped), and prints per shift how many draws the flag catches.
+past C1 or the sacrum are dropped), and prints per shift how many draws each flag catches
+(``unanchored``: no anchor level -- C1, C2, C7, T1, T11, T12, L5, sacrum -- looks like itself).
 
     .venv/bin/python benchmarks/bench_qc_anatomy.py --localiser results/models/centroids/model.pt \
         [--cache /tmp/pexp/cache] [--per-family 3]
@@ -55,7 +57,9 @@ def main() -> None:
     fam_cfg = {**base["phantom"], "families": {"in_distribution": {}, **rob["phantom"]["families"]}}
     loc = load_localiser(args.localiser, "cpu")
     shifts = (0, -2, -1, 1, 2)
+    kinds = ("anatomy", "unanchored")
     flagged = {s: 0 for s in shifts}
+    by_kind = {(s, k): 0 for s in shifts for k in kinds}
     n = 0
     for k, fam in enumerate(fam_cfg["families"]):
         for j in range(args.per_family):
@@ -65,13 +69,16 @@ def main() -> None:
             row = []
             for s in shifts:
                 rows = anatomy_rows(loc, it["ct"], shifted(it["centroids"], s))
-                hit = bool(anatomy_flags(rows))
-                flagged[s] += hit
-                row.append("F" if hit else ".")
-            print(f"{it['case']:<22} {' '.join(row)}", flush=True)
-    print(f"\n{n} draws; flagged by the anatomy check (shift 0 = the true naming):")
+                got = {f["name"] for f in anatomy_flags(rows)}
+                flagged[s] += bool(got)
+                for name in got:
+                    by_kind[s, name] += 1
+                row.append("".join(x[0].upper() for x in kinds if x in got) or ".")
+            print(f"{it['case']:<22} {' '.join(f'{c:2s}' for c in row)}", flush=True)
+    print(f"\n{n} draws; flagged (A anatomy, U unanchored; shift 0 = the true naming):")
     for s in shifts:
-        print(f"  shift {s:+d}: {flagged[s]:3d} / {n} ({100 * flagged[s] / n:.0f} %)")
+        each = ", ".join(f"{x} {by_kind[s, x]}" for x in kinds)
+        print(f"  shift {s:+d}: {flagged[s]:3d} / {n} ({100 * flagged[s] / n:.0f} %; {each})")
 
 
 if __name__ == "__main__":

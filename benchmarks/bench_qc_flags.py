@@ -105,7 +105,7 @@ def model_predictions(args: argparse.Namespace) -> None:
             anatomy=anatomy,
         )
         flags = sorted({f["name"] for f in qc["flags"]})
-        rows.append((lvl >= args.good, bool(flags), "anatomy" in flags))
+        rows.append((lvl >= args.good, set(flags)))
         print(
             f"{name:7s} {fam or 'in-distribution':15s} foreground Dice {dice(p > 0, t > 0):.3f} "
             f"level Dice {lvl:.3f} levels {qc['measures']['levels']} flags {flags}",
@@ -115,11 +115,13 @@ def model_predictions(args: argparse.Namespace) -> None:
             for f in qc["flags"]:
                 print(f"    {f['name']}: {f['reason']}", flush=True)
     for good in (True, False):
-        hits = [(f, a) for g, f, a in rows if g == good]
+        hits = [f for g, f in rows if g == good]
         what = f"good (level Dice >= {args.good})" if good else "bad"
+        naming = ("anatomy", "unanchored")
         print(
-            f"{what}: {sum(f for f, _ in hits)}/{len(hits)} flagged, "
-            f"{sum(a for _, a in hits)}/{len(hits)} by the anatomy check"
+            f"{what}: {sum(bool(f) for f in hits)}/{len(hits)} flagged, "
+            + ", ".join(f"{sum(k in f for f in hits)} by {k}" for k in naming)
+            + f", {sum(bool(f - set(naming)) for f in hits)} by the others"
         )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ctseg.formats.qc import QCThresholds, confidence, quality_flags
+from ctseg.formats.qc import QCThresholds, anatomy_flags, confidence, quality_flags
 
 SPACING = (2.0, 2.0, 2.0)
 #: L1..L5 as 40 x 30 x 24 mm boxes (28.8 ml), discs 8 mm, L1 on top (superior = +k)
@@ -228,16 +228,53 @@ def test_anatomy_rows_flag_a_spine_named_one_level_off():
         {"label": 23, "expected": "L1-L4", "seen": "L5", "p_seen": 0.7, "p_expected": 0.25},
     ]
     qc = quality_flags(image(spine()), anatomy=rows)
-    assert names(qc) == ["anatomy"] and qc["trusted"] is False
+    # T12 is an anchor not seen at its level: the naming is also unconfirmed
+    assert names(qc) == ["anatomy", "unanchored"] and qc["trusted"] is False
     flag = qc["flags"][0]
     assert flag["levels"] == ["T12"] and flag["value"] == pytest.approx(0.93)
     assert "T12 looks like L1-L4 (p 0.93)" in flag["reason"]
     assert qc["measures"]["anatomy"] == rows
-    good = [{"label": 20, "expected": "L1-L4", "seen": "L1-L4", "p_seen": 0.9, "p_expected": 0.9}]
+    good = [
+        {"label": 20, "expected": "L1-L4", "seen": "L1-L4", "p_seen": 0.9, "p_expected": 0.9},
+        {"label": 24, "expected": "L5", "seen": "L5", "p_seen": 0.8, "p_expected": 0.8},
+    ]
     assert quality_flags(image(spine()), anatomy=good)["flags"] == []
     strict = quality_flags(image(spine()), anatomy=rows, thresholds={"anatomy_min_seen": 0.6,
                            "anatomy_max_expected": 0.3})  # fmt: skip
     assert strict["flags"][0]["levels"] == ["T12", "L4"]
+
+
+def row(label, expected, p_expected, seen=None, p_seen=None):
+    return {
+        "label": label,
+        "expected": expected,
+        "seen": seen or expected,
+        "p_seen": p_expected if p_seen is None else p_seen,
+        "p_expected": p_expected,
+    }
+
+
+def test_a_naming_no_anchor_confirms_is_unanchored():
+    """T3-T8 (all "T2-T10" to the region network) named right or one level off look the
+    same: no anchor in view, so the naming is not trusted. With T11 / T12 in view, the
+    naming is confirmed when one of them looks like itself (p >= 0.5) and flagged when none
+    does; the flag names the anchor levels and carries the best anchor probability."""
+    mid = [row(v, "T2-T10", 0.95) for v in range(10, 16)]
+    (flag,) = anatomy_flags(mid)
+    assert flag["name"] == "unanchored" and flag["levels"] == [] and flag["value"] == 0.0
+    assert "no level in view is one that its anatomy names alone" in flag["reason"]
+    lower = [row(v, "T2-T10", 0.9) for v in (15, 16, 17)]
+    confirmed = lower + [row(18, "T11", 0.62), row(19, "T12", 0.4, "T11", 0.55)]
+    assert anatomy_flags(confirmed) == []
+    # the same view named one level down: the vertebra called T12 looks like T11 (p 0.62)
+    # and the one called L1 like T12; neither anchor confirmed -> unanchored, not anatomy
+    shifted = lower + [row(18, "T11", 0.3, "T2-T10", 0.6), row(19, "T12", 0.2, "T11", 0.62)]
+    (flag,) = anatomy_flags(shifted)
+    assert flag["name"] == "unanchored" and flag["levels"] == ["T11", "T12"]
+    assert flag["value"] == pytest.approx(0.3)
+    assert "best: T11 as T11, p 0.30 < 0.5" in flag["reason"]
+    assert anatomy_flags(shifted, QCThresholds(anchor_min_p=0.25)) == []
+    assert anatomy_flags([]) == []  # no region network: no verdict either way
 
 
 def test_the_sacrum_is_not_judged_as_a_lumbar_level():

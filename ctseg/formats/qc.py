@@ -29,7 +29,13 @@ and statistically plausible, and whether the network itself was sure:
   (:func:`ctseg.localisation.regions.anatomy_rows`) sees as another part of the spine with
   probability >= 0.8 while giving its label's part <= 0.1: the vertebra called L1 carries the
   last ribs, the one called L4 sits on the sacrum -- the off-by-N naming that the checks above
-  cannot see (needs a localiser with a region network).
+  cannot see (needs a localiser with a region network);
+- ``unanchored``: no labelled level that an anchor class names alone (C1, C2, C7, T1, T11,
+  T12, L5, the sacrum: :data:`ANCHOR_CLASSES`) looks like that class with probability >= 0.5
+  to the same network. A run of thoracic levels with no first or last rib pair in view
+  (T3-T8) is counted from the field of view's edge alone, and named one level off it is as
+  consecutive, evenly spaced and plausibly sized as named right: nothing above can tell, so
+  a naming no anatomy confirms is not trusted (needs a localiser with a region network).
 
 The sacrum is another bone: its volume (about twice an L5's) and its centroid's distance below
 L5 (1.6-1.9 lumbar steps) are not held against the lumbar levels' (the population's own truth
@@ -56,6 +62,10 @@ from ctseg.formats.vertebra_stats import vertebra_statistics
 OPTIONAL_LEVELS = frozenset({25, 28})
 #: Standard sequence C1..L5, sacrum (optional levels excluded).
 STANDARD_SEQUENCE: list[int] = [*range(1, 25), 26]
+
+#: Region-network classes that hold one level each (or the sacrum): seen at its labelled
+#: level, one of them fixes the count of the whole chain. C3-C6, T2-T10 and L1-L4 do not.
+ANCHOR_CLASSES = ("C1", "C2", "C7", "T1", "T11", "T12", "L5", "sacrum")
 
 #: Plausible volume range in ml per region (adult vertebrae, including posterior elements,
 #: with wide margins for children, elderly and partial segmentations of the arch).
@@ -94,6 +104,7 @@ class QCThresholds:
     max_relabelled_fraction: float = 0.15
     anatomy_min_seen: float = 0.8
     anatomy_max_expected: float = 0.1
+    anchor_min_p: float = 0.5
 
     @classmethod
     def from_dict(cls, d: dict | None) -> QCThresholds:
@@ -445,8 +456,8 @@ def quality_flags(
 
 
 def anatomy_flags(rows: list[dict], th: QCThresholds | None = None) -> list[dict]:
-    """The ``anatomy`` flag (module docstring) from region-network rows ``[{"label",
-    "expected", "seen", "p_seen", "p_expected"}]``; at most one flag naming every such level."""
+    """The ``anatomy`` and ``unanchored`` flags (module docstring) from region-network rows
+    ``[{"label", "expected", "seen", "p_seen", "p_expected"}]``; at most one of each."""
     th = th or QCThresholds()
     bad = [
         r
@@ -455,18 +466,39 @@ def anatomy_flags(rows: list[dict], th: QCThresholds | None = None) -> list[dict
         and r["p_seen"] >= th.anatomy_min_seen
         and r["p_expected"] <= th.anatomy_max_expected
     ]
-    if not bad:
-        return []
+    out = [] if not bad else [_anatomy_disagrees(bad)]
+    anchors = [r for r in rows if r["expected"] in ANCHOR_CLASSES]
+    if rows and not any(r["p_expected"] >= th.anchor_min_p for r in anchors):
+        if anchors:
+            best = max(anchors, key=lambda r: r["p_expected"])
+            why = (
+                f"no level called {', '.join(sorted({r['expected'] for r in anchors}))} looks "
+                f"like it (best: {VERSE_NAMES.get(best['label'], best['label'])} as "
+                f"{best['expected']}, p {best['p_expected']:.2f} < {th.anchor_min_p})"
+            )
+        else:
+            why = "no level in view is one that its anatomy names alone"
+        out.append(
+            _flag(
+                "unanchored",
+                f"no anatomical anchor confirms the naming: {why}; the levels are counted "
+                "from the field of view alone and may all be off by one or more",
+                [r["label"] for r in anchors],
+                value=max((r["p_expected"] for r in anchors), default=0.0),
+            )
+        )
+    return out
+
+
+def _anatomy_disagrees(bad: list[dict]) -> dict:
     what = "; ".join(
         f"{VERSE_NAMES.get(r['label'], r['label'])} looks like {r['seen']} (p {r['p_seen']:.2f}), "
         f"not {r['expected']} (p {r['p_expected']:.2f})"
         for r in bad
     )
-    return [
-        _flag(
-            "anatomy",
-            f"the anatomy disagrees with the naming: {what}",
-            [r["label"] for r in bad],
-            value=max(r["p_seen"] for r in bad),
-        )
-    ]
+    return _flag(
+        "anatomy",
+        f"the anatomy disagrees with the naming: {what}",
+        [r["label"] for r in bad],
+        value=max(r["p_seen"] for r in bad),
+    )
