@@ -31,7 +31,7 @@ from ctseg.localisation.heatmaps import (
     refine_peak,
 )
 from ctseg.localisation.identify import identification_scores, identification_table
-from ctseg.localisation.predict import decode_centroids
+from ctseg.localisation.predict import decode_centroids, on_the_column
 from ctseg.localisation.training import resolve_config, weighted_bce
 
 SP = (4.0, 4.0, 4.0)
@@ -730,3 +730,16 @@ def test_stages_trained_apart_in_any_order_package_like_one_run(tmp_path):
             assert torch.equal(va, vb), k
     history = (tmp_path / "b" / "history.tsv").read_text().splitlines()
     assert len(history) == 2  # the first stage's one epoch, not retrained by the packaging call
+
+
+def test_points_off_the_column_are_dropped():
+    """A chain T12-L4 bending 30 mm sideways (scoliosis) keeps every point; two femoral-head
+    detections 110 mm either side of the midline (a default-run case, named L5 / L6) go, and
+    so does one farther than a stricter bound."""
+    chain = [[30.0 * np.sin(k / 2), 40.0, -40.0 * k] for k in range(6)]
+    heads = [[110.0, 0.0, -300.0], [-112.0, 0.0, -295.0]]
+    keep = on_the_column(chain + heads)
+    assert keep.tolist() == [True] * 6 + [False, False]
+    # x = 0, 14.4, 25.2, 29.9, 27.3, 17.9 mm, median 21.6: the first is 21.6 mm out
+    assert on_the_column(chain, 20.0).tolist() == [False] + [True] * 5
+    assert on_the_column([[500.0, 0.0, 0.0]]).tolist() == [True]  # one point: no reference

@@ -181,6 +181,22 @@ def level_votes(heatmaps: np.ndarray, work: sitk.Image, worlds: list, meta: dict
     )
 
 
+#: A point farther than this from the chain's median left-right (LPS x) position is not on
+#: the spine: the column bends sideways by at most the population's 30 mm scoliosis (39 mm at
+#: body scale 1.3), and the femoral heads, where the refiner fired on a default-run test case
+#: and the chain named them L5 / sacrum / L6 in place of the true ones, lie 80-140 mm out.
+MAX_LATERAL_MM = 60.0
+
+
+def on_the_column(worlds: list, max_lateral_mm: float = MAX_LATERAL_MM) -> np.ndarray:
+    """Boolean mask of the points whose LPS x lies within ``max_lateral_mm`` of the median x
+    of all points (the spine being most of them)."""
+    if len(worlds) < 2:
+        return np.ones(len(worlds), dtype=bool)
+    x = np.array([float(w[0]) for w in worlds])
+    return np.abs(x - np.median(x)) <= max_lateral_mm
+
+
 def drop_duplicates(worlds: list, votes: np.ndarray) -> tuple[list, np.ndarray]:
     """Of two neighbours in the chain closer than half its local spacing (:func:`chain_steps`
     gives 0: two peaks on one vertebra, e.g. on the 100 mm sacrum), keep the one with the
@@ -219,6 +235,10 @@ def decode_refined(
     spec = meta["refiner"]
     cands = candidate_points(heatmaps, work, meta)
     pts = refine_candidates(refiner, spec, fine[0], fine[1], cands, device)
+    keep = on_the_column(
+        [p["world"] for p in pts], float(meta.get("max_lateral_mm", MAX_LATERAL_MM))
+    )
+    pts = [p for p, k in zip(pts, keep, strict=True) if k]
     worlds = [p["world"] for p in pts]
     votes = level_votes(heatmaps, work, worlds, meta)
     if pts and "levels" in pts[0]:
