@@ -32,6 +32,17 @@ def test_region_classes_follow_the_anchors_and_transitional_anatomy():
     assert names(l6, [24, 25, 26]) == ["L1-L4", "L5", "sacrum"]
 
 
+def test_qc_anchor_classes_are_the_region_classes_that_hold_one_level():
+    """The QC's ``unanchored`` check trusts a naming only through classes that name a single
+    level: derived here from the normal spine's class map, they must be the QC's list."""
+    from ctseg.formats.qc import ANCHOR_CLASSES
+
+    normal = region_classes([*range(1, 25), 26])
+    held = {c: sum(1 for v in [*range(1, 25), 26] if normal[v] == c) for c in set(normal.values())}
+    assert sorted(REGIONS[c] for c, n in held.items() if n == 1) == sorted(ANCHOR_CLASSES)
+    assert {"C3-C6", "T2-T10", "L1-L4"} == {REGIONS[c] for c, n in held.items() if n > 1}
+
+
 def test_level_likelihood_divides_each_class_by_its_levels():
     levels = resolve_levels("T1-L5")  # T1 | T2-T10 (9) | T11 | T12 | L1-L4 (4) | L5
     p = np.zeros((1, len(REGIONS)))

@@ -235,9 +235,7 @@ def decode_refined(
     spec = meta["refiner"]
     cands = candidate_points(heatmaps, work, meta)
     pts = refine_candidates(refiner, spec, fine[0], fine[1], cands, device)
-    keep = on_the_column(
-        [p["world"] for p in pts], float(meta.get("max_lateral_mm", MAX_LATERAL_MM))
-    )
+    keep = on_the_column([p["world"] for p in pts])
     pts = [p for p, k in zip(pts, keep, strict=True) if k]
     worlds = [p["world"] for p in pts]
     votes = level_votes(heatmaps, work, worlds, meta)

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ctseg.core.errors import ConfigError
+from ctseg.core.labels import SACRUM, VERSE_IDS
 from ctseg.localisation.geometry import world_to_index
 from ctseg.localisation.refine import RefinerTrainer, crop_patch, resolve_patch_block
 
-T12, T13, L5, L6, SACRUM = 19, 28, 24, 25, 26
+T12, T13, L5, L6 = (VERSE_IDS[n] for n in ("T12", "T13", "L5", "L6"))
 
 #: Appearance classes: C1, C2, C3-C6, C7 (no rib, above the first rib), T1 (the first rib
 #: pair), T2-T10, T11 (the second-last rib pair), T12 (the last rib pair), L1-L4, L5 (the last
