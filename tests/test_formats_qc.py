@@ -68,6 +68,19 @@ def test_optional_levels_leave_no_gap():
     assert "non_consecutive" not in names(quality_flags(image(arr)))
 
 
+def test_a_transitional_naming_is_to_be_checked():
+    """An L6 (or T13) in the naming raises ``transitional`` naming it, and only that flag on an
+    otherwise plausible spine; the threshold turns it off for a cohort known to carry them."""
+    arr = spine([21, 22, 23, 24, 25])  # L2-L5, L6
+    qc = quality_flags(image(arr))
+    assert names(qc) == ["transitional"] and not qc["trusted"]
+    assert qc["flags"][0]["levels"] == ["L6"] and qc["flags"][0]["value"] == 1
+    qc = quality_flags(image(spine([19, 28, 20, 21])))  # T12, T13, L1, L2
+    assert names(qc) == ["transitional"] and qc["flags"][0]["levels"] == ["T13"]
+    off = quality_flags(image(arr), thresholds={"flag_transitional": False})
+    assert off["flags"] == [] and off["trusted"]
+
+
 def test_half_volume_level_is_flagged():
     arr = spine()
     k = np.nonzero(arr == 22)[0]

@@ -7,6 +7,13 @@ and statistically plausible, and whether the network itself was sure:
 - ``few_levels``: fewer levels than the field of view holds: at least 3, or as many as fit
   in the image's superior-inferior extent at 35 mm per level when that is fewer;
 - ``non_consecutive``: a level missing between two found ones (T13 and L6 are optional);
+- ``transitional``: the naming uses a transitional level (T13 or L6). Real as they are (about
+  one spine in ten), they are where level counting goes wrong -- in radiology, wrong-level
+  reports and surgery cluster at lumbosacral transitional vertebrae -- and a model that has
+  seen few of them names them mostly where there are none: on the robustness suite and
+  held-out draws, every prediction with an L6 in it (4 of 66) was a bad one (level Dice
+  0.00-0.77), one of them with no other flag. Such a naming is to be checked against the
+  ribs and the sacrum before it is trusted (``QCThresholds.flag_transitional``);
 - ``order``: levels out of cranio-caudal order (a swapped pair: T12 found above T11), from
   the centroids' superior (LPS z) coordinates;
 - ``volume``: a level whose volume is implausible next to its neighbours (ratio to the median
@@ -105,6 +112,7 @@ class QCThresholds:
     anatomy_min_seen: float = 0.8
     anatomy_max_expected: float = 0.1
     anchor_min_p: float = 0.5
+    flag_transitional: bool = True
 
     @classmethod
     def from_dict(cls, d: dict | None) -> QCThresholds:
@@ -271,6 +279,19 @@ def quality_flags(
                 f"{_names(missing)} missing between {_names([a])} and {_names([b])}",
                 missing,
                 len(missing),
+            )
+        )
+
+    transitional = [x for x in present if x in OPTIONAL_LEVELS]
+    if transitional and th.flag_transitional:
+        flags.append(
+            _flag(
+                "transitional",
+                f"the naming uses transitional level(s) {_names(transitional)}: the count "
+                "of the levels is the uncertain part; check it against the last ribs and "
+                "the sacrum",
+                transitional,
+                len(transitional),
             )
         )
 

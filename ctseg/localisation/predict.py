@@ -215,7 +215,7 @@ def drop_duplicates(worlds: list, votes: np.ndarray) -> tuple[list, np.ndarray]:
     return worlds, votes
 
 
-def decode_refined(
+def refined_evidence(
     heatmaps: np.ndarray,
     work: sitk.Image,
     meta: dict,
@@ -223,15 +223,16 @@ def decode_refined(
     refiner,
     device,
     regions: tuple | None = None,
-) -> list[dict]:
-    """Two-stage decoding: first-stage candidates refined on the fine grid
-    (:func:`ctseg.localisation.refine.refine_candidates`), then levels along the refined
-    chain from the first stage's identification maps (:func:`assign_levels`), times the
-    anatomical region evidence of each refined point when the package has a region network
-    (``regions``: (network, its grid, its array); :mod:`ctseg.localisation.regions`)."""
+) -> tuple[list, np.ndarray, np.ndarray | None]:
+    """What the networks say about each refined point, before any naming: ``(worlds, votes,
+    region_p)`` -- the first-stage candidates refined on the fine grid
+    (:func:`ctseg.localisation.refine.refine_candidates`) and kept on the column
+    (:func:`on_the_column`), head to feet; their first stage identification ``[n, levels]``
+    (times the refiner's own level head where it has one); and, when the package has a region
+    network (``regions``: (network, its grid, its array)), its class probabilities
+    ``[n, len(REGIONS)]`` (else None)."""
     from ctseg.localisation.refine import refine_candidates
 
-    levels = [int(v) for v in meta["levels"]]
     spec = meta["refiner"]
     cands = candidate_points(heatmaps, work, meta)
     pts = refine_candidates(refiner, spec, fine[0], fine[1], cands, device)
@@ -246,12 +247,45 @@ def decode_refined(
         local = np.stack([p["levels"] for p in pts])
         votes = votes * np.power(np.clip(local, 1e-6, None), w)
         votes = votes / np.clip(votes.sum(axis=1, keepdims=True), 1e-12, None)
+    probs = None
     if regions is not None and pts:
-        from ctseg.localisation.regions import below_sacrum, combine, none_prob, region_probs
+        from ctseg.localisation.regions import region_probs
 
         net, rwork, rarr = regions
+        probs = region_probs(net, meta["regions"], rwork, rarr, worlds, device)
+    return worlds, votes, probs
+
+
+def decode_refined(
+    heatmaps: np.ndarray,
+    work: sitk.Image,
+    meta: dict,
+    fine: tuple,
+    refiner,
+    device,
+    regions: tuple | None = None,
+) -> list[dict]:
+    """Two-stage decoding: the refined points' evidence (:func:`refined_evidence`), then their
+    levels along the chain (:func:`name_chain`)."""
+    return name_chain(*refined_evidence(heatmaps, work, meta, fine, refiner, device, regions), meta)
+
+
+def name_chain(
+    worlds: list, votes: np.ndarray, region_p: np.ndarray | None, meta: dict
+) -> list[dict]:
+    """Levels for refined points (head to feet) from the first stage's votes ``[n, levels]``
+    and, when the package has a region network, its class probabilities ``region_p``
+    ``[n, len(REGIONS)]``: drops what is not a vertebra, weighs the two experts
+    (:func:`ctseg.localisation.regions.combine`), and chooses the levels along the chain
+    (:func:`assign_levels`). Apart from :func:`refined_evidence` so that decoding settings can
+    be measured on stored network outputs (``benchmarks/bench_localiser_decoding.py``)."""
+    levels = [int(v) for v in meta["levels"]]
+    spec = meta["refiner"]
+    if region_p is not None and len(worlds):
+        from ctseg.localisation.regions import below_sacrum, combine, none_prob
+
         spec_r = meta["regions"]
-        probs = region_probs(net, spec_r, rwork, rarr, worlds, device)
+        probs = np.asarray(region_p)
         # not a vertebra (a ghost between two, the pelvis below the sacrum): out of the chain
         # before its spacing is read
         keep = none_prob(probs) <= float(spec_r.get("none_drop", 0.5))
