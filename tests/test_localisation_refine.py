@@ -12,6 +12,7 @@ from ctseg.localisation.heatmaps import refine_peak
 from ctseg.localisation.refine import (
     _merge,
     _probes,
+    column_probes,
     crop_patch,
     patch_target,
     resolve_refiner,
@@ -48,6 +49,28 @@ def test_probes_fill_a_gap_and_extend_both_ends_of_the_chain():
     pts = [{"world": [0.0, 0.0, z], "score": 1.0} for z in zs]
     probes = sorted(p[2] for p in _probes(pts))
     np.testing.assert_allclose(probes, [-180.0, -90.0, 30.0])
+
+
+def test_probes_follow_the_column_not_points_off_it():
+    """L1, L2 found (45 mm apart) and the two femoral heads 70 mm to either side 110 mm lower
+    (body_small draw 7901): with the heads in the chain, the gap from L2 down to a head is 1.4
+    steps and no probe looks one step below L2, where L3 is; on the column alone the end probe
+    does."""
+    spine = [
+        {"world": [5.0, 2.0, -348.0], "score": 0.9},
+        {"world": [3.0, 1.0, -393.0], "score": 0.9},
+    ]
+    heads = [
+        {"world": [70.0, -4.0, -504.0], "score": 0.5},
+        {"world": [-71.0, -3.0, -506.0], "score": 0.5},
+    ]
+    l3 = np.array([1.0, 0.0, -438.0])  # one step below L2
+    at_l3 = lambda probes: [p for p in probes if np.linalg.norm(np.subtract(p, l3)) < 15.0]  # noqa: E731
+    assert at_l3(_probes(spine + heads)) == []
+    probes = column_probes(spine + heads)
+    np.testing.assert_allclose(at_l3(probes), [l3])
+    assert len(probes) == 2  # one beyond each end of L1-L2
+    assert column_probes([spine[0]]) == []
 
 
 def test_merge_keeps_the_stronger_of_two_points_closer_than_merge_mm():

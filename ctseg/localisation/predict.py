@@ -24,6 +24,7 @@ from ctseg.localisation.geometry import (
     crop_to_body,
     index_to_world,
     inside,
+    on_the_column,
     read_ct,
     to_working,
     working_array,
@@ -179,22 +180,6 @@ def level_votes(heatmaps: np.ndarray, work: sitk.Image, worlds: list, meta: dict
     return np.stack(
         [ndimage.map_coordinates(m, idx, order=1, mode="nearest") for m in maps], axis=1
     )
-
-
-#: A point farther than this from the chain's median left-right (LPS x) position is not on
-#: the spine: the column bends sideways by at most the population's 30 mm scoliosis (39 mm at
-#: body scale 1.3), and the femoral heads, where the refiner fired on a default-run test case
-#: and the chain named them L5 / sacrum / L6 in place of the true ones, lie 80-140 mm out.
-MAX_LATERAL_MM = 60.0
-
-
-def on_the_column(worlds: list, max_lateral_mm: float = MAX_LATERAL_MM) -> np.ndarray:
-    """Boolean mask of the points whose LPS x lies within ``max_lateral_mm`` of the median x
-    of all points (the spine being most of them)."""
-    if len(worlds) < 2:
-        return np.ones(len(worlds), dtype=bool)
-    x = np.array([float(w[0]) for w in worlds])
-    return np.abs(x - np.median(x)) <= max_lateral_mm
 
 
 def drop_duplicates(worlds: list, votes: np.ndarray) -> tuple[list, np.ndarray]:

@@ -38,6 +38,7 @@ from ctseg.core.errors import ConfigError
 from ctseg.localisation.geometry import (
     crop_to_body,
     index_to_world,
+    on_the_column,
     read_centroids,
     read_ct,
     to_working,
@@ -435,7 +436,7 @@ def refine_candidates(
     pts = _merge(run(list(candidates_world)), float(spec["merge_mm"]))
     if spec.get("probe_gaps", True) and len(pts) >= 2:
         for _ in range(3):
-            probes = _probes(pts, bool(spec.get("probe_ends", True)))
+            probes = column_probes(pts, bool(spec.get("probe_ends", True)))
             probes = [w for w in probes if _inside_index(work, w)]
             if not probes:
                 break
@@ -450,6 +451,18 @@ def refine_candidates(
 def _inside_index(work: sitk.Image, w) -> bool:
     idx = world_to_index(work, w)
     return bool(np.all(idx >= 0) and np.all(idx <= np.array(work.GetSize()[::-1]) - 1))
+
+
+def column_probes(pts: list[dict], ends: bool = True) -> list[list[float]]:
+    """:func:`_probes` of the points on the column (:func:`on_the_column`) only.
+
+    Why: a femoral head or a rib end in the chain made the gap down to it look like one step
+    and sent the end probe sideways, so the lower spine past the first stage's last point was
+    never probed (a held-out body_small draw: L1 and L2 found, L3-L5 and the sacrum never
+    looked for, the two femoral heads being the chain's lower end)."""
+    keep = on_the_column([p["world"] for p in pts])
+    column = [p for p, k in zip(pts, keep, strict=True) if k]
+    return _probes(column, ends) if len(column) > 1 else []
 
 
 def _probes(pts: list[dict], ends: bool = True) -> list[list[float]]:
