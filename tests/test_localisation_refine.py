@@ -73,6 +73,19 @@ def test_probes_follow_the_column_not_points_off_it():
     assert column_probes([spine[0]]) == []
 
 
+def test_midpoint_probes_look_between_every_pair_of_neighbours():
+    """Every other vertebra found (L2, L4 of a small body, 45 mm apart, the true step 23 mm):
+    the plain probes see no gap and go 45 mm beyond each end; with midpoints one probe also
+    lands halfway, where L3 is. A gap long enough for its own probes gets no extra midpoint."""
+    pts = [{"world": [0.0, 0.0, z], "score": 1.0} for z in (-348.0, -393.0)]
+    assert sorted(p[2] for p in _probes(pts)) == [-438.0, -303.0]
+    assert sorted(p[2] for p in column_probes(pts, midpoints=True)) == [-438.0, -370.5, -303.0]
+    zs = [0.0, -30.0, -60.0, -120.0, -150.0]  # one vertebra (z = -90) missing
+    pts = [{"world": [0.0, 0.0, z], "score": 1.0} for z in zs]
+    mids = sorted(p[2] for p in _probes(pts, ends=False, midpoints=True))
+    np.testing.assert_allclose(mids, [-135.0, -90.0, -45.0, -15.0])
+
+
 def test_merge_keeps_the_stronger_of_two_points_closer_than_merge_mm():
     pts = [
         {"world": [0.0, 0.0, 0.0], "score": 0.5},

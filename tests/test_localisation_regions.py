@@ -238,3 +238,43 @@ def test_points_below_the_sacrum_and_twin_detections_leave_the_chain():
     kept, v = drop_duplicates(worlds[:4], votes)
     assert [w[2] for w in kept] == [0.0, -40.0, -90.0]
     np.testing.assert_array_equal(v, votes[[0, 1, 3]])
+
+
+#: Network outputs recorded on a held-out draw (seed 8202, low_dose family: C1-C5 alone in
+#: view) from the default run's localiser, per refined point head to feet: the first stage's
+#: level softmax over the default config's 27 levels (every point "C7" near 0.3, C1 and C2
+#: below 0.02) and the region network's classes (C1, C2, then C3-C6).
+_NECK_VOTES = np.array([
+    [0.006, 0.001, 0.000, 0.000, 0.004, 0.165, 0.323, 0.001, 0.001, 0.010, 0.068, 0.079, 0.114, 0.086, 0.043, 0.048, 0.038, 0.011, 0.001, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000],
+    [0.011, 0.003, 0.001, 0.001, 0.009, 0.162, 0.310, 0.004, 0.003, 0.022, 0.068, 0.053, 0.074, 0.061, 0.029, 0.067, 0.091, 0.031, 0.002, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000],
+    [0.013, 0.003, 0.001, 0.000, 0.006, 0.122, 0.351, 0.004, 0.000, 0.007, 0.045, 0.067, 0.098, 0.088, 0.068, 0.067, 0.044, 0.012, 0.001, 0.000, 0.000, 0.001, 0.001, 0.000, 0.001, 0.000, 0.000],
+    [0.018, 0.006, 0.002, 0.001, 0.011, 0.122, 0.322, 0.015, 0.000, 0.002, 0.029, 0.071, 0.108, 0.099, 0.094, 0.064, 0.024, 0.006, 0.001, 0.001, 0.000, 0.001, 0.001, 0.001, 0.001, 0.000, 0.001],
+    [0.018, 0.011, 0.008, 0.006, 0.020, 0.082, 0.193, 0.062, 0.017, 0.031, 0.048, 0.054, 0.077, 0.054, 0.080, 0.079, 0.088, 0.033, 0.007, 0.003, 0.002, 0.003, 0.005, 0.004, 0.004, 0.002, 0.010],
+])  # fmt: skip
+_NECK_REGIONS = np.array([
+    [0.510, 0.347, 0.012, 0.005, 0.016, 0.001, 0.001, 0.000, 0.000, 0.006, 0.078, 0.024],
+    [0.063, 0.589, 0.299, 0.008, 0.001, 0.003, 0.000, 0.000, 0.000, 0.000, 0.001, 0.034],
+    [0.000, 0.012, 0.985, 0.001, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.002],
+    [0.000, 0.003, 0.993, 0.001, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.000, 0.002],
+    [0.000, 0.029, 0.874, 0.028, 0.000, 0.002, 0.000, 0.000, 0.000, 0.000, 0.000, 0.067],
+])  # fmt: skip
+
+
+def test_the_first_stage_floor_lets_the_neck_be_named_from_c1_and_c2():
+    """With the plain product the near-zero first-stage evidence for C1 and C2 outweighs the
+    region network, and the chain is named C3-C7; with the default floor (the first stage
+    "right, or knowing nothing") the anchors name it C1-C5, the truth."""
+    from ctseg.localisation.predict import name_chain
+
+    levels = resolve_levels([*range(1, 20), 28, *range(20, 27)])
+    worlds = [[0.3, 14.7, -4.3], [0.2, 18.4, -12.8], [0.1, 19.8, -28.6], [0.1, 20.3, -40.9],
+              [-0.1, 20.0, -54.8]]  # fmt: skip
+    regions = resolve_regions({})
+    meta = {"levels": levels, "refiner": {}, "optional_cost": 0.5, "regions": regions}
+    names = [p["name"] for p in name_chain(worlds, _NECK_VOTES, _NECK_REGIONS, meta)]
+    assert names == ["C1", "C2", "C3", "C4", "C5"]
+    plain = {**meta, "regions": {**regions, "first_stage_floor": 0.0}}
+    names = [p["name"] for p in name_chain(worlds, _NECK_VOTES, _NECK_REGIONS, plain)]
+    assert names == ["C3", "C4", "C5", "C6", "C7"]
+    with pytest.raises(ConfigError, match="first_stage_floor"):
+        resolve_regions({"first_stage_floor": 1.5})

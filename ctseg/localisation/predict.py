@@ -278,7 +278,13 @@ def name_chain(
         if below is not None:
             keep &= ~below_sacrum(worlds, probs, 0.5, float(below))
         worlds = [w for w, k in zip(worlds, keep, strict=True) if k]
-        votes = combine(votes[keep], probs[keep], levels, float(spec_r.get("weight", 1.0)))
+        votes = combine(
+            votes[keep],
+            probs[keep],
+            levels,
+            float(spec_r.get("weight", 1.0)),
+            float(spec_r.get("first_stage_floor", 0.0)),
+        )
         worlds, votes = drop_duplicates(worlds, votes)
         spec = {**spec, "chain_bonus": spec_r.get("chain_bonus", 1.0)}
         spec["chain_steps"] = spec_r.get("chain_steps", True)

@@ -68,6 +68,8 @@ REGIONS_DEFAULTS: dict = {
     "norm": "instance",
     # decoding: exponent of the region evidence in the product with the first stage's
     "weight": 1.0,
+    # decoding: the first stage's evidence mixed with this share of a uniform (:func:`combine`)
+    "first_stage_floor": 0.4,
     # decoding: the chain's consecutive bonus (an anchor renames the chain only when one
     # break in it costs more than any one point's preference) and expected steps over gaps
     "chain_bonus": 1.0,
@@ -78,7 +80,14 @@ REGIONS_DEFAULTS: dict = {
     "below_sacrum_mm": 30.0,
 }
 #: Keys read only when decoding.
-REGIONS_DECODE_KEYS = ("weight", "chain_bonus", "chain_steps", "none_drop", "below_sacrum_mm")
+REGIONS_DECODE_KEYS = (
+    "weight",
+    "first_stage_floor",
+    "chain_bonus",
+    "chain_steps",
+    "none_drop",
+    "below_sacrum_mm",
+)
 
 
 def resolve_regions(config) -> dict | None:
@@ -95,6 +104,8 @@ def resolve_regions(config) -> dict | None:
     out["scale"] = [lo, hi]
     if not 0 <= float(out["background_prob"]) < 1:
         raise ConfigError("config key 'regions.background_prob' must be in [0, 1)")
+    if not 0 <= float(out["first_stage_floor"]) <= 1:
+        raise ConfigError("config key 'regions.first_stage_floor' must be in [0, 1]")
     if not 0 < float(out["none_drop"]) <= 1:
         raise ConfigError("config key 'regions.none_drop' must be in (0, 1]")
     return out
@@ -128,15 +139,27 @@ def level_likelihood(region_p: np.ndarray, levels: list[int]) -> np.ndarray:
 
 
 def combine(
-    votes: np.ndarray, region_p: np.ndarray, levels: list[int], weight: float
+    votes: np.ndarray,
+    region_p: np.ndarray,
+    levels: list[int],
+    weight: float,
+    first_stage_floor: float = 0.0,
 ) -> np.ndarray:
     """Product of experts: first-stage level evidence times region evidence ** ``weight``,
     renormalised per point (so a point's strength for the chain's DP stays in [0, 1]), then
-    scaled by the point's probability of being a vertebra at all (1 - "none")."""
+    scaled by the point's probability of being a vertebra at all (1 - "none").
+
+    ``first_stage_floor`` (eps): the first stage's evidence is taken as the mixture
+    ``(1 - eps) * votes + eps / n_levels`` -- "right, or knowing nothing" -- before the
+    product. Why: on views it never learnt (a neck alone, C1-C5), the first stage gives the
+    true levels almost nothing (C1, C2 below 0.01, every point "C7" at 0.3), and a product
+    with a near-zero factor cannot be rescued by any anchor the region network sees."""
     if not len(votes):
         return votes
     lik = np.power(np.clip(level_likelihood(region_p, levels), 1e-6, None), float(weight))
-    out = votes * lik
+    eps = float(first_stage_floor)
+    first = (1.0 - eps) * np.asarray(votes, dtype=float) + eps / votes.shape[1]
+    out = first * lik
     out = out / np.clip(out.sum(axis=1, keepdims=True), 1e-12, None)
     return out * (1.0 - none_prob(region_p))[:, None]
 
