@@ -304,3 +304,31 @@ def test_the_sacrum_is_not_judged_as_a_lumbar_level():
     arr[arr == 26] = 25
     flagged = set(names(quality_flags(image(arr))))
     assert {"volume", "centroid_spacing"} <= flagged
+
+
+def test_levels_left_out_at_an_end_of_the_column_are_flagged():
+    """A default phantom (T1-L5, nothing of the spine beyond them in view) labelled without
+    its first two and its last level: ``unlabelled_end`` names T3 (above it, T2 in view) and
+    L4 (below it, L5); the full truth raises nothing (the level past each true end is out of
+    view), and the check is not asked above C1 or below the sacrum (skull, pelvis)."""
+    from ctseg.formats.qc import unlabelled_ends
+    from ctseg.formats.vertebra_stats import vertebra_statistics
+    from ctseg.phantom import generate
+
+    ph = generate(1)
+    ref, ct = ph.image("labels"), ph.image("hu")
+    arr = ph.labels.copy()
+    arr[np.isin(arr, [8, 9, 24])] = 0  # T1, T2, L5
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ref)
+    qc = quality_flags(img, ct)
+    (end,) = [f for f in qc["flags"] if f["name"] == "unlabelled_end"]
+    assert end["levels"] == ["T3", "L4"] and end["value"] >= 0.05
+    assert "above T3" in end["reason"] and "below L4" in end["reason"]
+    assert unlabelled_ends(vertebra_statistics(ref, ct)["levels"], ct) == []
+    cut = vertebra_statistics(img, ct)["levels"]  # T3 .. L4
+    assert [f["levels"] for f in unlabelled_ends(cut, ct)] == [["T3", "L4"]]
+    # the same chain as if it began at C1 and ended at the sacrum: nothing is asked
+    renamed = [{**cut[0], "label": 1}, *cut[1:-1], {**cut[-1], "label": 26}]
+    assert unlabelled_ends(renamed, ct) == []
+    assert unlabelled_ends(cut, ct, QCThresholds(end_bone_fraction=1.01)) == []
