@@ -267,7 +267,7 @@ def name_chain(
     levels = [int(v) for v in meta["levels"]]
     spec = meta["refiner"]
     if region_p is not None and len(worlds):
-        from ctseg.localisation.regions import below_sacrum, combine, none_prob
+        from ctseg.localisation.regions import REGIONS_DEFAULTS, below_sacrum, combine, none_prob
 
         spec_r = meta["regions"]
         probs = np.asarray(region_p)
@@ -283,7 +283,8 @@ def name_chain(
             probs[keep],
             levels,
             float(spec_r.get("weight", 1.0)),
-            float(spec_r.get("first_stage_floor", 0.0)),
+            # a package from before the floor decodes with today's default
+            float(spec_r.get("first_stage_floor", REGIONS_DEFAULTS["first_stage_floor"])),
         )
         worlds, votes = drop_duplicates(worlds, votes)
         spec = {**spec, "chain_bonus": spec_r.get("chain_bonus", 1.0)}
