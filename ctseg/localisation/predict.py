@@ -241,20 +241,6 @@ def refined_evidence(
     return worlds, votes, probs
 
 
-def decode_refined(
-    heatmaps: np.ndarray,
-    work: sitk.Image,
-    meta: dict,
-    fine: tuple,
-    refiner,
-    device,
-    regions: tuple | None = None,
-) -> list[dict]:
-    """Two-stage decoding: the refined points' evidence (:func:`refined_evidence`), then their
-    levels along the chain (:func:`name_chain`)."""
-    return name_chain(*refined_evidence(heatmaps, work, meta, fine, refiner, device, regions), meta)
-
-
 def name_chain(
     worlds: list, votes: np.ndarray, region_p: np.ndarray | None, meta: dict
 ) -> list[dict]:
@@ -262,7 +248,7 @@ def name_chain(
     and, when the package has a region network, its class probabilities ``region_p``
     ``[n, len(REGIONS)]``: drops what is not a vertebra, weighs the two experts
     (:func:`ctseg.localisation.regions.combine`), and chooses the levels along the chain
-    (:func:`assign_levels`). Apart from :func:`refined_evidence` so that decoding settings can
+    (:func:`assign_levels`). Apart from :func:`refined_evidence` (whose output it takes) so that decoding settings can
     be measured on stored network outputs (``benchmarks/bench_localiser_decoding.py``)."""
     levels = [int(v) for v in meta["levels"]]
     spec = meta["refiner"]
@@ -334,7 +320,7 @@ def predict_centroids(
         fine = fine_image(ct, meta["refiner"])
         net = (meta.get("subnet_modules") or {}).get("regions")
         regions = None if net is None else (net, *fine_image(ct, meta["regions"]))
-        pts = decode_refined(heat, work, meta, fine, refiner, dev, regions)
+        pts = name_chain(*refined_evidence(heat, work, meta, fine, refiner, dev, regions), meta)
         return [c for c in pts if inside(ct, c["world"])]
     # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
     # outside it is not output (the scan's truth cannot hold it either)
