@@ -278,3 +278,18 @@ def test_the_first_stage_floor_lets_the_neck_be_named_from_c1_and_c2():
     assert names == ["C3", "C4", "C5", "C6", "C7"]
     with pytest.raises(ConfigError, match="first_stage_floor"):
         resolve_regions({"first_stage_floor": 1.5})
+
+
+def test_decoding_keys_leave_the_region_checkpoint_identity_alone(tmp_path):
+    """A finished region network resumes (same run id) when only how its output is decoded
+    changes; a training key (steps) makes it another run."""
+    import torch
+
+    item = _phantom_item()
+    runs = {}
+    for name, over in {"base": {}, "decoding": {"weight": 2.0, "first_stage_floor": 0.1},
+                       "training": {"steps": 7}}.items():  # fmt: skip
+        cfg = resolve_regions({"spacing_mm": [8.0] * 3, "patch": 16, "depth": 3, **over})
+        cfg["hu_window"], cfg["levels"] = [-1000.0, 2000.0], resolve_levels("T8-L3")
+        runs[name] = RegionTrainer([item], cfg, tmp_path / name, 5, torch.device("cpu")).run_id
+    assert runs["decoding"] == runs["base"] != runs["training"]

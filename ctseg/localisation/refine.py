@@ -206,6 +206,9 @@ class RefinerTrainer:
     and :meth:`loss` and keep the case loading, level-balanced draws, checkpoints and loop."""
 
     name = "refiner"
+    #: Config keys read only when decoding: left out of the checkpoint's identity, so a
+    #: decoding change resumes a finished stage instead of training it again.
+    decode_keys: tuple[str, ...] = REFINER_DECODE_KEYS
 
     def __init__(
         self, items: list[dict], cfg: dict, out_dir: Path, seed: int, device, autocast=None
@@ -224,7 +227,7 @@ class RefinerTrainer:
         self.model.to(self.dev)
         optim_cfg = ExperimentConfig.from_dict({"optimizer": "adamw", "lr": float(cfg["lr"])})
         self.opt, self.sched = make_optimizer(optim_cfg, self.model.parameters(), cfg["steps"])
-        identity = {k: v for k, v in cfg.items() if k not in REFINER_DECODE_KEYS}
+        identity = {k: v for k, v in cfg.items() if k not in self.decode_keys}
         shapes = [list(c.image.shape) for c in self.cases]
         self.run_id = experiment_hash(identity, self.seed, {"cases": shapes})
 

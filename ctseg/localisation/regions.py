@@ -202,6 +202,7 @@ class RegionTrainer(RefinerTrainer):
     ``regions.pt``); everything else as the refiner's trainer."""
 
     name = "regions"
+    decode_keys = REGIONS_DECODE_KEYS
 
     def __init__(self, items: list[dict], cfg: dict, out_dir, seed: int, device, autocast=None):
         super().__init__(items, cfg, out_dir, seed, device, autocast)
