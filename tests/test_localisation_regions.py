@@ -293,3 +293,22 @@ def test_decoding_keys_leave_the_region_checkpoint_identity_alone(tmp_path):
         cfg["hu_window"], cfg["levels"] = [-1000.0, 2000.0], resolve_levels("T8-L3")
         runs[name] = RegionTrainer([item], cfg, tmp_path / name, 5, torch.device("cpu")).run_id
     assert runs["decoding"] == runs["base"] != runs["training"]
+
+
+def test_one_sacrum_point_stays_of_several_found_on_it():
+    """L2-L5 40 mm apart, then three points on the sacrum 12-17 mm apart (its S1-S3 bodies):
+    only the one with the highest sacrum probability stays. An L5 called "sacrum" a whole step
+    above the sacrum, and a lone sacrum point, are kept."""
+    from ctseg.localisation.regions import one_sacrum
+
+    z = [0.0, -40.0, -80.0, -120.0, -168.0, -185.0, -197.0]
+    worlds = [[0.0, 0.0, v] for v in z]
+    p = np.full((7, len(REGIONS)), 0.01)
+    for i, (cls, v) in enumerate([("L1-L4", 0.9), ("L1-L4", 0.9), ("L1-L4", 0.9), ("L5", 0.6),
+                                  ("sacrum", 0.5), ("sacrum", 0.7), ("sacrum", 0.55)]):  # fmt: skip
+        p[i, REGIONS.index(cls)] = v
+    keep = one_sacrum(worlds, p)
+    assert keep.tolist() == [True, True, True, True, False, True, False]
+    p[3, REGIONS.index("sacrum")] = 0.8  # L5 seen as the sacrum, 48 mm above the next point
+    assert one_sacrum(worlds, p).tolist() == [True, True, True, True, False, True, False]
+    assert one_sacrum(worlds[:5], p[:5]).tolist() == [True] * 5

@@ -253,7 +253,13 @@ def name_chain(
     levels = [int(v) for v in meta["levels"]]
     spec = meta["refiner"]
     if region_p is not None and len(worlds):
-        from ctseg.localisation.regions import REGIONS_DEFAULTS, below_sacrum, combine, none_prob
+        from ctseg.localisation.regions import (
+            REGIONS_DEFAULTS,
+            below_sacrum,
+            combine,
+            none_prob,
+            one_sacrum,
+        )
 
         spec_r = meta["regions"]
         probs = np.asarray(region_p)
@@ -263,6 +269,10 @@ def name_chain(
         below = spec_r.get("below_sacrum_mm", 30.0)
         if below is not None:
             keep &= ~below_sacrum(worlds, probs, 0.5, float(below))
+        worlds = [w for w, k in zip(worlds, keep, strict=True) if k]
+        votes, probs = votes[keep], probs[keep]
+        # the sacrum is one bone: its S1-S3 bodies found as points leave one of them
+        keep = one_sacrum(worlds, probs)
         worlds = [w for w, k in zip(worlds, keep, strict=True) if k]
         votes = combine(
             votes[keep],

@@ -185,6 +185,42 @@ def below_sacrum(worlds: list, region_p: np.ndarray, p_min: float, margin_mm: fl
     return out
 
 
+def one_sacrum(worlds: list, region_p: np.ndarray, max_gap: float = 0.8) -> np.ndarray:
+    """Keep-mask over head-to-feet points: of neighbours in the chain that the region network
+    both calls the sacrum (its arg-max), closer than ``max_gap`` times the chain's median gap,
+    only the one with the highest sacrum probability stays.
+
+    Why: the sacrum is one bone, 100 mm long in an adult, and the refiner fires on its S1, S2
+    and S3 bodies like on vertebrae; three "sacrum" points 12-17 mm apart at the end of a
+    lumbar chain were absorbed by naming the chain with a T13 and an L6 and every lumbar level
+    one off (held-out body_large and transitional draws). A real L5 seen as the sacrum lies a
+    whole lumbar step or more above it and is not merged."""
+    n = len(worlds)
+    keep = np.ones(n, dtype=bool)
+    p = np.asarray(region_p, dtype=float)
+    if n < 3 or p.shape[1] <= REGIONS.index("sacrum"):
+        return keep
+    sac = REGIONS.index("sacrum")
+    w = np.asarray(worlds, dtype=float)
+    limit = float(max_gap) * float(np.median(np.linalg.norm(np.diff(w, axis=0), axis=1)))
+    cluster: list[int] = []
+    for i in [*range(n), None]:
+        joins = (
+            i is not None
+            and p[i].argmax() == sac
+            and bool(cluster)
+            and np.linalg.norm(w[i] - w[cluster[-1]]) < limit
+        )
+        if joins:
+            cluster.append(i)
+            continue
+        if len(cluster) > 1:
+            best = max(cluster, key=lambda k: p[k, sac])
+            keep[[k for k in cluster if k != best]] = False
+        cluster = [i] if i is not None and p[i].argmax() == sac else []
+    return keep
+
+
 def none_prob(region_p: np.ndarray) -> np.ndarray:
     """Per point, the probability of "none" (0 for a network trained without that class)."""
     p = np.asarray(region_p, dtype=float)
@@ -342,6 +378,7 @@ __all__ = [
     "RegionTrainer",
     "below_sacrum",
     "combine",
+    "one_sacrum",
     "level_likelihood",
     "none_prob",
     "region_classes",
