@@ -39,44 +39,22 @@ from ctseg.localisation.predict import name_chain
 def store_evidence(localiser: Path, cache: Path, seeds_from: int, per_family: int) -> dict:
     """Run the localiser's networks on every draw: ``{"meta", "cases": [{"case", "family",
     "truth", "worlds", "votes", "probs", "inside"}]}``."""
-    from ctseg.localisation.geometry import (
-        crop_to_body,
-        inside,
-        read_ct,
-        to_working,
-        working_array,
-    )
-    from ctseg.localisation.predict import ensemble_heatmaps, load_localiser, refined_evidence
-    from ctseg.localisation.refine import fine_image
+    from ctseg.localisation.geometry import inside, read_ct
+    from ctseg.localisation.predict import case_evidence, load_localiser
 
-    model, meta = load_localiser(localiser, "cpu")
-    subnets = meta.get("subnet_modules") or {}
-    if "refiner" not in subnets:
+    loaded = load_localiser(localiser, "cpu")
+    meta = loaded[1]
+    if "refiner" not in (meta.get("subnet_modules") or {}):
         raise SystemExit(f"{localiser}: no refiner, nothing to decode along a refined chain")
-    base, rob, _ = pe._configs()
-    fam_cfg = {**base["phantom"], "families": {"in_distribution": {}, **rob["phantom"]["families"]}}
-    dev = next(model.parameters()).device
+    draws = list(pe.held_out_draws(cache, seeds_from, per_family))
     cases = []
-    draws = [
-        (fam, seeds_from + 100 * k + j)
-        for k, fam in enumerate(fam_cfg["families"])
-        for j in range(per_family)
-    ]
-    for fam, seed in tqdm(draws, desc="localiser networks"):
-        it = pe.cached_case(cache, fam_cfg, f"{fam}{seed}", seed, fam)
+    for it in tqdm(draws, desc="localiser networks"):
         ct = read_ct(it["ct"])
-        work = crop_to_body(to_working(ct, meta["spacing_mm"]))
-        heat = ensemble_heatmaps(model, meta, working_array(work, meta["hu_window"]), dev)
-        fine = fine_image(ct, meta["refiner"])
-        net = subnets.get("regions")
-        regions = None if net is None else (net, *fine_image(ct, meta["regions"]))
-        worlds, votes, probs = refined_evidence(
-            heat, work, meta, fine, subnets["refiner"], dev, regions
-        )
+        worlds, votes, probs = case_evidence(loaded, ct)
         cases.append(
             {
                 "case": it["case"],
-                "family": fam,
+                "family": it["family"],
                 "truth": it["centroids"],
                 "worlds": worlds,
                 "votes": votes,

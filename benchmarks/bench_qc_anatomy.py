@@ -53,28 +53,23 @@ def main() -> None:
     ap.add_argument("--per-family", type=int, default=3)
     ap.add_argument("--seeds-from", type=int, default=7001)
     args = ap.parse_args()
-    base, rob, _sheet = pe._configs()
-    fam_cfg = {**base["phantom"], "families": {"in_distribution": {}, **rob["phantom"]["families"]}}
     loc = load_localiser(args.localiser, "cpu")
     shifts = (0, -2, -1, 1, 2)
     kinds = ("anatomy", "unanchored")
     flagged = {s: 0 for s in shifts}
     by_kind = {(s, k): 0 for s in shifts for k in kinds}
     n = 0
-    for k, fam in enumerate(fam_cfg["families"]):
-        for j in range(args.per_family):
-            seed = args.seeds_from + 100 * k + j
-            it = pe.cached_case(args.cache, fam_cfg, f"{fam}{seed}", seed, fam)
-            n += 1
-            row = []
-            for s in shifts:
-                rows = anatomy_rows(loc, it["ct"], shifted(it["centroids"], s))
-                got = {f["name"] for f in anatomy_flags(rows)}
-                flagged[s] += bool(got)
-                for name in got:
-                    by_kind[s, name] += 1
-                row.append("".join(x[0].upper() for x in kinds if x in got) or ".")
-            print(f"{it['case']:<22} {' '.join(f'{c:2s}' for c in row)}", flush=True)
+    for it in pe.held_out_draws(args.cache, args.seeds_from, args.per_family):
+        n += 1
+        row = []
+        for s in shifts:
+            rows = anatomy_rows(loc, it["ct"], shifted(it["centroids"], s))
+            got = {f["name"] for f in anatomy_flags(rows)}
+            flagged[s] += bool(got)
+            for name in got:
+                by_kind[s, name] += 1
+            row.append("".join(x[0].upper() for x in kinds if x in got) or ".")
+        print(f"{it['case']:<22} {' '.join(f'{c:2s}' for c in row)}", flush=True)
     print(f"\n{n} draws; flagged (A anatomy, U unanchored; shift 0 = the true naming):")
     for s in shifts:
         each = ", ".join(f"{x} {by_kind[s, x]}" for x in kinds)

@@ -11,8 +11,8 @@ and statistically plausible, and whether the network itself was sure:
   one spine in ten), they are where level counting goes wrong -- in radiology, wrong-level
   reports and surgery cluster at lumbosacral transitional vertebrae -- and a model that has
   seen few of them names them mostly where there are none: on the robustness suite and
-  held-out draws, every prediction with an L6 in it (4 of 66) was a bad one (level Dice
-  0.00-0.77), one of them with no other flag. Such a naming is to be checked against the
+  held-out draws, every prediction with an L6 in it (4 of 66, before the localiser's lateral
+  bound; none since) was a bad one (level Dice 0.00-0.77), one of them with no other flag. Such a naming is to be checked against the
   ribs and the sacrum before it is trusted (``QCThresholds.flag_transitional``);
 - ``unlabelled_end``: the column goes on past the first or last labelled level inside the
   field of view: where the next vertebra would be (0.5-1.2 centroid steps along the line
@@ -72,7 +72,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ctseg.core.labels import SACRUM, VERSE_NAMES, spine_rank
-from ctseg.formats.grid import index_to_world, label_array
+from ctseg.formats.grid import index_to_world, inside, label_array, world_to_index
 from ctseg.formats.vertebra_stats import vertebra_statistics
 
 #: Levels that a normal spine may lack without a gap: T13 (28) and L6 (25).
@@ -511,10 +511,9 @@ def beyond_end_bone(end: np.ndarray, neighbour: np.ndarray, ct: sitk.Image) -> f
         for r in (0.25, 0.5, 0.75, 1.0)
         for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)
     ]
-    pts = [np.asarray(end) + t * step + o for t in np.linspace(0.5, 1.2, 8) for o in ring]
-    idx = np.array([ct.TransformPhysicalPointToContinuousIndex([float(c) for c in q]) for q in pts])
-    size = np.array(ct.GetSize(), dtype=float)
-    if np.any(idx < -0.5) or np.any(idx > size - 0.5):
+    pts = np.array([np.asarray(end) + t * step + o for t in np.linspace(0.5, 1.2, 8) for o in ring])
+    idx = world_to_index(ct, pts)
+    if not inside(ct, idx).all():
         return None
     arr = sitk.GetArrayViewFromImage(ct)
     vals = ndimage.map_coordinates(arr, idx[:, ::-1].T, order=1, mode="nearest")
@@ -534,14 +533,15 @@ def unlabelled_ends(rows: list[dict], ct: sitk.Image, th: QCThresholds | None = 
         ends.append(("below", rows[-1], rows[-2]))
     hits = []
     for where, end, nb in ends:
-        hu = beyond_end_bone(np.asarray(end["centroid"]), np.asarray(nb["centroid"]), ct)
-        if hu is not None and hu >= th.end_bone_fraction:
-            hits.append((where, end, hu))
+        share = beyond_end_bone(np.asarray(end["centroid"]), np.asarray(nb["centroid"]), ct)
+        if share is not None and share >= th.end_bone_fraction:
+            hits.append((where, end, share))
     if not hits:
         return []
     what = "; ".join(
-        f"{where} {VERSE_NAMES.get(end['label'], end['label'])} ({100 * hu:.0f} % bone one step out)"
-        for where, end, hu in hits
+        f"{where} {VERSE_NAMES.get(end['label'], end['label'])} "
+        f"({100 * share:.0f} % bone one step out)"
+        for where, end, share in hits
     )
     return [
         _flag(
@@ -549,7 +549,7 @@ def unlabelled_ends(rows: list[dict], ct: sitk.Image, th: QCThresholds | None = 
             f"the spine goes on inside the field of view with nothing labelled: {what}; a "
             "level there was not segmented or not named",
             [end["label"] for _, end, _ in hits],
-            value=max(hu for _, _, hu in hits),
+            value=max(share for _, _, share in hits),
         )
     ]
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import sys
 import time
+from itertools import groupby
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +61,25 @@ def cached_case(cache: Path, phantom_cfg: dict, name: str, seed: int, family: st
     }
 
 
+def family_config() -> dict:
+    """The default population's phantom config with every robustness family, in-distribution
+    first: what the held-out draws are drawn from."""
+    base, rob, _ = _configs()
+    return {**base["phantom"], "families": {"in_distribution": {}, **rob["phantom"]["families"]}}
+
+
+def held_out_draws(cache: Path, seeds_from: int = 7001, per_family: int = 3, fam_cfg=None):
+    """``{"case", "family", "ct", "centroids"}`` of each held-out draw, family by family:
+    seeds ``seeds_from + 100 k + j`` for the k-th family, j < ``per_family`` (seeds no case
+    sheet uses), generated once into ``cache``. The one definition of the held-out set the
+    localiser and QC benchmarks score on."""
+    fam_cfg = fam_cfg or family_config()
+    for k, fam in enumerate(fam_cfg["families"]):
+        for j in range(per_family):
+            seed = seeds_from + 100 * k + j
+            yield cached_case(cache, fam_cfg, f"{fam}{seed}", seed, fam)
+
+
 def run(
     out: Path,
     config: dict | None = None,
@@ -68,10 +88,10 @@ def run(
     model_pt: Path | None = None,
 ):
     """Train (unless ``model_pt`` names a trained localiser, e.g. the workflow's) and score."""
-    base, rob, sheet = _configs()
+    base, _rob, sheet = _configs()
     cache = out.parent / "cache"
     pcfg = base["phantom"]
-    fam_cfg = {**pcfg, "families": {"in_distribution": {}, **rob["phantom"]["families"]}}
+    fam_cfg = family_config()
     out.mkdir(parents=True, exist_ok=True)
     if model_pt is not None:
         return score_families(out, Path(model_pt), fam_cfg, cache, seeds_from, per_family, {})
@@ -98,11 +118,10 @@ def score_families(
     """Identification per family on unseen seeds; writes families.tsv, table.tsv, summary.json."""
     model = load_localiser(model_pt, "cpu")
     rows, tables = [], []
-    for k, fam in enumerate(fam_cfg["families"]):
+    draws = held_out_draws(cache, seeds_from, per_family, fam_cfg)
+    for fam, items in groupby(draws, key=lambda it: it["family"]):  # family by family
         tabs = []
-        for j in range(per_family):
-            seed = seeds_from + 100 * k + j
-            it = cached_case(cache, fam_cfg, f"{fam}{seed}", seed, fam)
+        for it in items:
             tab = identification_table(predict_centroids(model, it["ct"]), it["centroids"])
             tab.insert(0, "case", it["case"])
             tabs.append(tab)

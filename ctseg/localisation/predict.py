@@ -248,8 +248,9 @@ def name_chain(
     and, when the package has a region network, its class probabilities ``region_p``
     ``[n, len(REGIONS)]``: drops what is not a vertebra, weighs the two experts
     (:func:`ctseg.localisation.regions.combine`), and chooses the levels along the chain
-    (:func:`assign_levels`). Apart from :func:`refined_evidence` (whose output it takes) so that decoding settings can
-    be measured on stored network outputs (``benchmarks/bench_localiser_decoding.py``)."""
+    (:func:`assign_levels`). Apart from :func:`refined_evidence` (whose output it takes) so
+    that decoding settings can be measured on stored network outputs
+    (``benchmarks/bench_localiser_decoding.py``)."""
     levels = [int(v) for v in meta["levels"]]
     spec = meta["refiner"]
     if region_p is not None and len(worlds):
@@ -319,22 +320,38 @@ def predict_centroids(
         model_path if isinstance(model_path, tuple) else load_localiser(model_path, device)
     )
     ct = read_ct(ct)
-    work = crop_to_body(to_working(ct, meta["spacing_mm"]))
-    arr = working_array(work, meta["hu_window"])
-    dev = next(model.parameters()).device
-    heat = ensemble_heatmaps(model, meta, arr, dev)
-    refiner = (meta.get("subnet_modules") or {}).get("refiner")
-    if refiner is not None:
-        from ctseg.localisation.refine import fine_image
-
-        fine = fine_image(ct, meta["refiner"])
-        net = (meta.get("subnet_modules") or {}).get("regions")
-        regions = None if net is None else (net, *fine_image(ct, meta["regions"]))
-        pts = name_chain(*refined_evidence(heat, work, meta, fine, refiner, dev, regions), meta)
-        return [c for c in pts if inside(ct, c["world"])]
+    if (meta.get("subnet_modules") or {}).get("refiner") is not None:
+        pts = name_chain(*case_evidence((model, meta), ct), meta)
+    else:
+        work, heat = first_stage(model, meta, ct)
+        pts = decode_centroids(heat, work, meta)
     # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
     # outside it is not output (the scan's truth cannot hold it either)
-    return [c for c in decode_centroids(heat, work, meta) if inside(ct, c["world"])]
+    return [c for c in pts if inside(ct, c["world"])]
+
+
+def first_stage(
+    model: torch.nn.Module, meta: dict, ct: sitk.Image
+) -> tuple[sitk.Image, np.ndarray]:
+    """(working grid, the first stage's ensemble maps on it) of a CT."""
+    work = crop_to_body(to_working(ct, meta["spacing_mm"]))
+    arr = working_array(work, meta["hu_window"])
+    return work, ensemble_heatmaps(model, meta, arr, next(model.parameters()).device)
+
+
+def case_evidence(localiser: tuple, ct: sitk.Image) -> tuple[list, np.ndarray, np.ndarray | None]:
+    """:func:`refined_evidence` of a CT for a loaded ``(model, meta)`` localiser with a
+    refiner: every network run, nothing named yet."""
+    from ctseg.localisation.refine import fine_image
+
+    model, meta = localiser
+    subnets = meta.get("subnet_modules") or {}
+    work, heat = first_stage(model, meta, ct)
+    fine = fine_image(ct, meta["refiner"])
+    net = subnets.get("regions")
+    regions = None if net is None else (net, *fine_image(ct, meta["regions"]))
+    dev = next(model.parameters()).device
+    return refined_evidence(heat, work, meta, fine, subnets["refiner"], dev, regions)
 
 
 def predict_centroids_case(

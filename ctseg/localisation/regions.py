@@ -203,21 +203,17 @@ def one_sacrum(worlds: list, region_p: np.ndarray, max_gap: float = 0.8) -> np.n
     sac = REGIONS.index("sacrum")
     w = np.asarray(worlds, dtype=float)
     limit = float(max_gap) * float(np.median(np.linalg.norm(np.diff(w, axis=0), axis=1)))
-    cluster: list[int] = []
-    for i in [*range(n), None]:
-        joins = (
-            i is not None
-            and p[i].argmax() == sac
-            and bool(cluster)
-            and np.linalg.norm(w[i] - w[cluster[-1]]) < limit
-        )
-        if joins:
-            cluster.append(i)
-            continue
-        if len(cluster) > 1:
-            best = max(cluster, key=lambda k: p[k, sac])
-            keep[[k for k in cluster if k != best]] = False
-        cluster = [i] if i is not None and p[i].argmax() == sac else []
+    is_sac = p.argmax(axis=1) == sac
+    best = None  # the kept point of the current run of close "sacrum" points
+    for i in range(n):
+        if not is_sac[i]:
+            best = None
+        elif best is not None and np.linalg.norm(w[i] - w[i - 1]) < limit and is_sac[i - 1]:
+            weaker = i if p[i, sac] <= p[best, sac] else best
+            keep[weaker] = False
+            best = best if weaker == i else i
+        else:
+            best = i
     return keep
 
 
