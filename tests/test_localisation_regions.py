@@ -9,6 +9,8 @@ from ctseg.core.errors import ConfigError
 from ctseg.localisation.decode import assign_levels, chain_steps, resolve_levels
 from ctseg.localisation.regions import (
     REGIONS,
+    REGIONS_THORAX3,
+    RegionClasses,
     RegionTrainer,
     combine,
     level_likelihood,
@@ -27,9 +29,45 @@ def test_region_classes_follow_the_anchors_and_transitional_anatomy():
     # a 13th rib pair: T13 carries the last ribs, T12 the second-last, T11 is mid-thoracic
     t13 = region_classes([17, 18, 19, 28, 20])
     assert names(t13, [18, 19, 28]) == ["T2-T10", "T11", "T12"]
+    # the thorax in three: the same rules move T11 into T10's class
+    three = RegionClasses(REGIONS_THORAX3)
+    t13 = region_classes([17, 18, 19, 28, 20], three)
+    assert [three.names[t13[v]] for v in (16, 17, 18, 19, 28)] == [
+        "T8-T10",
+        "T8-T10",
+        "T8-T10",
+        "T11",
+        "T12",
+    ]
+    normal = three.of_case([*range(1, 25), 26])
+    assert [three.names[normal[v]] for v in (9, 11, 12, 14, 15, 17)] == [
+        "T2-T4",
+        "T2-T4",
+        "T5-T7",
+        "T5-T7",
+        "T8-T10",
+        "T8-T10",
+    ]
+
     # an L6: it is the last lumbar level, L5 a middle one
     l6 = region_classes([23, 24, 25, 26])
     assert names(l6, [24, 25, 26]) == ["L1-L4", "L5", "sacrum"]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["C1-C7", "T1-T12", "L1-L5", "sacrum"], "end with 'none'"),
+        (["C1-C7", "T1-T11", "L1-L5", "sacrum", "none"], "leave out T12"),
+        (["C1-C7", "T1-T12", "T12-L5", "sacrum", "none"], "T12 is in two classes"),
+        (["T1-T12", "C1-C7", "L1-L5", "sacrum", "none"], "head-to-feet order"),
+        (["C1-C7", "T1-T13", "L1-L5", "sacrum", "none"], "not a run of the normal"),
+        (["C1-C7", "T1-T12", "L1-L5", "S1", "none"], "not a level or a run"),
+    ],
+)
+def test_a_taxonomy_that_does_not_cover_the_spine_once_in_order_is_refused(names, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_regions({"classes": names})
 
 
 def test_qc_anchor_classes_are_the_region_classes_that_hold_one_level():
@@ -52,6 +90,14 @@ def test_level_likelihood_divides_each_class_by_its_levels():
     assert lik[levels.index(9)] == pytest.approx(0.1)  # T2: 0.9 over 9 levels
     assert lik[levels.index(19)] == pytest.approx(0.1)  # T12: a class of its own
     assert lik[levels.index(20)] == 0.0
+    # the thorax in three: its 14 columns, its class sizes
+    three = RegionClasses(REGIONS_THORAX3)
+    p = np.zeros((1, len(three)))
+    p[0, three.index("T2-T4")] = 0.9
+    p[0, three.index("T12")] = 0.1
+    lik = level_likelihood(p, levels, three)[0]
+    assert lik[levels.index(9)] == pytest.approx(0.3)  # T2: 0.9 over 3 levels
+    assert lik[levels.index(12)] == 0.0 and lik[levels.index(19)] == pytest.approx(0.1)
 
 
 def test_one_anchor_renames_a_chain_the_first_stage_shifted():
@@ -312,3 +358,29 @@ def test_one_sacrum_point_stays_of_several_found_on_it():
     p[3, REGIONS.index("sacrum")] = 0.8  # L5 seen as the sacrum, 48 mm above the next point
     assert one_sacrum(worlds, p).tolist() == [True, True, True, True, False, True, False]
     assert one_sacrum(worlds[:5], p[:5]).tolist() == [True] * 5
+
+
+def test_a_package_decodes_with_the_taxonomy_its_region_network_learnt():
+    """Eight points 22 mm apart with no first-stage preference: the thorax-in-three classes
+    seen along them (T2-T4 twice, T5-T7 three times, T8-T10 three times) fit one naming
+    only, T3-T10, and the package's stored class names are what decoding reads them by. A
+    package written before packages named their classes decodes with the default ones."""
+    from ctseg.localisation.predict import name_chain
+    from ctseg.localisation.regions import classes_of, regions_spec
+
+    levels = resolve_levels([*range(1, 20), 28, *range(20, 27)])
+    three = RegionClasses(REGIONS_THORAX3)
+    seen = ["T2-T4"] * 2 + ["T5-T7"] * 3 + ["T8-T10"] * 3
+    p = np.full((8, len(three)), 0.01)
+    for i, cls in enumerate(seen):
+        p[i, three.index(cls)] = 0.9
+    p /= p.sum(axis=1, keepdims=True)
+    worlds = [[0.0, 0.0, -22.0 * i] for i in range(8)]
+    votes = np.full((8, len(levels)), 1.0 / len(levels))
+    regions = resolve_regions({"classes": list(REGIONS_THORAX3)})
+    regions["hu_window"] = [-1000.0, 2000.0]
+    spec = regions_spec(regions)
+    assert classes_of(spec) == three and classes_of({}).names == REGIONS
+    meta = {"levels": levels, "refiner": {}, "optional_cost": 0.5, "regions": spec}
+    names = [q["name"] for q in name_chain(worlds, votes, p, meta)]
+    assert names == [f"T{k}" for k in range(3, 11)]

@@ -215,7 +215,7 @@ def refined_evidence(
     (:func:`on_the_column`), head to feet; their first stage identification ``[n, levels]``
     (times the refiner's own level head where it has one); and, when the package has a region
     network (``regions``: (network, its grid, its array)), its class probabilities
-    ``[n, len(REGIONS)]`` (else None)."""
+    ``[n, len(classes)]`` (else None)."""
     from ctseg.localisation.refine import refine_candidates
 
     spec = meta["refiner"]
@@ -246,7 +246,7 @@ def name_chain(
 ) -> list[dict]:
     """Levels for refined points (head to feet) from the first stage's votes ``[n, levels]``
     and, when the package has a region network, its class probabilities ``region_p``
-    ``[n, len(REGIONS)]``: drops what is not a vertebra, weighs the two experts
+    ``[n, len(classes)]``: drops what is not a vertebra, weighs the two experts
     (:func:`ctseg.localisation.regions.combine`), and chooses the levels along the chain
     (:func:`assign_levels`). Apart from :func:`refined_evidence` (whose output it takes) so
     that decoding settings can be measured on stored network outputs
@@ -257,23 +257,25 @@ def name_chain(
         from ctseg.localisation.regions import (
             REGIONS_DEFAULTS,
             below_sacrum,
+            classes_of,
             combine,
             none_prob,
             one_sacrum,
         )
 
         spec_r = meta["regions"]
+        classes = classes_of(spec_r)
         probs = np.asarray(region_p)
         # not a vertebra (a ghost between two, the pelvis below the sacrum): out of the chain
         # before its spacing is read
-        keep = none_prob(probs) <= float(spec_r.get("none_drop", 0.5))
+        keep = none_prob(probs, classes) <= float(spec_r.get("none_drop", 0.5))
         below = spec_r.get("below_sacrum_mm", 30.0)
         if below is not None:
-            keep &= ~below_sacrum(worlds, probs, 0.5, float(below))
+            keep &= ~below_sacrum(worlds, probs, 0.5, float(below), classes)
         worlds = [w for w, k in zip(worlds, keep, strict=True) if k]
         votes, probs = votes[keep], probs[keep]
         # the sacrum is one bone: its S1-S3 bodies found as points leave one of them
-        keep = one_sacrum(worlds, probs)
+        keep = one_sacrum(worlds, probs, classes=classes)
         worlds = [w for w, k in zip(worlds, keep, strict=True) if k]
         votes = combine(
             votes[keep],
@@ -282,6 +284,7 @@ def name_chain(
             float(spec_r.get("weight", 1.0)),
             # a package from before the floor decodes with today's default
             float(spec_r.get("first_stage_floor", REGIONS_DEFAULTS["first_stage_floor"])),
+            classes,
         )
         worlds, votes = drop_duplicates(worlds, votes)
         spec = {**spec, "chain_bonus": spec_r.get("chain_bonus", 1.0)}

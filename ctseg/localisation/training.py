@@ -76,7 +76,7 @@ from ctseg.localisation.predict import (
     pad_zyx,
 )
 from ctseg.localisation.refine import RefinerTrainer, refiner_spec, resolve_refiner
-from ctseg.localisation.regions import REGIONS, RegionTrainer, regions_spec, resolve_regions
+from ctseg.localisation.regions import RegionTrainer, regions_spec, resolve_regions
 from ctseg.localisation.synthetic import resolve_synthetic, synthetic_items
 from ctseg.models import build_model, model_kwargs
 from ctseg.training import history as shared
@@ -545,7 +545,7 @@ class LocaliserTrainer:
             extra["regions"] = regions_spec(reg)
             extra["subnets"]["regions"] = {
                 "model_kwargs": model_kwargs(reg),
-                "n_classes": len(REGIONS),
+                "n_classes": len(reg["classes"]),
             }
         return {
             **extra,
