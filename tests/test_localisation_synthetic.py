@@ -26,7 +26,9 @@ POP = {
 }
 
 
-@pytest.mark.parametrize("off", [None, False, {"cases": 0, "population": POP}])
+@pytest.mark.parametrize(
+    "off", [None, False, {"cases": 0, "population": POP}, {"refiner_cases": 0, "regions_cases": 0}]
+)
 def test_no_cases_is_off(off):
     assert resolve_synthetic(off) is None
     assert resolve_config({"synthetic": off})["synthetic"] is None
@@ -34,7 +36,16 @@ def test_no_cases_is_off(off):
 
 def test_defaults_are_filled_in():
     out = resolve_synthetic({"cases": 4, "population": POP})
-    assert out == {"cases": 4, "population": POP, "max_voxels": 1_500_000, "refiner_cases": 0}
+    assert out == {
+        "cases": 4,
+        "population": POP,
+        "max_voxels": 1_500_000,
+        "refiner_cases": 0,
+        "regions_cases": 0,
+    }
+    # the region network's draws alone: a block, with no draw for the first stage
+    only = resolve_synthetic({"regions_cases": 6, "population": POP})
+    assert only["cases"] == 0 and only["regions_cases"] == 6
 
 
 @pytest.mark.parametrize(
@@ -44,6 +55,8 @@ def test_defaults_are_filled_in():
         ({"cases": -3, "population": POP}, "synthetic.cases"),
         ({"cases": 3, "population": POP, "max_voxels": -1}, "synthetic.max_voxels"),
         ({"cases": 3, "population": POP, "refiner_cases": 4}, "synthetic.refiner_cases"),
+        ({"regions_cases": -1, "cases": 3, "population": POP}, "synthetic.regions_cases"),
+        ({"regions_cases": 3}, "synthetic.population"),
         ({"cases": 3}, "synthetic.population"),
         ({"cases": 3, "population": {**POP, "body_scale": [1.3, 0.75]}}, "body_scale"),
         ({"cases": 3, "population": {**POP, "noise": [10, 20]}}, "noise"),
@@ -72,9 +85,9 @@ def test_draws_are_the_population_phantoms_with_their_centroids():
     from ctseg.phantom.population import case_params
 
     cfg = resolve_synthetic({"cases": 3, "population": POP, "max_voxels": 200_000})
-    items = list(synthetic_items(cfg, 7))
+    items = list(synthetic_items(cfg, 7, 3))
     assert len(items) == 3 and len({it["case"] for it in items}) == 3
-    again = list(synthetic_items(cfg, 7, limit=2))
+    again = list(synthetic_items(cfg, 7, 2))
     for it, seed, rep in zip(items, synthetic_seeds(7, 3), [*again, None], strict=True):
         assert set(it) == {"case", "ct", "centroids"}
         assert it["case"] == f"synthetic{seed}"
@@ -109,3 +122,37 @@ def test_trainer_adds_the_draws_to_its_training_cases(tmp_path):
     assert tgt.shape[1:] == case.image.shape
     present = [k for k in range(len(case.points_zyx)) if np.isfinite(case.points_zyx[k]).all()]
     assert present and all(tgt[k].max() > 0.5 for k in present)
+
+
+def test_the_region_network_alone_trains_on_its_draws(tmp_path, monkeypatch):
+    """``regions_cases`` draws go to the region network and nowhere else: the first stage
+    (``cases`` 0) and the refiner (``refiner_cases`` 0) see the case sheet's case only."""
+    from ctseg import phantom
+    from ctseg.localisation import training
+
+    class Spy:
+        def __init__(self, items, cfg, out_dir, seed, dev, autocast):
+            self.items = items
+
+        def fit(self):
+            return [it["case"] for it in self.items]
+
+    monkeypatch.setattr(training, "RegionTrainer", Spy)
+    monkeypatch.setattr(training, "RefinerTrainer", Spy)
+    ph = phantom.generate(
+        3,
+        {"shape": [24, 20, 32], "spacing_mm": [8.0] * 3, "first_level": "T12", "last_level": "L4"},
+    )
+    item = {"case": "own", "ct": ph.image("hu"), "centroids": ph.centroids}
+    cfg = {
+        "levels": "T10-L5",
+        "refiner": {"steps": 1},
+        "regions": {"steps": 1},
+        "synthetic": {"regions_cases": 2, "population": POP},
+    }
+    trainer = LocaliserTrainer([item], [], tmp_path, cfg, seed=5, device="cpu", threads=1)
+    trainer.setup()
+    assert [c.name for c in trainer.train] == ["own"]
+    seen = {stage: trainer.fit_stage(stage)[stage] for stage in ("refiner", "regions")}
+    assert seen["refiner"] == ["own"]
+    assert seen["regions"] == ["own", *(f"synthetic{s}" for s in synthetic_seeds(5, 2))]

@@ -18,7 +18,16 @@ run's seed), which no case sheet of this repository uses, so a held-out figure s
 * ``max_voxels``: the CPU budget of one draw (coarser voxels where a draw would exceed it;
   the localiser's 8 mm working grid does not need finer);
 * ``refiner_cases``: how many of the draws the second stage also trains on (its 3 mm crops
-  hold about 15 MB each, so fewer than the first stage).
+  hold about 15 MB each, so fewer than the first stage);
+* ``regions_cases``: how many draws the region network (the anatomical anchors) trains on
+  besides the case sheet's -- the first ``regions_cases`` seeds of the same stream, so they
+  may be more than ``cases``. Why apart from the first stage: 300 draws spread over the first
+  stage's steps made it underfit (README), while the region network classifies local cubes
+  and gains from seeing more bodies and more transitional anatomy (a 20-case cohort holds one
+  T13 and no L6).
+
+The first stage trains on ``cases`` draws only when ``cases`` > 0; a block whose three counts
+are 0 is no block.
 """
 
 from __future__ import annotations
@@ -37,13 +46,17 @@ SYNTHETIC_DEFAULTS: dict = {
     "population": None,
     "max_voxels": 1_500_000,
     "refiner_cases": 0,
+    "regions_cases": 0,
 }
 
 
 def resolve_synthetic(config) -> dict | None:
     """``None`` (no synthetic draws) or the block with defaults filled in; bad keys and values
     raise :class:`ConfigError` naming the key."""
-    if config in (None, False) or (isinstance(config, dict) and not config.get("cases")):
+    counts = ("cases", "refiner_cases", "regions_cases")
+    if config in (None, False) or (
+        isinstance(config, dict) and not any(config.get(k) for k in counts)
+    ):
         return None
     if not isinstance(config, dict):
         raise ConfigError(f"config key 'synthetic' must be false or a mapping, got {config!r}")
@@ -51,7 +64,7 @@ def resolve_synthetic(config) -> dict | None:
     if unknown:
         raise ConfigError(f"unknown key(s) in 'synthetic': {', '.join(unknown)}")
     out = {**SYNTHETIC_DEFAULTS, **config}
-    for key in ("cases", "max_voxels", "refiner_cases"):
+    for key in ("max_voxels", *counts):
         if int(out[key]) < 0:
             raise ConfigError(f"config key 'synthetic.{key}' must be >= 0, got {out[key]}")
         out[key] = int(out[key])
@@ -74,14 +87,13 @@ def synthetic_seeds(seed: int, n: int) -> list[int]:
     return [SYNTHETIC_SEED_BASE + int(state) * 1000 + i for i in range(n)]
 
 
-def synthetic_items(cfg: dict, seed: int, limit: int | None = None) -> Iterator[dict]:
-    """Draws of the population as localiser items ``{"case", "ct" (sitk.Image), "centroids"}``,
-    generated one at a time (a draw is deterministic in its seed, so a resumed run and the
-    second stage see the same cases)."""
+def synthetic_items(cfg: dict, seed: int, n: int) -> Iterator[dict]:
+    """The first ``n`` draws of the population as localiser items ``{"case", "ct"
+    (sitk.Image), "centroids"}``, generated one at a time (a draw is deterministic in its
+    seed, so a resumed run and the later stages see the same cases)."""
     from ctseg import phantom
     from ctseg.phantom.population import case_params
 
-    n = cfg["cases"] if limit is None else min(int(limit), cfg["cases"])
     population = {**cfg["population"], "max_voxels": cfg["max_voxels"]}
     for s in synthetic_seeds(seed, n):
         name = f"synthetic{s}"

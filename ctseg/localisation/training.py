@@ -366,8 +366,8 @@ class LocaliserTrainer:
             raise InputError("no training cases", path=self.out_dir)
         self.train = [Case(it, self.cfg) for it in self.train_items]
         syn = self.cfg["synthetic"]
-        if syn is not None:
-            draws = synthetic_items(syn, self.seed)
+        if syn is not None and syn["cases"]:
+            draws = synthetic_items(syn, self.seed, syn["cases"])
             self.train += [
                 Case(it, self.cfg)
                 for it in tqdm(draws, total=syn["cases"], desc="synthetic cases", unit="case")
@@ -598,8 +598,9 @@ class LocaliserTrainer:
         set_threads(_optim_config(self.cfg), self.threads)
         syn = self.cfg["synthetic"]
         items = list(self.train_items)
-        if syn is not None and syn["refiner_cases"]:
-            items += list(synthetic_items(syn, self.seed, syn["refiner_cases"]))
+        n = 0 if syn is None else syn[f"{stage}_cases"]
+        if n:
+            items += list(synthetic_items(syn, self.seed, n))
         trainer = RefinerTrainer if stage == "refiner" else RegionTrainer
         cfg = self.cfg[stage]
         return {stage: trainer(items, cfg, self.out_dir, self.seed, self.dev, self.autocast).fit()}
