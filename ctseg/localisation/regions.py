@@ -114,8 +114,8 @@ REGIONS = (
 #: ribs). Why it exists: a view of T3-T10 holds none of the one-level anchors, and held-out
 #: mid-spine crops were named one to three levels off. Why it is not the default: measured on
 #: stored outputs of four held-out seed sets, two networks of each taxonomy, it identified
-#: 93.3 % against 92.6 % (README) -- within what retraining one network moves -- and its
-#: soft boundaries let more shifted namings past the QC.
+#: 93.3 % against 92.9 % (README) -- within what retraining one network moves -- its one-level
+#: anchors were less sure, and a QC rule reading its boundaries let more shifted namings by.
 REGIONS_THORAX3 = (
     "C1", "C2", "C3-C6", "C7", "T1", "T2-T4", "T5-T7", "T8-T10", "T11", "T12", "L1-L4", "L5",
     "sacrum", "none",
