@@ -8,30 +8,30 @@ import pytest
 from ctseg.core.errors import ConfigError
 from ctseg.localisation.decode import assign_levels, chain_steps, resolve_levels
 from ctseg.localisation.regions import (
+    DEFAULT_CLASSES,
     REGIONS,
     REGIONS_THORAX3,
     RegionClasses,
     RegionTrainer,
     combine,
     level_likelihood,
-    region_classes,
     resolve_regions,
 )
 
 
 def test_region_classes_follow_the_anchors_and_transitional_anatomy():
     names = lambda m, ids: [REGIONS[m[i]] for i in ids]  # noqa: E731
-    normal = region_classes([*range(1, 25), 26])  # no T13 (28), no L6 (25)
+    normal = DEFAULT_CLASSES.of_case([*range(1, 25), 26])  # no T13 (28), no L6 (25)
     assert names(normal, [1, 2, 3, 6, 7, 8, 9, 17, 18, 19, 20, 23, 24, 26]) == [
         "C1", "C2", "C3-C6", "C3-C6", "C7", "T1", "T2-T10", "T2-T10", "T11", "T12", "L1-L4",
         "L1-L4", "L5", "sacrum",
     ]  # fmt: skip
     # a 13th rib pair: T13 carries the last ribs, T12 the second-last, T11 is mid-thoracic
-    t13 = region_classes([17, 18, 19, 28, 20])
+    t13 = DEFAULT_CLASSES.of_case([17, 18, 19, 28, 20])
     assert names(t13, [18, 19, 28]) == ["T2-T10", "T11", "T12"]
     # the thorax in three: the same rules move T11 into T10's class
     three = RegionClasses(REGIONS_THORAX3)
-    t13 = region_classes([17, 18, 19, 28, 20], three)
+    t13 = three.of_case([17, 18, 19, 28, 20])
     assert [three.names[t13[v]] for v in (16, 17, 18, 19, 28)] == [
         "T8-T10",
         "T8-T10",
@@ -50,7 +50,7 @@ def test_region_classes_follow_the_anchors_and_transitional_anatomy():
     ]
 
     # an L6: it is the last lumbar level, L5 a middle one
-    l6 = region_classes([23, 24, 25, 26])
+    l6 = DEFAULT_CLASSES.of_case([23, 24, 25, 26])
     assert names(l6, [24, 25, 26]) == ["L1-L4", "L5", "sacrum"]
 
 
@@ -75,7 +75,7 @@ def test_qc_anchor_classes_are_the_region_classes_that_hold_one_level():
     level: derived here from the normal spine's class map, they must be the QC's list."""
     from ctseg.formats.qc import ANCHOR_CLASSES
 
-    normal = region_classes([*range(1, 25), 26])
+    normal = DEFAULT_CLASSES.of_case([*range(1, 25), 26])
     held = {c: sum(1 for v in [*range(1, 25), 26] if normal[v] == c) for c in set(normal.values())}
     assert sorted(REGIONS[c] for c, n in held.items() if n == 1) == sorted(ANCHOR_CLASSES)
     assert {"C3-C6", "T2-T10", "L1-L4"} == {REGIONS[c] for c, n in held.items() if n > 1}
@@ -177,7 +177,7 @@ def test_training_cubes_carry_each_centroids_class_around_it(tmp_path):
                            "background_prob": 0.0})  # fmt: skip
     cfg["hu_window"], cfg["levels"] = [-1000.0, 2000.0], resolve_levels("T8-L3")
     tr = RegionTrainer([item], cfg, tmp_path, 5, torch.device("cpu"))
-    classes = region_classes(cfg["levels"])
+    classes = DEFAULT_CLASSES.of_case(cfg["levels"])
     expected = {classes[v] for v in cfg["levels"]}
     x, y = tr.sample()
     assert x.shape == (16, 1, 32, 32, 32) and y.shape == (16, 32, 32, 32)
@@ -229,7 +229,7 @@ def test_a_localiser_with_regions_trains_saves_and_predicts(tmp_path):
 
     truth = [{"label": c["label"], "world": [c["x"], c["y"], c["z"]]} for c in item["centroids"]]
     rows = anatomy_rows(load_localiser(model, "cpu"), item["ct"], truth)
-    classes = region_classes([c["label"] for c in truth])
+    classes = DEFAULT_CLASSES.of_case([c["label"] for c in truth])
     assert [r["label"] for r in rows] == [c["label"] for c in truth]
     assert [r["expected"] for r in rows] == [REGIONS[classes[c["label"]]] for c in truth]
     assert all(0 <= r["p_expected"] <= r["p_seen"] <= 1 for r in rows)
@@ -240,15 +240,13 @@ def test_background_cubes_teach_none_at_their_centre(tmp_path):
     carry "none" at their centre, so ghosts and the pelvis can be told from vertebrae."""
     import torch
 
-    from ctseg.localisation.regions import NONE
-
     item = _phantom_item()
     cfg = resolve_regions({"background_prob": 0.999, "batch_size": 16, "spacing_mm": [4.0] * 3})
     cfg["hu_window"], cfg["levels"] = [-1000.0, 2000.0], resolve_levels("T8-L3")
     tr = RegionTrainer([item], cfg, tmp_path, 5, torch.device("cpu"))
     _, y = tr.sample()
     centre = y[:, 15:17, 15:17, 15:17].reshape(16, -1)
-    assert int((centre == NONE).all(dim=1).sum()) >= 12
+    assert int((centre == DEFAULT_CLASSES.none).all(dim=1).sum()) >= 12
 
 
 def test_combine_scales_points_by_their_vertebra_probability():

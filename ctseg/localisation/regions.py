@@ -33,7 +33,9 @@ from ctseg.core.labels import SACRUM, VERSE_IDS, VERSE_NAMES
 from ctseg.localisation.geometry import world_to_index
 from ctseg.localisation.refine import RefinerTrainer, crop_patch, resolve_patch_block
 
-T12, T13, L5, L6 = (VERSE_IDS[n] for n in ("T12", "T13", "L5", "L6"))
+T10, T11, T12, T13, L4, L5, L6 = (
+    VERSE_IDS[n] for n in ("T10", "T11", "T12", "T13", "L4", "L5", "L6")
+)
 _NORMAL = [*range(VERSE_IDS["C1"], VERSE_IDS["L5"] + 1), SACRUM]  # head to feet, no T13 / L6
 
 
@@ -95,9 +97,9 @@ class RegionClasses:
         labels = {int(v) for v in labels}
         out = dict(self.base)
         if T13 in labels:
-            out[T12], out[18] = self.base[18], self.base[17]
+            out[T12], out[T11] = self.base[T11], self.base[T10]
         if L6 in labels:
-            out[L5] = self.base[23]
+            out[L5] = self.base[L4]
         return out
 
 
@@ -121,7 +123,6 @@ REGIONS_THORAX3 = (
     "sacrum", "none",
 )  # fmt: skip
 DEFAULT_CLASSES = RegionClasses(REGIONS)
-NONE = DEFAULT_CLASSES.none
 
 
 def classes_of(spec: dict | None) -> RegionClasses:
@@ -197,12 +198,6 @@ def resolve_regions(config) -> dict | None:
     if not 0 < float(out["none_drop"]) <= 1:
         raise ConfigError("config key 'regions.none_drop' must be in (0, 1]")
     return out
-
-
-def region_classes(labels, classes: RegionClasses = DEFAULT_CLASSES) -> dict[int, int]:
-    """Level id -> class index of ``classes`` for a case whose levels are ``labels``
-    (:meth:`RegionClasses.of_case`)."""
-    return classes.of_case(labels)
 
 
 def level_likelihood(
@@ -481,7 +476,6 @@ __all__ = [
     "one_sacrum",
     "level_likelihood",
     "none_prob",
-    "region_classes",
     "region_probs",
     "regions_spec",
     "resolve_regions",
