@@ -12,10 +12,12 @@ and for each ``--set`` of overrides of its ``regions`` decoding keys, with the s
     .venv/bin/python benchmarks/bench_localiser_decoding.py \
         --localiser results/models/centroids/model.pt --store /tmp/decoding-7001.pkl \
         [--seeds-from 7001] [--cache /tmp/pexp/cache] \
-        [--set weight=2 --set weight=1,chain_bonus=0.5]
+        [--set weight=2 --set weight=1,chain_bonus=0.5] [--qc]
 
 Prints the overall identification rate, mean error and false positives per setting, and per
-family for the package's own. A setting is worth adopting only if it holds on a second seed
+family for the package's own; ``--qc`` adds QC's naming checks (``anatomy``, ``unanchored``)
+on each draw's naming and their flag rates on right and wrong namings (README, *Outputs a
+viewer opens*). A setting is worth adopting only if it holds on a second seed
 set (``--seeds-from 9001``): see the README (*Measured on the population (held out)*) for
 one that gained 6 points on one set and lost 2.5 on the other.
 """
@@ -66,6 +68,44 @@ def store_evidence(localiser: Path, cache: Path, seeds_from: int, per_family: in
     return {"meta": keep, "cases": cases}
 
 
+def named_points(case: dict, meta: dict) -> list[dict]:
+    """A stored draw's points as prediction names them (``name_chain``), in the scan only."""
+    pts = name_chain(list(case["worlds"]), np.asarray(case["votes"]), case["probs"], meta)
+    seen = {tuple(w): ok for w, ok in zip(map(tuple, case["worlds"]), case["inside"], strict=True)}
+    return [p for p in pts if seen[tuple(p["world"])]]  # as predict_centroids: in the scan
+
+
+def naming_qc(
+    stored: dict, tab: pd.DataFrame, localiser: Path, cache: Path, seeds_from: int, per_family: int
+) -> None:
+    """QC's ``anatomy`` / ``unanchored`` flags (``ctseg.formats.qc.anatomy_flags``) on the
+    package's own naming of each draw, against how much of the draw it identified: the flag
+    rate on namings that are right and on namings that are not."""
+    from ctseg.formats.qc import anatomy_flags
+    from ctseg.localisation.geometry import read_ct
+    from ctseg.localisation.predict import load_localiser
+    from ctseg.localisation.regions import anatomy_rows
+
+    loaded = load_localiser(localiser, "cpu")
+    cts = {it["case"]: it["ct"] for it in pe.held_out_draws(cache, seeds_from, per_family)}
+    out = []
+    for c in tqdm(stored["cases"], desc="naming QC"):
+        pts = [{"label": p["label"], "world": p["world"]} for p in named_points(c, stored["meta"])]
+        flags = sorted(
+            f["name"] for f in anatomy_flags(anatomy_rows(loaded, read_ct(cts[c["case"]]), pts))
+        )
+        rows = tab[(tab.case == c["case"]) & (tab.status != "extra")]
+        out.append((float(rows.identified.mean()), flags))
+        print(f"  {c['case']:20s} identified {out[-1][0]:.2f} flags {flags}")
+    for what, keep in (
+        ("all levels identified", lambda r: r == 1.0),
+        ("a level missed", lambda r: r < 1.0),
+        ("under half identified", lambda r: r < 0.5),
+    ):
+        hit = [f for r, f in out if keep(r)]
+        print(f"naming QC, {what}: {sum(bool(f) for f in hit)}/{len(hit)} flagged")
+
+
 def score(stored: dict, overrides: dict) -> tuple[dict, pd.DataFrame]:
     """Identification over all stored draws with the ``regions`` decoding keys overridden."""
     meta = copy.deepcopy(stored["meta"])
@@ -75,10 +115,7 @@ def score(stored: dict, overrides: dict) -> tuple[dict, pd.DataFrame]:
         meta["regions"].update(overrides)
     tabs = []
     for c in stored["cases"]:
-        pts = name_chain(list(c["worlds"]), np.asarray(c["votes"]), c["probs"], meta)
-        seen = {tuple(w): ok for w, ok in zip(map(tuple, c["worlds"]), c["inside"], strict=True)}
-        pts = [p for p in pts if seen[tuple(p["world"])]]  # as predict_centroids: in the scan
-        tab = identification_table(pts, c["truth"])
+        tab = identification_table(named_points(c, meta), c["truth"])
         tab.insert(0, "case", c["case"])
         tab.insert(0, "family", c["family"])
         tabs.append(tab)
@@ -104,6 +141,9 @@ def main() -> None:
     ap.add_argument("--seeds-from", type=int, default=7001)
     ap.add_argument("--per-family", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], dest="settings")
+    ap.add_argument(
+        "--qc", action="store_true", help="also QC's anatomy / unanchored flags per draw"
+    )
     args = ap.parse_args()
     if args.store.exists():
         stored = pickle.loads(args.store.read_bytes())
@@ -121,6 +161,8 @@ def main() -> None:
             f"{name:32s} id {s['id_rate']:.3f}  error {s['mean_error_mm']:.2f} mm  "
             f"false positives {s['false_positives']}"
         )
+    if args.qc:
+        naming_qc(stored, tab, args.localiser, args.cache, args.seeds_from, args.per_family)
 
 
 if __name__ == "__main__":
