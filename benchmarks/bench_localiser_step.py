@@ -1,11 +1,12 @@
-"""The centroid localiser's training steps on the CPU: float32 against bf16 autocast.
+"""The centroid localiser's training steps on the CPU: float32, bf16 autocast, bf16 channels-last.
 
 Drives the real trainers of the default config's three stages (first stage on the whole
 field of view at 8 mm, refiner on 32^3 patches at 3 mm, region network on 32^3 cubes at 5 mm)
 on population draws of the default cohort, and times ``--steps`` steps of each (sampling,
-forward, loss, backward, guarded AdamW step), float32 and bf16 in the same run, one thread
-(the workflow gives the localiser's job one). Prints ms per step and the bf16 / float32 ratio,
-and the default config's whole training time per precision (steps x ms).
+forward, loss, backward, guarded AdamW step), float32, bf16 and bf16 with the networks and
+batches channels-last (``channels_last``) in the same run, one thread (the workflow gives the
+localiser's job one). Prints ms per step, the ratios to float32, and the default config's whole
+training time per setting (steps x ms).
 
 Usage: python benchmarks/bench_localiser_step.py [--steps 20] [--cases 4]
 """
@@ -38,14 +39,20 @@ def _timed(step, n: int, warmup: int = 2) -> float:
     return (time.perf_counter() - t0) / n * 1000
 
 
-def stage_times(items: list[dict], cfg: dict, bf16: bool, steps: int, work: Path) -> dict:
-    cfg = {**copy.deepcopy(cfg), "cpu_bf16": bf16}
-    first = LocaliserTrainer(items, [], work / f"first{int(bf16)}", cfg, seed=1, device="cpu")
+def stage_times(
+    items: list[dict], cfg: dict, bf16: bool, steps: int, work: Path, channels_last: bool = False
+) -> dict:
+    cfg = {**copy.deepcopy(cfg), "cpu_bf16": bf16, "channels_last": channels_last}
+    tag = f"{int(bf16)}{int(channels_last)}"
+    first = LocaliserTrainer(items, [], work / f"first{tag}", cfg, seed=1, device="cpu")
     first.threads = 1
     first.setup()
     out = {"first stage": _timed(lambda: first.train_step(*first.sample_batch()), steps)}
     for name, cls in (("refiner", RefinerTrainer), ("regions", RegionTrainer)):
-        sub = cls(items, first.cfg[name], work / f"{name}{int(bf16)}", 1, first.dev, first.autocast)
+        sub = cls(
+            items, first.cfg[name], work / f"{name}{tag}", 1, first.dev, first.autocast,
+            channels_last,
+        )  # fmt: skip
 
         out[name] = _timed(lambda sub=sub: sub.train_step(*sub.sample()), steps)
     return out
@@ -70,22 +77,26 @@ def main() -> None:
         cfg = base["experiments"]["centroids"]["localiser"]
         fp32 = stage_times(items, cfg, False, args.steps, work)
         bf16 = stage_times(items, cfg, True, args.steps, work)
+        cl = stage_times(items, cfg, True, args.steps, work, channels_last=True)
     first = LocaliserTrainer(items, [], "-", cfg, seed=1).cfg
     total_steps = {
         "first stage": first["epochs"] * first["steps_per_epoch"] * first["ensemble"],
         "refiner": first["refiner"]["steps"],
         "regions": first["regions"]["steps"],
     }
-    print(f"{'stage':<12} {'steps':>6} {'fp32 ms':>9} {'bf16 ms':>9} {'bf16/fp32':>9}")
+    print(
+        f"{'stage':<12} {'steps':>6} {'fp32 ms':>9} {'bf16 ms':>9} {'bf16+CL ms':>11} "
+        f"{'bf16/fp32':>9} {'bf16+CL/bf16':>12}"
+    )
     for k in fp32:
         print(
-            f"{k:<12} {total_steps[k]:>6} {fp32[k]:>9.0f} {bf16[k]:>9.0f} {bf16[k] / fp32[k]:>9.2f}"
+            f"{k:<12} {total_steps[k]:>6} {fp32[k]:>9.0f} {bf16[k]:>9.0f} {cl[k]:>11.0f} "
+            f"{bf16[k] / fp32[k]:>9.2f} {cl[k] / bf16[k]:>12.2f}"
         )
-    t32 = sum(total_steps[k] * fp32[k] for k in fp32) / 60e3
-    t16 = sum(total_steps[k] * bf16[k] for k in bf16) / 60e3
+    t32, t16, tcl = (sum(total_steps[k] * t[k] for k in t) / 60e3 for t in (fp32, bf16, cl))
     print(
-        f"default config's training steps: fp32 {t32:.1f} min, bf16 {t16:.1f} min "
-        f"(ratio {t16 / t32:.2f}; validation and case loading not included)"
+        f"default config's training steps: fp32 {t32:.1f} min, bf16 {t16:.1f} min, "
+        f"bf16 + channels-last {tcl:.1f} min (validation and case loading not included)"
     )
 
 

@@ -81,6 +81,8 @@ def variants(exp: ExperimentConfig, shape, compile_: bool) -> dict:
         out["bf16 + channels-last"] = make_step(fresh(True), x.to(memory_format=fmt), y, bf16)
     if compile_:
         out["torch.compile"] = make_step(torch.compile(fresh()), x, y, nullcontext)
+        if cpu_has_bf16():
+            out["bf16 + torch.compile"] = make_step(torch.compile(fresh()), x, y, bf16)
     return out
 
 

@@ -201,6 +201,45 @@ def test_the_refiner_brings_a_tiny_overfit_to_the_centroids(tmp_path):
     assert (tmp_path / "checkpoints" / "refiner.pt").is_file()
 
 
+def test_the_refiner_and_region_network_train_alike_in_channels_last(tmp_path):
+    """The localiser's patch networks with ``channels_last``: conv weights in the NDHWC
+    layout, and the same float32 losses step by step as in NCDHW."""
+    import torch
+
+    from ctseg import phantom
+    from ctseg.localisation.refine import RefinerTrainer
+    from ctseg.localisation.regions import RegionTrainer
+    from ctseg.localisation.training import resolve_config
+
+    ph = phantom.generate(3, {"shape": [32, 24, 40], "spacing_mm": [8.0, 8.0, 8.0],
+                              "first_level": "T8", "last_level": "L3"})  # fmt: skip
+    item = {"case": "tiny", "ct": ph.image("hu"), "centroids": ph.centroids}
+    cfg = resolve_config({
+        "levels": "T8-L3", "channels_last": True,
+        "refiner": {"batch_size": 2, "patch": 16, "spacing_mm": [4.0] * 3},
+        "regions": {"batch_size": 2, "patch": 16, "spacing_mm": [6.0] * 3},
+    })  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for cls, sub in ((RefinerTrainer, cfg["refiner"]), (RegionTrainer, cfg["regions"])):
+            losses = {}
+            for cl in (False, True):
+                tr = cls([item], sub, tmp_path / f"{cls.__name__}{cl}", 1, torch.device("cpu"),
+                         None, cl)  # fmt: skip
+                # (weights with one input channel or a 1^3 kernel are both layouts at once)
+                convs = [p for p in tr.model.parameters() if p.ndim == 5 and min(p.shape[1:]) > 1]
+                assert convs and all(
+                    p.is_contiguous(memory_format=torch.channels_last_3d) == cl for p in convs
+                )
+                losses[cl] = [tr.train_step(*tr.sample()) for _ in range(3)]
+            np.testing.assert_allclose(losses[True], losses[False], rtol=2e-3)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ConfigError, match="channels_last"):
+        resolve_config({"channels_last": "yes"})
+
+
 def test_a_candidate_moves_to_its_own_peak_not_the_neighbours_stronger_one():
     """Two vertebrae 16 mm apart on a 2 mm patch: the candidate sits 3 mm from the weaker
     peak. The strongest peak in reach (20 mm) is the neighbour's; weighted by distance

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctseg.training.precision import cpu_has_bf16, guarded_step, mixed_precision
+from ctseg.training.precision import cpu_has_bf16, guarded_step, mixed_precision, to_channels_last
 
 
 def _model_and_opt():
@@ -56,3 +56,26 @@ def test_cpu_bf16_autocast_runs_convolutions_in_bf16():
         out = conv(torch.randn(1, 1, 5, 5, 5))
     assert out.dtype == torch.bfloat16
     assert conv.weight.dtype == torch.float32  # weights stay float32
+
+
+def test_channels_last_changes_the_layout_not_the_values():
+    x = torch.randn(2, 3, 4, 5, 6)
+    y = to_channels_last(x)
+    assert torch.equal(x, y)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not x.is_contiguous(memory_format=torch.channels_last_3d)
+    assert to_channels_last(torch.randn(2, 3, 4, 5)).is_contiguous(
+        memory_format=torch.channels_last
+    )
+    conv3, conv2 = torch.nn.Conv3d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)
+    w3, w2 = conv3.weight.detach().clone(), conv2.weight.detach().clone()
+    assert to_channels_last(conv3, 3) is conv3 and to_channels_last(conv2, 2) is conv2
+    assert conv3.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(conv3.weight, w3) and torch.equal(conv2.weight, w2)
+    # the same convolution either way, up to the order of the sums
+    assert torch.allclose(conv3(y), conv3(x.contiguous()), atol=1e-5)
+    with pytest.raises(ValueError, match="4-D or 5-D"):
+        to_channels_last(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="spatial_dims"):
+        to_channels_last(conv3)

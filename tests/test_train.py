@@ -201,6 +201,26 @@ def test_cpu_bf16_training_runs_the_forward_pass_in_bf16_and_still_fits(tiny, tm
     assert json.loads(blob["experiment_json"])["cpu_bf16"] is True
 
 
+def test_channels_last_training_takes_the_same_steps(tiny, tmp_path):
+    """A layout, not a recipe: float32 training with the network and its batches
+    channels-last follows the NCDHW run's losses (up to the order of floating-point sums),
+    and the package records the setting."""
+    base = {**EXP, "epochs": 2, "steps_per_epoch": 3}
+    losses = {}
+    for cl in (False, True):
+        out = tmp_path / f"cl{int(cl)}"
+        exp = ExperimentConfig.from_dict({**base, "channels_last": cl})
+        train_experiment(
+            exp, {"cube": str(tiny["cube"])}, {"cases": [tiny["case"]]}, out, seed=1, device="cpu"
+        )
+        rows = (out / "history.tsv").read_text().splitlines()[1:]
+        losses[cl] = [float(r.split("\t")[1]) for r in rows]
+    assert len(losses[True]) == 2
+    np.testing.assert_allclose(losses[True], losses[False], rtol=2e-3)
+    blob = torch.load(tmp_path / "cl1" / "model.pt", weights_only=True)
+    assert json.loads(blob["experiment_json"])["channels_last"] is True
+
+
 def test_2d_model_on_cube_slices_and_metal_task(tiny, tmp_path):
     exp = {
         "task": "metal",

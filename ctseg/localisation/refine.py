@@ -48,7 +48,7 @@ from ctseg.localisation.geometry import (
 from ctseg.localisation.heatmaps import gaussian_heatmaps, refine_peak
 from ctseg.models import build_model
 from ctseg.training.checkpoint import experiment_hash, load_checkpoint
-from ctseg.training.precision import guarded_step
+from ctseg.training.precision import guarded_step, to_channels_last
 from ctseg.training.trainer import make_optimizer
 
 #: Keys of the ``refiner`` block of a localiser config, with defaults.
@@ -211,11 +211,19 @@ class RefinerTrainer:
     decode_keys: tuple[str, ...] = REFINER_DECODE_KEYS
 
     def __init__(
-        self, items: list[dict], cfg: dict, out_dir: Path, seed: int, device, autocast=None
+        self,
+        items: list[dict],
+        cfg: dict,
+        out_dir: Path,
+        seed: int,
+        device,
+        autocast=None,
+        channels_last: bool = False,
     ):
         self.cfg, self.out_dir, self.seed, self.dev = cfg, Path(out_dir), int(seed), device
-        # the first stage's mixed precision (ctseg.training.precision.mixed_precision)
+        # the first stage's mixed precision and layout (ctseg.training.precision)
         self.autocast = autocast or nullcontext
+        self.channels_last = bool(channels_last)
         self.cases = [RefinerCase(it, cfg) for it in items]
         self.cases = [c for c in self.cases if len(c.points)]
         self.pairs, self.pair_p = self._centroid_draws(bool(cfg.get("balance_levels", True)))
@@ -225,6 +233,8 @@ class RefinerTrainer:
         self.model = build_model(cfg, self.n_outputs())
         self.init_head()
         self.model.to(self.dev)
+        if self.channels_last:
+            to_channels_last(self.model, 3)
         optim_cfg = ExperimentConfig.from_dict({"optimizer": "adamw", "lr": float(cfg["lr"])})
         self.opt, self.sched = make_optimizer(optim_cfg, self.model.parameters(), cfg["steps"])
         identity = {k: v for k, v in cfg.items() if k not in self.decode_keys}
@@ -298,6 +308,8 @@ class RefinerTrainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One guarded AdamW step under the first stage's precision; returns the loss."""
+        if self.channels_last:
+            x = to_channels_last(x)
         with self.autocast():
             logits = self.model(x)
         loss = self.loss(logits.float(), y)

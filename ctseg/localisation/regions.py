@@ -328,9 +328,18 @@ class RegionTrainer(RefinerTrainer):
     name = "regions"
     decode_keys = REGIONS_DECODE_KEYS
 
-    def __init__(self, items: list[dict], cfg: dict, out_dir, seed: int, device, autocast=None):
+    def __init__(
+        self,
+        items: list[dict],
+        cfg: dict,
+        out_dir,
+        seed: int,
+        device,
+        autocast=None,
+        channels_last: bool = False,
+    ):
         self.taxonomy = RegionClasses(cfg["classes"])  # before the network is built
-        super().__init__(items, cfg, out_dir, seed, device, autocast)
+        super().__init__(items, cfg, out_dir, seed, device, autocast, channels_last)
         levels = list(cfg["levels"])
         self.classes = []
         for c in self.cases:

@@ -86,7 +86,7 @@ from ctseg.training.checkpoint import (
     restore_rng_states,
     rng_states,
 )
-from ctseg.training.precision import guarded_step, mixed_precision
+from ctseg.training.precision import guarded_step, mixed_precision, to_channels_last
 from ctseg.training.trainer import make_optimizer, set_threads
 
 
@@ -131,6 +131,7 @@ DEFAULTS: dict = {
     "optional_cost": 0.0,  # decoding: prior cost of each transitional level (T13, L6) used
     "val_every": 1,
     "cpu_bf16": False,  # bf16 autocast on CPUs with native bf16 (faster steps)
+    "channels_last": False,  # every stage's network and batches channels-last (faster bf16)
     # first-stage networks trained with seeds seed, seed+1, ...; prediction averages their maps
     "ensemble": 1,
     # second stage on a fine grid (ctseg.localisation.refine): a mapping of its keys, or false
@@ -199,6 +200,9 @@ def resolve_config(config: dict | None) -> dict:
         out["regions"]["hu_window"] = list(out["hu_window"])
         out["regions"]["levels"] = list(out["levels"])
     out["synthetic"] = resolve_synthetic(out["synthetic"])
+    for key in ("cpu_bf16", "channels_last"):
+        if not isinstance(out[key], bool):
+            raise ConfigError(f"config key {key!r} must be true or false, got {out[key]!r}")
     if isinstance(out["ensemble"], bool) or not isinstance(out["ensemble"], int):
         raise ConfigError(f"config key 'ensemble' must be an integer, got {out['ensemble']!r}")
     if out["ensemble"] < 1:
@@ -353,6 +357,7 @@ class LocaliserTrainer:
         self.start_epoch = 0
         # the first stage's mixed precision, shared by the refiner and the region network
         self.autocast = mixed_precision(self.dev, bool(self.cfg["cpu_bf16"]))
+        self.channels_last = bool(self.cfg["channels_last"])  # and its layout
 
     # ------------------------------------------------------------------ hooks
     def setup(self) -> None:
@@ -380,6 +385,8 @@ class LocaliserTrainer:
         self.model = build_model(self.cfg, len(self.levels) + int(detect_identify))
         init_head_prior(self.model, float(self.cfg["prior"]), 1 if detect_identify else None)
         self.model.to(self.dev)
+        if self.channels_last:
+            to_channels_last(self.model, 3)
         self.epochs = int(self.cfg["epochs"])
         self.steps = int(self.cfg["steps_per_epoch"])
         self.make_optimiser()
@@ -437,6 +444,8 @@ class LocaliserTrainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)
+        if self.channels_last:
+            x = to_channels_last(x)
         with self.autocast():
             logits = self.model(x)
         loss = self.loss(logits.float(), y)
@@ -603,7 +612,10 @@ class LocaliserTrainer:
             items += list(synthetic_items(syn, self.seed, n))
         trainer = RefinerTrainer if stage == "refiner" else RegionTrainer
         cfg = self.cfg[stage]
-        return {stage: trainer(items, cfg, self.out_dir, self.seed, self.dev, self.autocast).fit()}
+        sub = trainer(
+            items, cfg, self.out_dir, self.seed, self.dev, self.autocast, self.channels_last
+        )
+        return {stage: sub.fit()}
 
     def fit_member(self, k: int) -> torch.nn.Module:
         """The ensemble's k-th first stage (k >= 1): its own resumable run under

@@ -57,7 +57,7 @@ from ctseg.training.data import CubeSource, DrrSource, load_batches, load_val_vo
 from ctseg.training.distributed import GlobalBatchDiceCELoss, all_reduce_sum
 from ctseg.training.history import write_history
 from ctseg.training.losses import DiceCELoss, mean_foreground_dice
-from ctseg.training.precision import mixed_precision
+from ctseg.training.precision import mixed_precision, to_channels_last
 
 
 def set_threads(experiment: ExperimentConfig, threads: int | None = None) -> int:
@@ -149,6 +149,8 @@ class Trainer:
         random.seed(self.seed)
         self.gen = torch.Generator().manual_seed(self.seed)
         self.model = build_model(self.exp.model_kwargs(), self.n_classes).to(self.dev)
+        if self.exp.channels_last:
+            to_channels_last(self.model, self.dim)
         if self.task.uses_cube:
             self.setup_cube()
         else:
@@ -270,6 +272,8 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)
+        if self.exp.channels_last:
+            x = to_channels_last(x)
         with self.autocast():
             logits = self.model(x)
         if self.step_loss is None:
