@@ -37,9 +37,10 @@ def to_channels_last(x: torch.Tensor | torch.nn.Module, spatial_dims: int | None
     weights converted (``spatial_dims`` 2 or 3 says which layout), in place, and is returned.
     Why: oneDNN's bf16 convolutions on a CPU run faster on channels-last tensors than on
     NCHW ones, which it reorders on every call (``benchmarks/bench_train_step.py``,
-    ``bench_localiser_step.py``: the vert3d step 0.77 of bf16's, the refiner's 0.69, on
-    this project's AVX512-BF16 machine; on a machine with AMX no difference). The values,
-    and so the training, are the same up to the order of floating-point sums."""
+    ``bench_localiser_step.py``: the vert3d step 0.77 of bf16's, the refiner's 0.72, on
+    this project's AVX512-BF16 machine; no difference on the CPU of an earlier measurement;
+    slower for some 2-D networks). The values, and so the training, are the same up to the
+    order of floating-point sums."""
     if isinstance(x, torch.nn.Module):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3 for a module, got {spatial_dims!r}")
