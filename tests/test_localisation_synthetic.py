@@ -131,7 +131,7 @@ def test_the_region_network_alone_trains_on_its_draws(tmp_path, monkeypatch):
     from ctseg.localisation import training
 
     class Spy:
-        def __init__(self, items, cfg, out_dir, seed, dev, autocast):
+        def __init__(self, items, cfg, out_dir, seed, dev, autocast, channels_last):
             self.items = items
 
         def fit(self):
