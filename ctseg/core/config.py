@@ -144,7 +144,7 @@ class ExperimentConfig:
     #: uses it); other CPUs train in float32 (ctseg.training.precision)
     cpu_bf16: bool = False
     #: the network and its input batches in channels-last layout (ctseg.training.precision.
-    #: channels_last): faster bf16 steps on some CPUs, the same values
+    #: to_channels_last): faster bf16 steps on some CPUs, the same values
     channels_last: bool = False
     postprocess: bool = True
     world_size: int | None = None
