@@ -400,6 +400,35 @@ def test_what_the_centroid_naming_removes_stays_removed_on_a_finer_ct_grid(tmp_p
     assert not lab[z > 74].any()
 
 
+def test_centroid_naming_cuts_between_levels_at_the_ct_s_own_resolution(tmp_path):
+    """Levels named by centroids on a 1 mm CT segmented on a 4 mm grid: the boundary is the
+    plane halfway between the centroids (28.6 mm) to the CT's millimetre, not the working
+    grid's 4 mm staircase carried over nearest-neighbour (which gave z = 29 mm to the upper
+    level)."""
+    from ctseg.inference.predict import predict_volume_with_evidence
+
+    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2}
+    net = build_model(exp, 2)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([-5.0, 5.0]))  # foreground everywhere
+    path = tmp_path / "model.pt"
+    save_package(path, net, exp, make_plan(_plan(n_classes=2, class_ids=[0, 1]), exp))
+    model, plan = load_package(path)
+    ct = sitk.GetImageFromArray(np.zeros((70, 12, 12), np.int16))
+    ct.SetSpacing((1.0, 1.0, 1.0))  # z from 0 to 69 mm
+    cents = [
+        {"label": 20, "x": 5.5, "y": 5.5, "z": 10.0},
+        {"label": 21, "x": 5.5, "y": 5.5, "z": 47.2},
+    ]
+    lab = sitk.GetArrayFromImage(
+        predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=cents).labels
+    )
+    z, core = np.arange(70), lab[:, 3:-3, 3:-3]
+    assert (core[(z >= 12) & (z <= 28)] == 20).all()
+    assert (core[(z >= 29) & (z <= 45)] == 21).all()
+
+
 @pytest.mark.parametrize(
     "shape, spacing, new",
     [

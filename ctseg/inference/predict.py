@@ -85,6 +85,7 @@ def labels_onto_grid(
     target: sitk.Image,
     *,
     threshold: float = 0.5,
+    centroids: list[dict] | None = None,
 ) -> sitk.Image:
     """Working-grid decision resampled onto ``target`` (the CT's grid, canonical orientation).
 
@@ -95,6 +96,12 @@ def labels_onto_grid(
     belongs to comes from the post-processed working-grid ids, extended to the nearest
     labelled voxel (vertebrae touch only across discs, where the probability is low). Only the
     foreground's bounding box is resampled, which keeps a 512 x 512 x 300 CT cheap.
+
+    ``centroids`` (world LPS mm with VerSe ``label``s): the levels are instead named on the
+    target grid itself by :func:`labels_from_centroids`. Why: a working-grid id carried over
+    nearest-neighbour puts every boundary between two levels on the working grid's staircase
+    (up to half a 3.6 mm voxel off the plane halfway between the centroids); named on the CT
+    grid the boundary is that plane at the CT's own resolution.
     """
     out = sitk.Image(target.GetSize(), sitk.sitkUInt8)
     out.CopyInformation(target)
@@ -142,7 +149,20 @@ def labels_onto_grid(
     id_t = sitk.GetArrayFromImage(
         resample_onto(sub_image(filled), ref, interpolator=sitk.sitkNearestNeighbor, default=0)
     )
-    region = np.where(prob_t >= threshold, id_t, 0).astype(np.uint8)
+    if centroids:
+        ref_pts = [
+            ref.TransformPhysicalPointToContinuousIndex([float(c[a]) for a in "xyz"])[::-1]
+            for c in centroids
+        ]
+        named = labels_from_centroids(
+            (prob_t >= threshold) & (id_t > 0),
+            np.asarray(ref_pts),
+            [int(c["label"]) for c in centroids],
+            ref.GetSpacing()[::-1],
+        )
+        region = named.astype(np.uint8)
+    else:
+        region = np.where(prob_t >= threshold, id_t, 0).astype(np.uint8)
     out = sitk.Paste(
         out, sitk.GetImageFromArray(region), ref.GetSize(), [0, 0, 0], [int(v) for v in lo]
     )
@@ -205,11 +225,11 @@ def predict_volume_with_evidence(
     image = hu_to_float(sitk.GetArrayFromImage(ct_r), meta["hu_window"])
     logits = working_grid_logits(model, meta, image, device=device, tta=tta)
     raw = classes_to_ids(decode_logits(logits), meta["class_ids"])
-    ids, relabelled = raw, None
+    ids, relabelled, named_by = raw, None, None
     foreground_model = meta.get("classes") == "foreground"
     if meta["task"] == "vertebrae" and (centroids or foreground_model):
         # a foreground model's levels come only from centroids: none found -> no vertebra
-        centroids = centroids or []
+        centroids = named_by = centroids or []
         pts = [
             ct_r.TransformPhysicalPointToContinuousIndex([float(c[a]) for a in "xyz"])[::-1]
             for c in centroids
@@ -237,7 +257,7 @@ def predict_volume_with_evidence(
         p = p / np.clip(p.sum(0, keepdims=True), 1e-12, None)
         ent = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(0) / np.log(p.shape[0])
         conf = {"mean_max_prob": float(p.max(0).mean()), "mean_entropy": float(ent.mean())}
-    labels = labels_onto_grid(fg_prob, ids, ct_r, canon)
+    labels = labels_onto_grid(fg_prob, ids, ct_r, canon, centroids=named_by)
     return VolumePrediction(from_canonical(labels, ct), conf, relabelled)
 
 
