@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ctseg.core.anatomy import dim
 from ctseg.core.labels import VERSE_NAMES
 from ctseg.phantom.params import (
     L6,
@@ -27,37 +28,9 @@ from ctseg.phantom.params import (
     spine_ids,
 )
 
-_DIMS: dict[str, dict[int, float]] = {
-    "H": {1: 10, 3: 13, 7: 14, 8: 16, 19: 23, 20: 25, 24: 27},  # body height
-    "W": {1: 20, 7: 26, 8: 27, 19: 40, 20: 42, 24: 50},  # body width (left-right)
-    "D": {1: 15, 7: 17, 8: 17, 19: 29, 20: 31, 24: 35},  # body depth (antero-posterior)
-    "disc": {1: 4, 7: 5, 8: 4, 19: 6, 20: 8, 23: 11, 24: 10},  # disc below this level
-    "canal_rx": {1: 12, 7: 12, 8: 8.5, 19: 9.5, 20: 11, 24: 12.5},
-    "canal_ry": {1: 8, 7: 8, 8: 7.5, 19: 8, 20: 8.5, 24: 9},
-    "ped_rx": {1: 3, 7: 3, 8: 3.5, 19: 4.5, 20: 5, 24: 8},
-    "ped_rz": {1: 3.5, 7: 4, 8: 5.5, 19: 8, 20: 8, 24: 8},
-    "lamina": {1: 4, 7: 4, 8: 4.5, 19: 5.5, 20: 6, 24: 7},
-    "sp_len": {1: 8, 7: 30, 8: 32, 19: 28, 20: 30, 24: 26},
-    "sp_angle": {1: 10, 7: 25, 8: 30, 13: 55, 19: 25, 20: 12, 24: 8},  # degrees below horizontal
-    "sp_hx": {1: 3, 8: 3.5, 19: 4, 20: 4.5, 24: 5},
-    "sp_hz": {1: 4, 8: 5, 19: 7, 20: 9, 24: 10},
-    "tp_len": {1: 8, 7: 10, 8: 24, 14: 20, 19: 10, 20: 16, 22: 25, 24: 20},
-    "tp_r": {1: 3, 8: 5, 19: 4.5, 20: 4, 24: 4.5},
-    "tp_angle": {1: 0, 8: 30, 19: 20, 20: 5, 24: 5},  # degrees towards posterior
-}
-#: Where a transitional level takes its sizes from (a fractional tabulated level).
-_DIM_LEVEL = {T13: 19.5, L6: 24.0}
 #: Natural sacrum: length along its axis (mm) and tilt of its axis from the spine's tangent.
 SACRUM_LENGTH = 100.0
 SACRAL_SLOPE_DEG = 38.0
-
-
-def dim(name: str, level: int | float) -> float:
-    """Natural size ``name`` of VerSe id ``level`` (transitional ids map to their neighbours)."""
-    table = _DIMS[name]
-    xs = np.array(sorted(table), dtype=float)
-    lev = _DIM_LEVEL.get(level, level) if isinstance(level, int) else level
-    return float(np.interp(lev, xs, [table[int(x)] for x in xs]))
 
 
 def natural_height(k: int) -> float:
