@@ -431,8 +431,8 @@ def quality_flags(
     # Centroid path: each interior level near the midpoint of its neighbours (consecutive,
     # uncut levels only), relative to the step expected there. Not through C1: the atlas has
     # no body, its centroid lies in the ring's middle around the dens, and where the grid
-    # keeps the dens and the arches decides where (C2 0.35-0.43 steps off in correctly named
-    # predictions, 0.23 at most in the population's truth).
+    # keeps the dens and the arches decides where (C2 0.35-0.43 median steps off in correctly
+    # named predictions, 0.23 at most in the population's truth).
     if steps:
         for n in range(1, len(present) - 1):
             a, x, b = present[n - 1], present[n], present[n + 1]
