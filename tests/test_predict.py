@@ -370,31 +370,43 @@ def test_a_foreground_model_takes_its_levels_from_the_centroids_only(tmp_path):
     assert sitk.GetArrayFromImage(none).max() == 0
 
 
+def _two_levels_named(tmp_path, shape, spacing_mm, centre_mm, z_mm):
+    """Labels of a package whose network calls every voxel foreground, on a zero CT of
+    ``shape`` [z, y, x] with isotropic ``spacing_mm``, named by L1 / L2 centroids at
+    ``centre_mm`` (x = y) and the two heights ``z_mm``."""
+    from ctseg.inference.predict import predict_volume_with_evidence
+
+    model, plan = _foreground_everywhere(tmp_path)
+    ct = sitk.GetImageFromArray(np.zeros(shape, np.int16))
+    ct.SetSpacing((spacing_mm,) * 3)
+    cents = [
+        {"label": lab, "x": centre_mm, "y": centre_mm, "z": z}
+        for lab, z in zip((20, 21), z_mm, strict=True)
+    ]
+    return sitk.GetArrayFromImage(
+        predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=cents).labels
+    )
+
+
+def _foreground_everywhere(tmp_path):
+    """A two-class vertebra package whose network calls every voxel foreground."""
+    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2}
+    net = build_model(exp, 2)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([-5.0, 5.0]))
+    path = tmp_path / "model.pt"
+    save_package(path, net, exp, make_plan(_plan(n_classes=2, class_ids=[0, 1]), exp))
+    return load_package(path)
+
+
 def test_what_the_centroid_naming_removes_stays_removed_on_a_finer_ct_grid(tmp_path):
     """The CT-grid decision (interpolated foreground probability, named by the nearest kept
     working-grid id) must not bring back what the naming dropped: a foreground-everywhere
     model on a 2 mm CT 200 mm long, two centroids near its top -> nothing labelled past the
     lower guard (70 mm), on the 2 mm grid as on the 4 mm working grid. Before, every voxel
     of the CT came back as the last level (the probability was 1 everywhere)."""
-    from ctseg.inference.predict import predict_volume_with_evidence
-
-    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2}
-    net = build_model(exp, 2)
-    with torch.no_grad():
-        net.head.weight.zero_()
-        net.head.bias.copy_(torch.tensor([-5.0, 5.0]))  # foreground everywhere
-    path = tmp_path / "model.pt"
-    save_package(path, net, exp, make_plan(_plan(n_classes=2, class_ids=[0, 1]), exp))
-    model, plan = load_package(path)
-    ct = sitk.GetImageFromArray(np.zeros((100, 14, 14), np.int16))
-    ct.SetSpacing((2.0, 2.0, 2.0))  # z from 0 to 198 mm
-    cents = [
-        {"label": 20, "x": 13.0, "y": 13.0, "z": 10.0},
-        {"label": 21, "x": 13.0, "y": 13.0, "z": 50.0},
-    ]
-    lab = sitk.GetArrayFromImage(
-        predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=cents).labels
-    )
+    lab = _two_levels_named(tmp_path, (100, 14, 14), 2.0, 13.0, (10.0, 50.0))  # z 0-198 mm
     z, core = np.arange(100) * 2.0, lab[:, 2:-2, 2:-2]  # away from the image's x/y rim
     assert (core[z < 28] == 20).all() and (core[(z > 32) & (z < 68)] == 21).all()
     assert not lab[z > 74].any()
@@ -405,25 +417,7 @@ def test_centroid_naming_cuts_between_levels_at_the_ct_s_own_resolution(tmp_path
     plane halfway between the centroids (28.6 mm) to the CT's millimetre, not the working
     grid's 4 mm staircase carried over nearest-neighbour (which gave z = 29 mm to the upper
     level)."""
-    from ctseg.inference.predict import predict_volume_with_evidence
-
-    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2}
-    net = build_model(exp, 2)
-    with torch.no_grad():
-        net.head.weight.zero_()
-        net.head.bias.copy_(torch.tensor([-5.0, 5.0]))  # foreground everywhere
-    path = tmp_path / "model.pt"
-    save_package(path, net, exp, make_plan(_plan(n_classes=2, class_ids=[0, 1]), exp))
-    model, plan = load_package(path)
-    ct = sitk.GetImageFromArray(np.zeros((70, 12, 12), np.int16))
-    ct.SetSpacing((1.0, 1.0, 1.0))  # z from 0 to 69 mm
-    cents = [
-        {"label": 20, "x": 5.5, "y": 5.5, "z": 10.0},
-        {"label": 21, "x": 5.5, "y": 5.5, "z": 47.2},
-    ]
-    lab = sitk.GetArrayFromImage(
-        predict_volume_with_evidence(model, plan, ct, device="cpu", centroids=cents).labels
-    )
+    lab = _two_levels_named(tmp_path, (70, 12, 12), 1.0, 5.5, (10.0, 47.2))  # z 0-69 mm
     z, core = np.arange(70), lab[:, 3:-3, 3:-3]
     assert (core[(z >= 12) & (z <= 28)] == 20).all()
     assert (core[(z >= 29) & (z <= 45)] == 21).all()
