@@ -436,9 +436,7 @@ def quality_flags(
     if steps:
         for n in range(1, len(present) - 1):
             a, x, b = present[n - 1], present[n], present[n + 1]
-            if a in cut or x in cut or b in cut or SACRUM in (a, b) or _gaps([a, x, b]):
-                continue
-            if a == ATLAS:
+            if {a, x, b} & set(cut) or SACRUM in (a, b) or a == ATLAS or _gaps([a, x, b]):
                 continue
             mid = (np.asarray(by[a]["centroid"]) + np.asarray(by[b]["centroid"])) / 2
             step = scale * natural_step_mm(a, b) / 2

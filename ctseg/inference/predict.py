@@ -78,6 +78,17 @@ def _foreground_box(prob: np.ndarray, threshold: float, pad: int = 2) -> tuple[s
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
+def _index_points(image: sitk.Image, centroids: list[dict]) -> np.ndarray:
+    """Centroids' world ``x, y, z`` as continuous [z, y, x] indices of ``image``."""
+    return np.asarray(
+        [
+            image.TransformPhysicalPointToContinuousIndex([float(c[a]) for a in "xyz"])[::-1]
+            for c in centroids
+        ],
+        dtype=float,
+    ).reshape(-1, 3)
+
+
 def labels_onto_grid(
     fg_prob: np.ndarray,
     ids: np.ndarray,
@@ -108,12 +119,9 @@ def labels_onto_grid(
     box = _foreground_box(fg_prob, 0.05)
     if box is None or not ids.any():
         return out
-    # the nearest labelled voxel's id for every working-grid voxel of the box
     sub_ids = ids[box]
     if not sub_ids.any():
         return out
-    _, nearest = ndimage.distance_transform_edt(sub_ids == 0, return_indices=True)
-    filled = sub_ids[tuple(nearest)].astype(np.uint8)
     origin_idx = [int(s.start) for s in reversed(box)]  # x, y, z
     sub_origin = working.TransformIndexToPhysicalPoint(origin_idx)
 
@@ -146,22 +154,20 @@ def labels_onto_grid(
     prob_t = sitk.GetArrayFromImage(
         resample_onto(sub_image(fg_prob[box].astype(np.float32)), ref, default=0.0)
     )
-    id_t = sitk.GetArrayFromImage(
-        resample_onto(sub_image(filled), ref, interpolator=sitk.sitkNearestNeighbor, default=0)
-    )
-    if centroids:
-        ref_pts = [
-            ref.TransformPhysicalPointToContinuousIndex([float(c[a]) for a in "xyz"])[::-1]
-            for c in centroids
-        ]
-        named = labels_from_centroids(
-            (prob_t >= threshold) & (id_t > 0),
-            np.asarray(ref_pts),
+    if centroids:  # named on this grid: the working grid's ids are not needed
+        region = labels_from_centroids(
+            prob_t >= threshold,
+            _index_points(ref, centroids),
             [int(c["label"]) for c in centroids],
             ref.GetSpacing()[::-1],
         )
-        region = named.astype(np.uint8)
     else:
+        # the nearest labelled working voxel's id for every voxel of the box
+        _, nearest = ndimage.distance_transform_edt(sub_ids == 0, return_indices=True)
+        filled = sub_ids[tuple(nearest)].astype(np.uint8)
+        id_t = sitk.GetArrayFromImage(
+            resample_onto(sub_image(filled), ref, interpolator=sitk.sitkNearestNeighbor, default=0)
+        )
         region = np.where(prob_t >= threshold, id_t, 0).astype(np.uint8)
     out = sitk.Paste(
         out, sitk.GetImageFromArray(region), ref.GetSize(), [0, 0, 0], [int(v) for v in lo]
@@ -230,12 +236,11 @@ def predict_volume_with_evidence(
     if meta["task"] == "vertebrae" and (centroids or foreground_model):
         # a foreground model's levels come only from centroids: none found -> no vertebra
         centroids = named_by = centroids or []
-        pts = [
-            ct_r.TransformPhysicalPointToContinuousIndex([float(c[a]) for a in "xyz"])[::-1]
-            for c in centroids
-        ]
         ids = labels_from_centroids(
-            raw > 0, np.asarray(pts), [int(c["label"]) for c in centroids], ct_r.GetSpacing()[::-1]
+            raw > 0,
+            _index_points(ct_r, centroids),
+            [int(c["label"]) for c in centroids],
+            ct_r.GetSpacing()[::-1],
         )
         fg = raw > 0
         if not foreground_model:  # a foreground model's arg-max names no level to compare
