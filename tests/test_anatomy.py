@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctseg.core.anatomy import dim, natural_body_size, natural_step_mm
+from ctseg.core.anatomy import dim, natural_body_size, natural_step_mm, size_scale
 from ctseg.phantom import PhantomParams
 from ctseg.phantom.layout import make_layout
 
@@ -69,3 +69,35 @@ def test_natural_body_sizes_are_relative_box_volumes():
     for ring_or_sacrum in (1, 26):
         with pytest.raises(ValueError, match="no vertebral body"):
             natural_body_size(ring_or_sacrum)
+
+
+def test_size_scale_reads_a_spine_s_size_from_its_labelled_points():
+    """Points placed at 0.8 x the natural steps from T11 to L3 (one level, L1, missing; the
+    sacrum's point, 90 mm below, and the order given ignored) measure 0.8; a phantom's own
+    centroids measure its layout's scale; fewer than two levels measure nothing."""
+    labels = [18, 19, 21, 22, 23]
+    z = np.concatenate(
+        [
+            [0.0],
+            -np.cumsum(
+                [0.8 * natural_step_mm(a, b) for a, b in zip(labels, labels[1:], strict=False)]
+            ),
+        ]
+    )
+    pts = [
+        {"label": lab, "world": [1.0, 2.0, float(zz)]} for lab, zz in zip(labels, z, strict=True)
+    ]
+    pts.append({"label": 26, "x": 0.0, "y": 0.0, "z": float(z[-1]) - 90.0})
+    assert size_scale(pts[::-1]) == pytest.approx(0.8)
+    assert size_scale(pts[:1] + pts[-1:]) is None
+    p = PhantomParams(
+        fit=False,
+        body_scale=0.8,
+        kyphosis_mm=0.0,
+        lordosis_mm=0.0,
+        scoliosis_mm=0.0,
+        cervical_lordosis_mm=0.0,
+    )
+    lay = make_layout(p, np.full(7, 0.5))
+    pts = [{"label": k, "world": [0.0, 0.0, lay.z_c[k]]} for k in lay.z_c if k != 26]
+    assert size_scale(pts) == pytest.approx(lay.s_z, rel=1e-6)

@@ -452,6 +452,52 @@ def test_working_image_matches_resample_to_spacing(shape, spacing, new):
     np.testing.assert_allclose(b, a, atol=2e-4 * np.abs(a).max())
 
 
+def test_a_size_adaptive_grid_follows_the_body_its_centroids_measure(monkeypatch):
+    """``predict_size_adaptive``: the plan's spacing is for a natural-size spine and scales with
+    the case's size read from its centroids (T12-L2 at 0.8 x the natural steps: 3.6 mm ->
+    2.88 mm), clipped to the population's range (2.0 x: 1.3 x 3.6 mm); without centroids,
+    or not adaptive, the plan's spacing. A 64 mm CT then segments on 22 working slices."""
+    import ctseg.inference.predict as pred_mod
+    from ctseg.core.anatomy import natural_step_mm
+    from ctseg.inference.predict import inference_spacing, predict_volume_with_evidence
+
+    def chain(scale):
+        z, out = 60.0, []
+        for a, b in ((19, 20), (20, 21), (21, None)):
+            out.append({"label": a, "x": 14.0, "y": 14.0, "z": z})
+            z -= scale * natural_step_mm(a, b) if b else 0.0
+        return out
+
+    plan = {"spacing_mm": [4.0] * 3, "predict_spacing_mm": [3.6] * 3, "predict_size_adaptive": True}
+    np.testing.assert_allclose(inference_spacing(plan, chain(0.8)), [2.88] * 3)
+    np.testing.assert_allclose(inference_spacing(plan, chain(2.0)), [3.6 * 1.3] * 3)
+    np.testing.assert_allclose(inference_spacing(plan, chain(0.5)), [3.6 * 0.75] * 3)
+    assert (
+        inference_spacing(plan) == [3.6] * 3
+        and inference_spacing(plan, chain(0.8)[:1]) == [3.6] * 3
+    )
+    assert inference_spacing({**plan, "predict_size_adaptive": False}, chain(0.8)) == [3.6] * 3
+
+    seen = []
+
+    def fake_logits(model, meta, image, *, device, tta):
+        seen.append(image.shape)
+        out = np.zeros((2, *image.shape), np.float32)
+        out[1] = 5.0
+        return out
+
+    monkeypatch.setattr(pred_mod, "working_grid_logits", fake_logits)
+    ct = sitk.GetImageFromArray(np.zeros((16, 8, 8), np.int16))
+    ct.SetSpacing((4.0, 4.0, 4.0))
+    exp = {"task": "vertebrae", "model": "unet3d", "predict_spacing_mm": [3.6] * 3}
+    exp["predict_size_adaptive"] = True
+    meta = make_plan(_plan(n_classes=2, class_ids=[0, 1], classes="foreground"), exp)
+    meta["experiment"] = exp
+    out = predict_volume_with_evidence(None, meta, ct, device="cpu", centroids=chain(0.8))
+    assert seen[-1][0] == 22  # 64 mm over 2.88 mm, rounded up
+    assert out.labels.GetSize() == ct.GetSize()
+
+
 def test_predict_spacing_sets_the_grid_a_volume_model_segments_on(tmp_path, monkeypatch):
     """An experiment's ``predict_spacing_mm`` goes into the plan and prediction segments on
     that grid (a 64 mm CT at 4 mm: 16 working voxels along z at the training spacing, 32 at
@@ -493,3 +539,5 @@ def test_predict_spacing_sets_the_grid_a_volume_model_segments_on(tmp_path, monk
         ExperimentConfig.from_dict({**exp, "predict_spacing_mm": [3.6, 0.0, 3.6]}, "v")
     keyed = ExperimentConfig.from_dict({**exp, "predict_spacing_mm": [3.6, 3.6, 3.6]}, "v")
     assert "predict_spacing_mm" not in keyed.training_identity()  # no retraining for it
+    keyed = ExperimentConfig.from_dict({**exp, "predict_size_adaptive": True}, "v")
+    assert keyed.predict_size_adaptive and "predict_size_adaptive" not in keyed.training_identity()

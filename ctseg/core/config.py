@@ -140,6 +140,9 @@ class ExperimentConfig:
     #: within its scale augmentation (ctseg.inference.predict.inference_spacing); None: the
     #: cube's spacing
     predict_spacing_mm: tuple[float, ...] | None = None
+    #: volume vertebra models named by centroids: the prediction grid scaled by the case's
+    #: size estimated from its centroids (ctseg.inference.predict.inference_spacing)
+    predict_size_adaptive: bool = False
     #: bf16 autocast for the training forward pass on a CPU with native bf16 (CUDA always
     #: uses it); other CPUs train in float32 (ctseg.training.precision)
     cpu_bf16: bool = False
@@ -273,7 +276,8 @@ class ExperimentConfig:
         workers, threads, device, name) does not: the plan fixes every random choice."""
         ignore = {"world_size", "dist_backend", "num_workers", "threads", "device", "name"}
         ignore |= {"localiser"}
-        ignore |= {"tta_flip", "postprocess", "predict_spacing_mm"}  # inference-time settings
+        # inference-time settings
+        ignore |= {"tta_flip", "postprocess", "predict_spacing_mm", "predict_size_adaptive"}
         return {k: v for k, v in self.to_dict().items() if k not in ignore}
 
 
