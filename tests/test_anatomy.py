@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctseg.core.anatomy import dim, natural_body_size, natural_step_mm, size_scale
+from ctseg.core.anatomy import dim, natural_body_size, natural_step_mm
+from ctseg.core.spine_size import size_scale
 from ctseg.phantom import PhantomParams
 from ctseg.phantom.layout import make_layout
 

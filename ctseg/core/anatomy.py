@@ -68,28 +68,3 @@ def natural_body_size(level: int) -> float:
     if int(level) in (SACRUM, 1):
         raise ValueError("the sacrum and C1 (a ring) have no vertebral body size here")
     return dim("H", level) * dim("W", level) * dim("D", level)
-
-
-def size_scale(points) -> float | None:
-    """A spine's size relative to the natural one (body_scale 1): the median, over neighbours
-    in its labelled points (the sacrum aside), of their distance over the natural step between
-    their levels (:func:`natural_step_mm`); None with fewer than two such points.
-
-    ``points``: ``[{"label", "world": [x, y, z]}]`` or ``{"label", "x", "y", "z"}``, world mm.
-    Why the median of per-pair ratios: a level missed between two points still compares
-    against the natural distance of the levels their labels name, and a misnamed chain is off
-    by one level's change in size, a few per cent."""
-    pts = []
-    for c in points:
-        lab = int(c["label"])
-        if lab == SACRUM:
-            continue
-        w = c["world"] if "world" in c else (c["x"], c["y"], c["z"])
-        pts.append((spine_rank(lab), lab, np.asarray(w, dtype=float)))
-    pts.sort(key=lambda t: t[0])
-    ratios = [
-        float(np.linalg.norm(wb - wa)) / natural_step_mm(a, b)
-        for (ra, a, wa), (rb, b, wb) in zip(pts, pts[1:], strict=False)
-        if rb > ra
-    ]
-    return float(np.median(ratios)) if ratios else None

@@ -204,14 +204,14 @@ def inference_spacing(meta: dict, centroids: list[dict] | None = None) -> list[f
 
     With ``predict_size_adaptive`` in the plan and ``centroids`` of the case (world mm, VerSe
     labels: the localiser's), that spacing is for a spine of natural size and is scaled by the
-    case's :func:`~ctseg.core.anatomy.size_scale` (within :data:`SIZE_SCALE_RANGE`): a small
+    case's :func:`~ctseg.core.spine_size.size_scale` (within :data:`SIZE_SCALE_RANGE`): a small
     body on a finer grid, a large one on a coarser, so that the network sees vertebrae of the
     size it learnt and a small body's thin bone is not lost in the interpolation back
     (README, *The vertebra goals*)."""
     base = [float(s) for s in (meta.get("predict_spacing_mm") or meta["spacing_mm"])]
     if not meta.get("predict_size_adaptive") or not centroids:
         return base
-    from ctseg.core.anatomy import size_scale
+    from ctseg.core.spine_size import size_scale
 
     scale = size_scale(centroids)
     if scale is None:
