@@ -39,18 +39,23 @@ def test_transitional_levels_count_only_where_named():
         natural_step_mm(24, 26)
 
 
-def test_the_phantom_places_its_levels_at_the_natural_steps():
-    """A straight phantom at body_scale 1: each level's centre lies the natural step below
-    the one above (the layout's z_c, before any curve)."""
+def straight_layout(body_scale: float):
+    """The layout of a phantom with no curve at ``body_scale``."""
     p = PhantomParams(
         fit=False,
-        body_scale=1.0,
+        body_scale=body_scale,
         kyphosis_mm=0.0,
         lordosis_mm=0.0,
         scoliosis_mm=0.0,
         cervical_lordosis_mm=0.0,
     )
-    lay = make_layout(p, np.full(7, 0.5))
+    return make_layout(p, np.full(7, 0.5))
+
+
+def test_the_phantom_places_its_levels_at_the_natural_steps():
+    """A straight phantom at body_scale 1: each level's centre lies the natural step below
+    the one above (the layout's z_c, before any curve)."""
+    lay = straight_layout(1.0)
     seq = [k for k in lay.seq if k in lay.z_c and k != 26]
     for a, b in zip(seq, seq[1:], strict=False):
         assert abs(lay.z_c[a] - lay.z_c[b]) == pytest.approx(
@@ -91,14 +96,6 @@ def test_size_scale_reads_a_spine_s_size_from_its_labelled_points():
     pts.append({"label": 26, "x": 0.0, "y": 0.0, "z": float(z[-1]) - 90.0})
     assert size_scale(pts[::-1]) == pytest.approx(0.8)
     assert size_scale(pts[:1] + pts[-1:]) is None
-    p = PhantomParams(
-        fit=False,
-        body_scale=0.8,
-        kyphosis_mm=0.0,
-        lordosis_mm=0.0,
-        scoliosis_mm=0.0,
-        cervical_lordosis_mm=0.0,
-    )
-    lay = make_layout(p, np.full(7, 0.5))
+    lay = straight_layout(0.8)
     pts = [{"label": k, "world": [0.0, 0.0, lay.z_c[k]]} for k in lay.z_c if k != 26]
     assert size_scale(pts) == pytest.approx(lay.s_z, rel=1e-6)
