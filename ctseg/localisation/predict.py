@@ -19,6 +19,7 @@ from ctseg.core.config import LOCALISER_MEMBER as MEMBER
 from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
 from ctseg.inference.package import load_package
+from ctseg.localisation.cut_levels import drop_cut_ends
 from ctseg.localisation.decode import assign_levels, chain_steps, level_name
 from ctseg.localisation.geometry import (
     crop_to_body,
@@ -329,8 +330,9 @@ def predict_centroids(
         work, heat = first_stage(model, meta, ct)
         pts = decode_centroids(heat, work, meta)
     # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
-    # outside it is not output (the scan's truth cannot hold it either)
-    return [c for c in pts if inside(ct, c["world"])]
+    # outside it is not output (the scan's truth cannot hold it either), nor a chain end whose
+    # centre lies so near the edge that less than half of it is in view (cut_levels)
+    return drop_cut_ends([c for c in pts if inside(ct, c["world"])], ct)
 
 
 def first_stage(
