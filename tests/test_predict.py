@@ -541,35 +541,3 @@ def test_predict_spacing_sets_the_grid_a_volume_model_segments_on(tmp_path, monk
     assert "predict_spacing_mm" not in keyed.training_identity()  # no retraining for it
     keyed = ExperimentConfig.from_dict({**exp, "predict_size_adaptive": True}, "v")
     assert keyed.predict_size_adaptive and "predict_size_adaptive" not in keyed.training_identity()
-
-
-def test_two_grids_average_their_probabilities_on_the_first(monkeypatch):
-    """``predict_grid_factors``: the network runs on each grid (4 mm and 8 mm here) and the
-    class probabilities of the second are resampled onto the first and averaged. A network
-    sure of foreground on the 4 mm grid and of background on the 8 mm one gives 0.5 / 0.5 on
-    the 4 mm grid; one factor returns that grid's own logits unchanged."""
-    import ctseg.inference.predict as pred_mod
-    from ctseg.inference.predict import multi_grid_logits
-
-    seen = []
-
-    def fake_logits(model, meta, image, *, device, tta):
-        seen.append(image.shape)
-        out = np.zeros((2, *image.shape), np.float32)
-        out[1 if image.shape[0] == 16 else 0] = 30.0  # 4 mm: foreground; 8 mm: background
-        return out
-
-    monkeypatch.setattr(pred_mod, "working_grid_logits", fake_logits)
-    ct = sitk.GetImageFromArray(np.zeros((32, 8, 8), np.int16))
-    ct.SetSpacing((2.0, 2.0, 2.0))
-    meta = {"hu_window": [-1000, 2000], "predict_grid_factors": [1.0, 2.0]}
-    grid, logits = multi_grid_logits(None, meta, ct, [4.0] * 3, device="cpu", tta=False)
-    assert seen == [(16, 4, 4), (8, 2, 2)]
-    assert grid.GetSize() == (4, 4, 16) and grid.GetSpacing() == (4.0, 4.0, 4.0)
-    probs = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
-    # inside the 8 mm grid's extent (its last sample lies at 56 mm, the 4 mm grid's at 60)
-    np.testing.assert_allclose(probs[:, :15, :3, :3], 0.5, atol=1e-6)
-    grid1, logits1 = multi_grid_logits(
-        None, {**meta, "predict_grid_factors": [1.0]}, ct, [4.0] * 3, device="cpu", tta=False
-    )
-    assert logits1[1].min() == 30.0 and logits1[0].max() == 0.0

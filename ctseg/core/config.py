@@ -143,9 +143,6 @@ class ExperimentConfig:
     #: volume vertebra models named by centroids: the prediction grid scaled by the case's
     #: size estimated from its centroids (ctseg.inference.predict.inference_spacing)
     predict_size_adaptive: bool = False
-    #: volume models: the grids prediction averages, as factors of its working spacing (the
-    #: first is the output grid; ctseg.inference.predict.multi_grid_logits); None: one grid
-    predict_grid_factors: tuple[float, ...] | None = None
     #: bf16 autocast for the training forward pass on a CPU with native bf16 (CUDA always
     #: uses it); other CPUs train in float32 (ctseg.training.precision)
     cpu_bf16: bool = False
@@ -214,10 +211,6 @@ class ExperimentConfig:
             len(self.predict_spacing_mm) != 3 or min(self.predict_spacing_mm) <= 0
         ):
             bad("predict_spacing_mm", "three positive numbers (x, y, z mm)")
-        if self.predict_grid_factors is not None and (
-            not self.predict_grid_factors or min(self.predict_grid_factors) <= 0
-        ):
-            bad("predict_grid_factors", "a list of positive factors of the working spacing")
         if len(self.loss_weights) != 2:
             bad("loss_weights", "must be [dice, cross-entropy]")
         if self.classes not in ("levels", "foreground"):
@@ -284,13 +277,7 @@ class ExperimentConfig:
         ignore = {"world_size", "dist_backend", "num_workers", "threads", "device", "name"}
         ignore |= {"localiser"}
         # inference-time settings
-        ignore |= {
-            "tta_flip",
-            "postprocess",
-            "predict_spacing_mm",
-            "predict_size_adaptive",
-            "predict_grid_factors",
-        }
+        ignore |= {"tta_flip", "postprocess", "predict_spacing_mm", "predict_size_adaptive"}
         return {k: v for k, v in self.to_dict().items() if k not in ignore}
 
 

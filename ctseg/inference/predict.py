@@ -220,46 +220,6 @@ def inference_spacing(meta: dict, centroids: list[dict] | None = None) -> list[f
     return [b * scale for b in base]
 
 
-def multi_grid_logits(
-    model: torch.nn.Module,
-    meta: dict,
-    canon: sitk.Image,
-    spacing: list[float],
-    *,
-    device: torch.device,
-    tta: bool,
-) -> tuple[sitk.Image, np.ndarray]:
-    """``(working image, logits [C, z, y, x] on it)`` of a canonical CT on the grid of
-    ``spacing`` and, where the plan names ``predict_grid_factors``, on each grid that many
-    times coarser (or finer): the class probabilities of the other grids are resampled
-    linearly onto the first and averaged, and their log is returned as logits. Why: on some
-    draws the network's foreground Dice moves by a tenth between neighbouring grids (README,
-    *A working grid that follows the body's size*); the mean of two grids is steadier than
-    either."""
-    src = sitk.Cast(canon, sitk.sitkFloat32)
-    factors = [float(f) for f in (meta.get("predict_grid_factors") or [1.0])]
-    first = None
-    total = None
-    for f in factors:
-        ct_r = working_image(src, [s * f for s in spacing], default=-1000.0)
-        image = hu_to_float(sitk.GetArrayFromImage(ct_r), meta["hu_window"])
-        logits = working_grid_logits(model, meta, image, device=device, tta=tta)
-        if len(factors) == 1:
-            return ct_r, logits
-        probs = torch.softmax(torch.from_numpy(np.ascontiguousarray(logits)), dim=0).numpy()
-        if first is None:
-            first, total = ct_r, probs.astype(np.float32)
-            continue
-        for c in range(probs.shape[0]):
-            img = sitk.GetImageFromArray(probs[c].astype(np.float32))
-            img.CopyInformation(ct_r)
-            total[c] += sitk.GetArrayFromImage(
-                resample_onto(img, first, default=1.0 if c == 0 else 0.0)
-            )
-    mean = total / len(factors)
-    return first, np.log(np.clip(mean, 1e-8, None))
-
-
 def predict_volume_with_evidence(
     model: torch.nn.Module,
     meta: dict,
@@ -287,9 +247,11 @@ def predict_volume_with_evidence(
     tta = bool(exp.get("tta_flip", False)) if tta_flip is None else tta_flip
     canon = to_canonical(ct)
     # resample_to_spacing (anti-aliased, linear), computed at the working samples only
-    ct_r, logits = multi_grid_logits(
-        model, meta, canon, inference_spacing(meta, centroids), device=device, tta=tta
+    ct_r = working_image(
+        sitk.Cast(canon, sitk.sitkFloat32), inference_spacing(meta, centroids), default=-1000.0
     )
+    image = hu_to_float(sitk.GetArrayFromImage(ct_r), meta["hu_window"])
+    logits = working_grid_logits(model, meta, image, device=device, tta=tta)
     raw = classes_to_ids(decode_logits(logits), meta["class_ids"])
     ids, relabelled, named_by = raw, None, None
     foreground_model = meta.get("classes") == "foreground"
