@@ -316,7 +316,9 @@ def predict_centroids(
     model_path: str | Path | tuple, ct: sitk.Image | str | Path, device: str = "auto"
 ) -> list[dict]:
     """Predicted centroids of ``ct``: ``[{"label", "name", "world": [x, y, z], "x", "y", "z",
-    "score"}]`` in world LPS mm, head to feet, at most one per level, inside the field of view.
+    "score"}]`` in world LPS mm, head to feet, at most one per level, inside the field of view;
+    a chain end too near the scan's edge to be more than half in view is not a level of the
+    scan's label map and is not output (:func:`~ctseg.localisation.cut_levels.drop_cut_ends`).
 
     ``model_path``: a localiser ``model.pt`` or an already loaded ``(model, meta)`` pair (to
     predict many cases without reloading); ``ct``: a SimpleITK image or an image file."""
