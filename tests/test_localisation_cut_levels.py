@@ -43,8 +43,8 @@ def test_edge_margin_is_the_distance_to_the_nearest_face_of_the_voxel_extent():
 
 
 def test_one_step_is_the_step_to_the_neighbour_towards_the_chain():
-    assert one_step_mm(24, 22) == pytest.approx(natural_step_mm(23, 24))  # L5, from below
-    assert one_step_mm(8, 12) == pytest.approx(natural_step_mm(8, 9))  # T1, from above
+    assert one_step_mm(24, 22) == pytest.approx(natural_step_mm(23, 24))  # L5 -> L4, upwards
+    assert one_step_mm(8, 12) == pytest.approx(natural_step_mm(8, 9))  # T1 -> T2, downwards
     assert one_step_mm(25, 24) == pytest.approx(natural_step_mm(24, 25))  # an L6 counts itself
 
 

@@ -42,12 +42,12 @@ def edge_margin_mm(image: sitk.Image, world_xyz) -> float:
 def one_step_mm(level: int, towards: int) -> float:
     """Natural step (body_scale 1) from ``level`` to its neighbour in the direction of
     ``towards`` (transitional levels count only where they are one of the two)."""
-    order = [x for x in SPINE_ORDER if x not in (L6, T13, SACRUM) or x in (level, towards)]
-    order = [x for x in order if x != SACRUM]
+    order = [
+        x for x in SPINE_ORDER if x != SACRUM and (x not in (L6, T13) or x in (level, towards))
+    ]
     i = order.index(level)
     j = i + 1 if spine_rank(towards) > spine_rank(level) else i - 1
-    j = min(max(j, 0), len(order) - 1)
-    return natural_step_mm(level, order[j]) if j != i else natural_step_mm(level, towards)
+    return natural_step_mm(level, order[j] if 0 <= j < len(order) else towards)
 
 
 def _world(p: dict) -> np.ndarray:
@@ -74,9 +74,10 @@ def drop_cut_ends(
     ends = [(chain[0], chain[1])]
     if not any(int(p["label"]) == SACRUM for p in points):
         ends.append((chain[-1], chain[-2]))
-    dropped = []
-    for end, inner in ends:
-        step = scale * one_step_mm(int(end["label"]), int(inner["label"]))
-        if edge_margin_mm(image, _world(end)) < min_margin * step:
-            dropped.append(id(end))
+    dropped = {
+        id(end)
+        for end, inner in ends
+        if edge_margin_mm(image, _world(end))
+        < min_margin * scale * one_step_mm(int(end["label"]), int(inner["label"]))
+    }
     return [p for p in points if id(p) not in dropped]
