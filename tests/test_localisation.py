@@ -743,3 +743,25 @@ def test_points_off_the_column_are_dropped():
     # x = 0, 14.4, 25.2, 29.9, 27.3, 17.9 mm, median 21.6: the first is 21.6 mm out
     assert on_the_column(chain, 20.0).tolist() == [False] + [True] * 5
     assert on_the_column([[500.0, 0.0, 0.0]]).tolist() == [True]  # one point: no reference
+
+
+def test_first_stage_batches_have_no_level_two_voxels_deep(tmp_path):
+    """Crops along the spine as short as 64 mm (8 voxels at 8 mm) are padded with air to a
+    depth whose U-Net levels are never 2 deep (oneDNN's bf16 weight gradient is computed from
+    uninitialised memory there: ``bf16_safe_depth``); the target is padded alike."""
+    from ctseg import phantom
+    from ctseg.localisation.training import LocaliserTrainer
+
+    ph = phantom.generate(3, TINY)
+    item = {"case": "tiny", "ct": ph.image("hu"), "centroids": ph.centroids}
+    cfg = {**TINY_CFG, "crop_prob": 1.0, "min_crop_mm": 64.0}
+    tr = LocaliserTrainer([item], [], tmp_path, cfg, seed=3, device="cpu", threads=1)
+    tr.setup()
+    depths = set()
+    for _ in range(30):
+        x, y = tr.sample_batch()
+        assert x.shape[2:] == y.shape[2:]
+        depths.add(int(x.shape[2]))
+    assert min(depths) == 24  # the shortest crops (8-16 voxels) padded to 24, not 16
+    for d in depths:
+        assert d % 8 == 0 and 2 not in (d, d // 2, d // 4, d // 8), d

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctseg.training.precision import cpu_has_bf16, guarded_step, mixed_precision, to_channels_last
+from ctseg.training.precision import (
+    bf16_safe_depth,
+    cpu_has_bf16,
+    guarded_step,
+    mixed_precision,
+    to_channels_last,
+)
 
 
 def _model_and_opt():
@@ -79,3 +85,51 @@ def test_channels_last_changes_the_layout_not_the_values():
         to_channels_last(torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="spatial_dims"):
         to_channels_last(conv3)
+
+
+def _levels(depth: int, divisor: int) -> list[int]:
+    return [depth // 2**k for k in range(divisor.bit_length())]
+
+
+@pytest.mark.parametrize("divisor", [1, 2, 4, 8, 16])
+def test_bf16_safe_depth_is_the_smallest_multiple_with_no_level_two_deep(divisor):
+    for depth in range(1, 100):
+        out = bf16_safe_depth(depth, divisor)
+        assert out >= depth and out % divisor == 0
+        assert 2 not in _levels(out, divisor), (depth, divisor, out)
+        smaller = range(-(-depth // divisor) * divisor, out, divisor)
+        assert all(2 in _levels(d, divisor) for d in smaller), (depth, divisor, out)
+    assert bf16_safe_depth(16, 8) == 24  # the first stage's 120 mm crop at 8 mm: 16 -> 2 deep
+    assert bf16_safe_depth(40, 8) == 40
+
+
+def _first_stage_grads(depth: int, heap_fill: float) -> list[torch.Tensor]:
+    """Weight gradients of the first stage's U-Net (8-16-32-64, 4 levels) in bf16 +
+    channels-last, after the heap held ``heap_fill``."""
+    from ctseg.localisation.training import resolve_config
+    from ctseg.models import build_model
+
+    for n in (1 << 16, 1 << 18, 1 << 20, 1 << 22):  # leave freed buffers full of heap_fill
+        buf = torch.full((n,), heap_fill)
+        del buf
+    torch.manual_seed(0)
+    model = to_channels_last(build_model(resolve_config({}), 2), 3)
+    g = torch.Generator().manual_seed(1)
+    x = to_channels_last(torch.randn((1, 1, depth, 40, 48), generator=g))
+    with mixed_precision(torch.device("cpu"), cpu_bf16=True)():
+        out = model(x)
+    (out.float() * torch.randn(out.shape, generator=g)).sum().backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_bf16_weight_gradients_at_a_safe_depth_do_not_depend_on_the_heap():
+    """At a 16-voxel-deep input the bottom level is 2 deep and oneDNN's bf16 weight gradient
+    there changes with what the heap held (measured: non-finite after NaN); padded to
+    bf16_safe_depth it is the same after zeros, NaN or 1e30."""
+    depth = bf16_safe_depth(16, 8)
+    ref = _first_stage_grads(depth, 0.0)
+    assert all(torch.isfinite(g).all() for g in ref)
+    for fill in (float("nan"), 1e30):
+        grads = _first_stage_grads(depth, fill)
+        assert all(torch.equal(a, b) for a, b in zip(ref, grads, strict=True)), fill

@@ -34,10 +34,12 @@ from ctseg.localisation.geometry import (
 from ctseg.localisation.heatmaps import detect_points, sample_max
 
 
-def pad_zyx(arr: np.ndarray, divisor: int) -> np.ndarray:
-    """Pad the last three axes at their end up to multiples of ``divisor`` (0 = air)."""
+def pad_zyx(arr: np.ndarray, divisor: int, min_z: int = 0) -> np.ndarray:
+    """Pad the last three axes at their end up to multiples of ``divisor`` (0 = air), z to at
+    least ``min_z``."""
     shape = arr.shape[-3:]
     pad = [(-s) % divisor for s in shape]
+    pad[0] = max(pad[0], min_z - shape[0])
     if not any(pad):
         return arr
     widths = [(0, 0)] * (arr.ndim - 3) + [(0, p) for p in pad]

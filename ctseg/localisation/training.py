@@ -86,7 +86,12 @@ from ctseg.training.checkpoint import (
     restore_rng_states,
     rng_states,
 )
-from ctseg.training.precision import guarded_step, mixed_precision, to_channels_last
+from ctseg.training.precision import (
+    bf16_safe_depth,
+    guarded_step,
+    mixed_precision,
+    to_channels_last,
+)
 from ctseg.training.trainer import make_optimizer, set_threads
 
 
@@ -426,8 +431,10 @@ class LocaliserTrainer:
             img, tgt = img[start : start + length], tgt[:, start : start + length]
         jit = float(self.cfg["intensity_jitter"])
         img = img * (1.0 + jit * (2 * r[3] - 1))
-        x = torch.from_numpy(pad_zyx(img, self.model.divisor)[None, None].copy())
-        y = torch.from_numpy(pad_zyx(tgt, self.model.divisor)[None].copy())
+        # no level 2 voxels deep: oneDNN's bf16 weight gradient is not computed right there
+        depth = bf16_safe_depth(img.shape[0], self.model.divisor)
+        x = torch.from_numpy(pad_zyx(img, self.model.divisor, depth)[None, None].copy())
+        y = torch.from_numpy(pad_zyx(tgt, self.model.divisor, depth)[None].copy())
         return x.to(self.dev), y.to(self.dev)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

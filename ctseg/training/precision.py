@@ -30,6 +30,24 @@ def mixed_precision(device: torch.device, cpu_bf16: bool = False):
     return nullcontext
 
 
+def bf16_safe_depth(depth: int, divisor: int) -> int:
+    """The smallest depth >= ``depth`` that is a multiple of ``divisor`` and gives no U-Net
+    level a depth of 2 voxels (a network with ``divisor`` = 2^poolings halves it at each level).
+
+    Why: oneDNN's bf16 3-D convolution on a CPU computes its weight gradient from uninitialised
+    memory when the input is 2 voxels deep (measured with torch 2.13 on an AVX512-BF16 CPU: the
+    gradient changed with what the heap held before, and was non-finite when it held NaN;
+    float32, and depths 1, 3, 4 and more, were exact; height or width 2 too). The localiser's
+    first stage sees whole fields of view 9-16 voxels deep at 8 mm (a 120 mm crop, a neck):
+    its bottom level was 2 deep, so its training steps were skipped or took a wrong gradient at
+    random and two runs of the same recipe on the same machine parted after about 50 steps
+    (``tests/test_precision.py``)."""
+    out = max(divisor, -(-depth // divisor) * divisor)
+    while any(out // 2**k == 2 for k in range(divisor.bit_length()) if 2**k <= divisor):
+        out += divisor
+    return out
+
+
 def to_channels_last(x: torch.Tensor | torch.nn.Module, spatial_dims: int | None = None):
     """``x`` in the channels-last layout (NHWC for 2-D, NDHWC for 3-D), same values.
 
@@ -65,4 +83,4 @@ def guarded_step(model: torch.nn.Module, opt, loss: torch.Tensor, max_norm: floa
     return ok
 
 
-__all__ = ["cpu_has_bf16", "guarded_step", "mixed_precision"]
+__all__ = ["bf16_safe_depth", "cpu_has_bf16", "guarded_step", "mixed_precision"]
