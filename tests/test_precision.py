@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ctseg.core.errors import ConfigError
 from ctseg.training.precision import (
     bf16_safe_depth,
     cpu_has_bf16,
     guarded_step,
     mixed_precision,
+    require_bf16_safe_depth,
     to_channels_last,
 )
 
@@ -133,3 +135,9 @@ def test_bf16_weight_gradients_at_a_safe_depth_do_not_depend_on_the_heap():
     for fill in (float("nan"), 1e30):
         grads = _first_stage_grads(depth, fill)
         assert all(torch.equal(a, b) for a, b in zip(ref, grads, strict=True)), fill
+
+
+def test_a_fixed_patch_two_voxels_deep_at_some_level_is_refused_with_the_fix():
+    require_bf16_safe_depth(32, 8, "vert3d")  # 32, 16, 8, 4: no level 2 deep
+    with pytest.raises(ConfigError, match="regions: a training patch 16 voxels deep.*make it 24"):
+        require_bf16_safe_depth(16, 8, "regions")

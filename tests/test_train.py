@@ -201,6 +201,19 @@ def test_cpu_bf16_training_runs_the_forward_pass_in_bf16_and_still_fits(tiny, tm
     assert json.loads(blob["experiment_json"])["cpu_bf16"] is True
 
 
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_cpu_bf16_refuses_a_patch_that_puts_a_level_two_voxels_deep(tiny, tmp_path):
+    """The tiny cube's patch is 32 deep: at depth 5 (4 poolings) its bottom level is 2 deep,
+    where oneDNN's bf16 weight gradient reads uninitialised memory; float32 trains it."""
+    bad = ExperimentConfig.from_dict({**EXP, "name": "deep", "depth": 5, "cpu_bf16": True})
+    with pytest.raises(ConfigError, match="experiment deep: a training patch 32 voxels deep"):
+        train_experiment(bad, {"cube": str(tiny["cube"])}, {}, tmp_path / "b", seed=1, device="cpu")
+    assert not (tmp_path / "b" / "model.pt").exists()
+    ok = ExperimentConfig.from_dict({**EXP, "depth": 5, "epochs": 1, "steps_per_epoch": 1})
+    train_experiment(ok, {"cube": str(tiny["cube"])}, {}, tmp_path / "f", seed=1, device="cpu")
+    assert (tmp_path / "f" / "model.pt").exists()
+
+
 def test_channels_last_training_takes_the_same_steps(tiny, tmp_path):
     """A layout, not a recipe: float32 training with the network and its batches
     channels-last follows the NCDHW run's losses (up to the order of floating-point sums),

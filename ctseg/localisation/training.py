@@ -87,9 +87,11 @@ from ctseg.training.checkpoint import (
     rng_states,
 )
 from ctseg.training.precision import (
+    bf16_on_cpu,
     bf16_safe_depth,
     guarded_step,
     mixed_precision,
+    require_bf16_safe_depth,
     to_channels_last,
 )
 from ctseg.training.trainer import make_optimizer, set_threads
@@ -619,6 +621,8 @@ class LocaliserTrainer:
             items += list(synthetic_items(syn, self.seed, n))
         trainer = RefinerTrainer if stage == "refiner" else RegionTrainer
         cfg = self.cfg[stage]
+        if bf16_on_cpu(self.dev, self.cfg["cpu_bf16"]):
+            require_bf16_safe_depth(int(cfg["patch"]), 2 ** (int(cfg["depth"]) - 1), stage)
         sub = trainer(
             items, cfg, self.out_dir, self.seed, self.dev, self.autocast, self.channels_last
         )

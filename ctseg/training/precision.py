@@ -12,6 +12,8 @@ from contextlib import nullcontext
 
 import torch
 
+from ctseg.core.errors import ConfigError
+
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU runs bf16 convolutions natively (AVX512-BF16 / AMX via oneDNN)."""
@@ -46,6 +48,24 @@ def bf16_safe_depth(depth: int, divisor: int) -> int:
     while any(out // 2**k == 2 for k in range(divisor.bit_length()) if 2**k <= divisor):
         out += divisor
     return out
+
+
+def bf16_on_cpu(device: torch.device, cpu_bf16: bool) -> bool:
+    """Whether :func:`mixed_precision` runs convolutions in bf16 on a CPU (oneDNN)."""
+    return device.type == "cpu" and bool(cpu_bf16) and cpu_has_bf16()
+
+
+def require_bf16_safe_depth(depth: int, divisor: int, what: str) -> None:
+    """ConfigError naming ``what`` when a fixed training patch ``depth`` voxels deep would give a
+    U-Net level of 2 voxels in CPU bf16 (:func:`bf16_safe_depth`): its weight gradient would
+    come from uninitialised memory, silently."""
+    safe = bf16_safe_depth(depth, divisor)
+    if safe != depth:
+        raise ConfigError(
+            f"{what}: a training patch {depth} voxels deep (z) puts a U-Net level at 2 voxels, "
+            f"where oneDNN's bf16 weight gradient is computed from uninitialised memory "
+            f"(README, Centroid-only training); make it {safe} deep or set cpu_bf16: false"
+        )
 
 
 def to_channels_last(x: torch.Tensor | torch.nn.Module, spatial_dims: int | None = None):
@@ -83,4 +103,11 @@ def guarded_step(model: torch.nn.Module, opt, loss: torch.Tensor, max_norm: floa
     return ok
 
 
-__all__ = ["bf16_safe_depth", "cpu_has_bf16", "guarded_step", "mixed_precision"]
+__all__ = [
+    "bf16_on_cpu",
+    "bf16_safe_depth",
+    "cpu_has_bf16",
+    "guarded_step",
+    "mixed_precision",
+    "require_bf16_safe_depth",
+]

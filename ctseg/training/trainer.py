@@ -57,7 +57,12 @@ from ctseg.training.data import CubeSource, DrrSource, load_batches, load_val_vo
 from ctseg.training.distributed import GlobalBatchDiceCELoss, all_reduce_sum
 from ctseg.training.history import write_history
 from ctseg.training.losses import DiceCELoss, mean_foreground_dice
-from ctseg.training.precision import mixed_precision, to_channels_last
+from ctseg.training.precision import (
+    bf16_on_cpu,
+    mixed_precision,
+    require_bf16_safe_depth,
+    to_channels_last,
+)
 
 
 def set_threads(experiment: ExperimentConfig, threads: int | None = None) -> int:
@@ -186,6 +191,10 @@ class Trainer:
             raise ConfigError(
                 f"experiment {self.exp.name}: cube patch {list(reversed(self.patch_zyx))} must be "
                 f"divisible by {self.model.divisor} for depth {self.exp.depth}"
+            )
+        if self.dim == 3 and bf16_on_cpu(self.dev, self.exp.cpu_bf16):
+            require_bf16_safe_depth(
+                self.patch_zyx[0], self.model.divisor, f"experiment {self.exp.name}"
             )
         self.val = load_val_volumes(
             self.val_data.get("cases", []),
