@@ -33,6 +33,7 @@ from ctseg.localisation.heatmaps import (
 from ctseg.localisation.identify import identification_scores, identification_table
 from ctseg.localisation.predict import decode_centroids, on_the_column
 from ctseg.localisation.training import resolve_config, weighted_bce
+from ctseg.training.precision import cpu_has_bf16
 
 SP = (4.0, 4.0, 4.0)
 # hand-placed centroids, continuous (z, y, x) index; the first and last lie on the first and
@@ -765,3 +766,21 @@ def test_first_stage_batches_have_no_level_two_voxels_deep(tmp_path):
     assert min(depths) == 24  # the shortest crops (8-16 voxels) padded to 24, not 16
     for d in depths:
         assert d % 8 == 0 and 2 not in (d, d // 2, d // 4, d // 8), d
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_a_refiner_patch_that_bf16_would_train_two_deep_is_refused(tmp_path):
+    """A 16^3 refiner patch through 4 levels (16, 8, 4, 2) in CPU bf16: refused before a step."""
+    from ctseg import phantom
+    from ctseg.localisation.training import LocaliserTrainer
+
+    ph = phantom.generate(3, TINY)
+    item = {"case": "tiny", "ct": ph.image("hu"), "centroids": ph.centroids}
+    cfg = {
+        **TINY_CFG, "cpu_bf16": True,
+        "refiner": {"steps": 3, "batch_size": 2, "patch": 16, "depth": 4, "spacing_mm": [4.0] * 3},
+    }  # fmt: skip
+    tr = LocaliserTrainer([item], [], tmp_path, cfg, seed=3, device="cpu", threads=1)
+    with pytest.raises(ConfigError, match="refiner: a training patch 16 voxels deep.*make it 24"):
+        tr.fit_stage("refiner")
+    assert not (tmp_path / "checkpoints" / "refiner.pt").exists()

@@ -621,11 +621,11 @@ class LocaliserTrainer:
             items += list(synthetic_items(syn, self.seed, n))
         trainer = RefinerTrainer if stage == "refiner" else RegionTrainer
         cfg = self.cfg[stage]
-        if bf16_on_cpu(self.dev, self.cfg["cpu_bf16"]):
-            require_bf16_safe_depth(int(cfg["patch"]), 2 ** (int(cfg["depth"]) - 1), stage)
         sub = trainer(
             items, cfg, self.out_dir, self.seed, self.dev, self.autocast, self.channels_last
         )
+        if bf16_on_cpu(self.dev, self.cfg["cpu_bf16"]):
+            require_bf16_safe_depth(int(cfg["patch"]), sub.model.divisor, stage)
         return {stage: sub.fit()}
 
     def fit_member(self, k: int) -> torch.nn.Module:

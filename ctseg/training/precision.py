@@ -27,7 +27,7 @@ def mixed_precision(device: torch.device, cpu_bf16: bool = False):
     logits up before the loss)."""
     if device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    if cpu_bf16 and cpu_has_bf16():
+    if bf16_on_cpu(device, cpu_bf16):
         return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext
 
