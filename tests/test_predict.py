@@ -541,3 +541,47 @@ def test_predict_spacing_sets_the_grid_a_volume_model_segments_on(tmp_path, monk
     assert "predict_spacing_mm" not in keyed.training_identity()  # no retraining for it
     keyed = ExperimentConfig.from_dict({**exp, "predict_size_adaptive": True}, "v")
     assert keyed.predict_size_adaptive and "predict_size_adaptive" not in keyed.training_identity()
+
+
+def test_a_neck_view_segments_on_a_finer_grid():
+    """``predict_cervical_factor``: three or more cervical centroids (C1-C7) multiply the grid
+    by the factor, on top of the size-adaptive scale; two cervical levels, a thoracic view, no
+    centroids or no factor leave it alone. Invalid factors fail by key; the key does not
+    change what training computes."""
+    from ctseg.core.anatomy import natural_step_mm
+    from ctseg.core.config import ExperimentConfig
+    from ctseg.core.errors import ConfigError
+    from ctseg.inference.predict import inference_spacing
+
+    def chain(labels, scale=1.0):
+        z, out = 0.0, []
+        for a, b in zip(labels, [*labels[1:], None], strict=True):
+            out.append({"label": a, "x": 0.0, "y": 0.0, "z": z})
+            z -= scale * natural_step_mm(a, b) if b else 0.0
+        return out
+
+    plan = {
+        "spacing_mm": [4.0] * 3,
+        "predict_spacing_mm": [3.2] * 3,
+        "predict_cervical_factor": 0.8,
+    }
+    np.testing.assert_allclose(inference_spacing(plan, chain([3, 4, 5, 6])), [2.56] * 3)
+    np.testing.assert_allclose(inference_spacing(plan, chain([6, 7, 8, 9])), [3.2] * 3)
+    np.testing.assert_allclose(inference_spacing(plan, chain([5, 6, 7, 8])), [2.56] * 3)
+    assert inference_spacing(plan) == [3.2] * 3
+    adaptive = {**plan, "predict_size_adaptive": True}
+    np.testing.assert_allclose(inference_spacing(adaptive, chain([1, 2, 3, 4], 1.2)), [3.072] * 3)
+    np.testing.assert_allclose(inference_spacing(adaptive, chain([9, 10, 11], 1.2)), [3.84] * 3)
+    no_factor = {k: v for k, v in plan.items() if k != "predict_cervical_factor"}
+    assert inference_spacing(no_factor, chain([1, 2, 3, 4])) == [3.2] * 3
+
+    exp = {"task": "vertebrae", "model": "unet3d"}
+    for bad in (0.0, -0.5, 2.5):
+        with pytest.raises(ConfigError, match="predict_cervical_factor"):
+            ExperimentConfig.from_dict({**exp, "predict_cervical_factor": bad}, "v")
+    keyed = ExperimentConfig.from_dict({**exp, "predict_cervical_factor": 0.8}, "v")
+    assert "predict_cervical_factor" not in keyed.training_identity()
+    assert (
+        make_plan(_plan(n_classes=2, class_ids=[0, 1]), keyed.to_dict())["predict_cervical_factor"]
+        == 0.8
+    )

@@ -143,6 +143,10 @@ class ExperimentConfig:
     #: volume vertebra models named by centroids: the prediction grid scaled by the case's
     #: size estimated from its centroids (ctseg.inference.predict.inference_spacing)
     predict_size_adaptive: bool = False
+    #: volume vertebra models named by centroids: the prediction grid times this factor when
+    #: at least three of the case's centroids are cervical (ctseg.inference.predict.
+    #: inference_spacing); None: no change
+    predict_cervical_factor: float | None = None
     #: bf16 autocast for the training forward pass on a CPU with native bf16 (CUDA always
     #: uses it); other CPUs train in float32 (ctseg.training.precision)
     cpu_bf16: bool = False
@@ -213,6 +217,8 @@ class ExperimentConfig:
             bad("predict_spacing_mm", "three positive numbers (x, y, z mm)")
         if len(self.loss_weights) != 2:
             bad("loss_weights", "must be [dice, cross-entropy]")
+        if self.predict_cervical_factor is not None and not 0 < self.predict_cervical_factor <= 2:
+            bad("predict_cervical_factor", "a factor in (0, 2]")
         if self.classes not in ("levels", "foreground"):
             bad("classes", f"must be levels or foreground, not {self.classes!r}")
         if self.classes == "foreground" and not task.vertebrae:
@@ -278,6 +284,7 @@ class ExperimentConfig:
         ignore |= {"localiser"}
         # inference-time settings
         ignore |= {"tta_flip", "postprocess", "predict_spacing_mm", "predict_size_adaptive"}
+        ignore |= {"predict_cervical_factor"}
         return {k: v for k, v in self.to_dict().items() if k not in ignore}
 
 

@@ -61,6 +61,8 @@ def make_plan(meta: dict, experiment: dict, extra: dict | None = None) -> dict:
     if experiment.get("predict_spacing_mm"):
         plan["predict_spacing_mm"] = [float(s) for s in experiment["predict_spacing_mm"]]
     plan["predict_size_adaptive"] = bool(experiment.get("predict_size_adaptive", False))
+    if experiment.get("predict_cervical_factor"):
+        plan["predict_cervical_factor"] = float(experiment["predict_cervical_factor"])
     plan["config_hash"] = config_hash(experiment)
     plan["ctseg_version"] = __version__
     plan["format"] = PACKAGE_FORMAT
