@@ -13,6 +13,7 @@ from PIL import Image
 from ctseg.cli import main as cli_main
 from ctseg.core.errors import InputError
 from ctseg.drr import (
+    DrrOutputs,
     View,
     VolumeGeometry,
     project_binary,
@@ -20,6 +21,7 @@ from ctseg.drr import (
     project_points,
     raycast,
     run_drr,
+    run_drr_views,
     stack_views,
     view_frame,
 )
@@ -403,6 +405,84 @@ def test_run_drr_rejects_labels_off_grid(tmp_path):
             p["ct"], bad, None, view, out / "a.nii.gz", out / "a_l.nii.gz", out / "a.png", case="c1"
         )
     assert not (out / "a.nii.gz").exists()
+
+
+def test_run_drr_views_equals_one_run_per_view(tmp_path):
+    """The drr rule's read-once path writes exactly what rendering each view alone writes."""
+    p = _bead_ct(tmp_path)
+    ct = sitk.ReadImage(str(p["ct"]))
+    metal = sitk.GetArrayFromImage(sitk.ReadImage(str(p["labels"]))) > 0
+    metal[:, :, :24] = False  # half the ball is an implant
+    metal_img = sitk.Cast(sitk.GetImageFromArray(metal.astype(np.uint8)), sitk.sitkUInt8)
+    metal_img.CopyInformation(ct)
+    p["metal"] = tmp_path / "metal.nii.gz"
+    sitk.WriteImage(metal_img, str(p["metal"]))
+    views = [
+        {
+            "name": "ap",
+            "angle_deg": 0,
+            "sdd_mm": 1000,
+            "sid_mm": 750,
+            "size_px": 48,
+            "spacing_mm": 3,
+        },
+        {
+            "name": "lat",
+            "angle_deg": 90,
+            "sdd_mm": 1000,
+            "sid_mm": 750,
+            "size_px": [40, 44],
+            "spacing_mm": 3,
+        },
+    ]
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    outs = {
+        d: [
+            DrrOutputs(
+                d / f"{v['name']}.nii.gz", d / f"{v['name']}_l.nii.gz", d / f"{v['name']}.png"
+            )
+            for v in views
+        ]
+        for d in (both, alone)
+    }
+    run_drr_views(p["ct"], p["labels"], p["metal"], views, outs[both], device="cpu", case="c1")
+    for v, o in zip(views, outs[alone], strict=True):
+        run_drr(p["ct"], p["labels"], p["metal"], v, o.nii, o.label_nii, o.png, device="cpu")
+    for a, b in zip(outs[both], outs[alone], strict=True):
+        for f in ("nii", "label_nii"):
+            ia, ib = sitk.ReadImage(str(getattr(a, f))), sitk.ReadImage(str(getattr(b, f)))
+            assert ia.GetSize() == ib.GetSize() and ia.GetSpacing() == ib.GetSpacing()
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(ia), sitk.GetArrayFromImage(ib))
+        np.testing.assert_array_equal(np.asarray(Image.open(a.png)), np.asarray(Image.open(b.png)))
+    lat = sitk.GetArrayFromImage(sitk.ReadImage(str(outs[both][1].label_nii)))
+    assert lat.shape == (44, 40) and set(np.unique(lat)) == {0, 20}
+    # the metal outline (pure red) is drawn on the overlay panel of both views
+    for o, w in zip(outs[both], (48, 40), strict=True):
+        over = np.asarray(Image.open(o.png))[:, w + 2 :, :3]
+        assert np.any(np.all(over == (255, 0, 0), axis=2))
+
+
+def test_run_drr_views_bad_view_writes_nothing(tmp_path):
+    p = _bead_ct(tmp_path)
+    good = {"name": "ap", "sdd_mm": 1000, "sid_mm": 750, "size_px": 16, "spacing_mm": 4}
+    bad = {
+        "name": "lat",
+        "angle_deg": 90,
+        "sdd_mm": 700,
+        "sid_mm": 750,
+        "size_px": 16,
+        "spacing_mm": 4,
+    }
+    out = tmp_path / "o"
+    outs = [
+        DrrOutputs(out / f"{n}.nii.gz", out / f"{n}_l.nii.gz", out / f"{n}.png")
+        for n in ("ap", "lat")
+    ]
+    with pytest.raises(InputError, match="sdd|sid|source"):
+        run_drr_views(p["ct"], p["labels"], None, [good, bad], outs, device="cpu", case="c1")
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(ValueError, match="2 views but 1 output"):
+        run_drr_views(p["ct"], p["labels"], None, [good, good], outs[:1], device="cpu")
 
 
 def test_stack_views(tmp_path):

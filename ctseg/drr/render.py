@@ -13,6 +13,7 @@ Outputs (the workflow's ``drr`` rule):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,37 @@ def render_view(
     **raycast_kwargs,
 ) -> tuple[np.ndarray, ProjectedLabels | None, np.ndarray | None]:
     """Line integral ``(rows, cols)`` at ``energy_kev``, projected labels and projected metal."""
-    v = View.from_dict(view)
+    return render_views(
+        ct,
+        [view],
+        labels=labels,
+        metal=metal,
+        energy_kev=energy_kev,
+        ct_kev=ct_kev,
+        min_path_mm=min_path_mm,
+        device=device,
+        **raycast_kwargs,
+    )[0]
+
+
+def render_views(
+    ct: sitk.Image,
+    views: list[dict | View],
+    *,
+    labels: sitk.Image | None = None,
+    metal: sitk.Image | None = None,
+    energy_kev: float = 70.0,
+    ct_kev: float = 70.0,
+    min_path_mm: float = 2.0,
+    device: str = "auto",
+    **raycast_kwargs,
+) -> list[tuple[np.ndarray, ProjectedLabels | None, np.ndarray | None]]:
+    """:func:`render_view` for several views of one CT.
+
+    The attenuation volume and the combined label / metal ids depend on the CT alone, so they
+    are built once and every view only ray-casts them.
+    """
+    parsed = [View.from_dict(v) for v in views]  # every view checked before any work
     geom = VolumeGeometry.from_image(ct)
     hu = sitk.GetArrayViewFromImage(ct)
     metal_arr = None if metal is None else sitk.GetArrayFromImage(metal)
@@ -127,11 +158,26 @@ def render_view(
         combo = np.zeros(hu.shape, np.int64) if lab_arr is None else lab_arr.copy()
         if metal_arr is not None:
             combo += METAL_BIT * (metal_arr > 0)
-    res = raycast(mu_vol, geom, v, labels=combo, device=device, **raycast_kwargs)
+    return [
+        _split_paths(
+            raycast(mu_vol, geom, v, labels=combo, device=device, **raycast_kwargs),
+            v,
+            with_labels=lab_arr is not None,
+            with_metal=metal_arr is not None,
+            min_path_mm=min_path_mm,
+        )
+        for v in parsed
+    ]
+
+
+def _split_paths(
+    res, v: View, *, with_labels: bool, with_metal: bool, min_path_mm: float
+) -> tuple[np.ndarray, ProjectedLabels | None, np.ndarray | None]:
+    """Separate one ray-cast's combined-id path lengths into projected labels and metal."""
     proj = metal2d = None
     if res.label_paths is not None:
         vals = res.label_values
-        if lab_arr is not None:
+        if with_labels:
             lab_vals = np.unique(vals % METAL_BIT)
             lab_vals = lab_vals[lab_vals > 0]
             lab_paths = (
@@ -140,11 +186,20 @@ def render_view(
                 else np.zeros((0, v.rows, v.cols), np.float32)
             )
             proj = projected_from_paths(lab_paths, lab_vals, min_path_mm)
-        if metal_arr is not None:
+        if with_metal:
             metal2d = summed_mask(
                 res.label_paths, vals, min_path_mm, include=set(vals[vals >= METAL_BIT].tolist())
             )
     return res.line_integrals[0], proj, metal2d
+
+
+@dataclass(frozen=True)
+class DrrOutputs:
+    """Where one view's files go: line integrals, projected labels, display PNG (optional)."""
+
+    nii: Path
+    label_nii: Path | None = None
+    png: Path | None = None
 
 
 def run_drr(
@@ -162,11 +217,43 @@ def run_drr(
     ct_kev: float = 70.0,
     case: str | None = None,
 ) -> None:
-    """Render one view of a case: line integrals, projected VerSe labels and a display PNG.
+    """Render one view of a case: line integrals, projected VerSe labels and a display PNG."""
+    run_drr_views(
+        ct_path,
+        labels_path,
+        metal_path,
+        [view],
+        [DrrOutputs(Path(out_nii), out_label_nii, out_png)],
+        energy_kev=energy_kev,
+        min_path_mm=min_path_mm,
+        device=device,
+        ct_kev=ct_kev,
+        case=case,
+    )
+
+
+def run_drr_views(
+    ct_path: Path,
+    labels_path: Path | None,
+    metal_path: Path | None,
+    views: list[dict],
+    outputs: list[DrrOutputs],
+    *,
+    energy_kev: float = 70.0,
+    min_path_mm: float = 2.0,
+    device: str = "auto",
+    ct_kev: float = 70.0,
+    case: str | None = None,
+) -> None:
+    """Render every view of a case from one read of its CT, labels and metal mask.
 
     Labels and metal mask must lie on exactly the CT grid (the workflow guarantees it); a
-    mismatch raises InputError naming the file rather than silently resampling.
+    mismatch raises InputError naming the file rather than silently resampling. Every view is
+    rendered and checked before the first file is written, so a bad view leaves no other
+    view's files behind to look like a complete job.
     """
+    if len(views) != len(outputs):
+        raise ValueError(f"{len(views)} views but {len(outputs)} output sets")
     ct_path = Path(ct_path)
     ct = read_volume(ct_path, case)
     if ct.GetDimension() != 3:
@@ -186,11 +273,11 @@ def run_drr(
             raise InputError(
                 f"metal mask is not on the CT grid ({why})", path=metal_path, case=case
             )
-    v = View.from_dict(view)
+    parsed = [View.from_dict(v) for v in views]
     try:
-        li, proj, metal2d = render_view(
+        rendered = render_views(
             ct,
-            v,
+            parsed,
             labels=labels,
             metal=metal,
             energy_kev=energy_kev,
@@ -200,18 +287,21 @@ def run_drr(
         )
     except InputError as exc:
         raise InputError(exc.reason, path=ct_path, case=case) from exc
-    lab2d = proj.multiclass if proj is not None else np.zeros(li.shape, np.uint8)
-    if out_label_nii is not None and lab2d.dtype != np.uint8:
-        raise InputError(
-            "label ids above 255 cannot be written as uint8", path=labels_path, case=case
-        )
-    display = display_image(li)
+    files = []
+    for v, out, (li, proj, metal2d) in zip(parsed, outputs, rendered, strict=True):
+        lab2d = proj.multiclass if proj is not None else np.zeros(li.shape, np.uint8)
+        if out.label_nii is not None and lab2d.dtype != np.uint8:
+            raise InputError(
+                "label ids above 255 cannot be written as uint8", path=labels_path, case=case
+            )
+        files.append((v, out, li, lab2d, metal2d))
     # Everything is computed and checked before the first file is written.
-    write_image2d(li.astype(np.float32), v.spacing_mm, Path(out_nii))
-    if out_label_nii is not None:
-        write_image2d(lab2d, v.spacing_mm, Path(out_label_nii))
-    if out_png is not None:
-        overlay_png(display, lab2d, Path(out_png), metal2d)
+    for v, out, li, lab2d, metal2d in files:
+        write_image2d(li.astype(np.float32), v.spacing_mm, Path(out.nii))
+        if out.label_nii is not None:
+            write_image2d(lab2d, v.spacing_mm, Path(out.label_nii))
+        if out.png is not None:
+            overlay_png(display_image(li), lab2d, Path(out.png), metal2d)
 
 
 def stack_views(paths: list[Path], out: Path) -> None:
