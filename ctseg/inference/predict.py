@@ -230,9 +230,10 @@ def inference_spacing(meta: dict, centroids: list[dict] | None = None) -> list[f
         if measured is not None:
             scale = float(np.clip(measured, *SIZE_SCALE_RANGE))
     factor = meta.get("predict_cervical_factor")
-    cervical = sum(CERVICAL[0] <= int(c["label"]) <= CERVICAL[1] for c in centroids)
-    if factor and cervical >= CERVICAL_MIN_LEVELS:
-        scale *= float(factor)
+    if factor:
+        cervical = sum(CERVICAL[0] <= int(c["label"]) <= CERVICAL[1] for c in centroids)
+        if cervical >= CERVICAL_MIN_LEVELS:
+            scale *= float(factor)
     return [b * scale for b in base]
 
 
