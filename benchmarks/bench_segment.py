@@ -6,6 +6,10 @@
 2. The sliding-window step alone on the working-grid volume, ours against
    ``monai.inferers.sliding_window_inference`` driving the same model with the same window,
    overlap 0.5 and Gaussian weighting (sigma = window / 8), same run: ratio and max |diff|.
+   Ours runs the precision the plan records (``cpu_bf16``: the forward pass in bf16 on a
+   CPU with native bf16, as the model trained); MONAI is timed in float32 (its default) and
+   inside the same ``torch.autocast("cpu", bfloat16)``, so the ratio that isolates the
+   inferer is ours against MONAI with the same precision and batch.
 
 Usage: python benchmarks/bench_segment.py [--model results/models/vert3d/model.pt]
 (without a trained model a package of the default vert3d architecture with random weights is
@@ -135,42 +139,63 @@ def main() -> None:
     except ImportError:
         print("MONAI not installed (pip install --no-deps monai==1.6.1): peer skipped")
         return
+    from ctseg.training.precision import bf16_on_cpu
+
     weight = torch.from_numpy(gaussian_importance(patch))  # the same Gaussian for both
     batch = default_batch(patch)
+    bf16 = bf16_on_cpu(torch.device("cpu"), bool(plan.get("cpu_bf16")))
 
-    def ours(img: np.ndarray) -> np.ndarray:
-        return sliding_window_logits(net, img, patch, plan["n_classes"])
+    def ours(img: np.ndarray, cpu_bf16: bool = bf16) -> np.ndarray:
+        return sliding_window_logits(net, img, patch, plan["n_classes"], cpu_bf16=cpu_bf16)
 
-    def monai(img: np.ndarray, sw_batch: int) -> np.ndarray:
-        with torch.no_grad():
+    def monai(img: np.ndarray, sw_batch: int, in_bf16: bool = False) -> np.ndarray:
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=in_bf16)
+        with torch.no_grad(), amp:
             return sliding_window_inference(
                 torch.from_numpy(img)[None, None], patch, sw_batch, net, overlap=0.5,
                 mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=0.0,
                 roi_weight_map=weight,
-            )[0].numpy()  # fmt: skip
+            )[0].float().numpy()  # fmt: skip
 
     ours(image[: patch[0], : patch[1], : patch[2]])  # warm-up (oneDNN primitives)
-    runs = {"ours": [], "monai_1": [], "monai_b": []}
+    peers = {
+        "ours": ours,
+        "ours_f32": lambda im: ours(im, False),
+        "monai_1": lambda im: monai(im, 1),
+        "monai_b": lambda im: monai(im, batch),
+    }
+    if bf16:
+        peers["monai_b_bf16"] = lambda im: monai(im, batch, True)
+    runs = {k: [] for k in peers}
     for _ in range(2):  # interleaved, best of two: the machine is shared
-        for name, fn in (
-            ("ours", ours),
-            ("monai_1", lambda im: monai(im, 1)),
-            ("monai_b", lambda im: monai(im, batch)),
-        ):
+        for name, fn in peers.items():
             t0 = time.perf_counter()
             out = fn(image)
             runs[name].append(time.perf_counter() - t0)
-            if name == "ours":
+            if name == "ours_f32":
                 a = out
             elif name == "monai_1":
                 b = out
+            elif name == "ours":
+                a_plan = out
     t = {k: min(v) for k, v in runs.items()}
     print(
         f"sliding window on {image.shape} (z, y, x) @ {plan['spacing_mm']} mm, patch {patch}, "
-        f"overlap 0.5, Gaussian sigma = patch / 8: ours {t['ours']:.2f} s (batches of {batch}), "
-        f"MONAI {t['monai_1']:.2f} s at sw_batch_size 1 (its default) -> {t['monai_1'] / t['ours']:.2f}x, "
-        f"{t['monai_b']:.2f} s at sw_batch_size {batch} -> {t['monai_b'] / t['ours']:.2f}x"
+        f"overlap 0.5, Gaussian sigma = patch / 8, batches of {batch}: ours "
+        f"{t['ours']:.2f} s ({'bf16' if bf16 else 'float32'}, the plan's precision), "
+        f"ours in float32 {t['ours_f32']:.2f} s"
     )
+    print(
+        f"  MONAI float32: {t['monai_1']:.2f} s at sw_batch_size 1 (its default) -> "
+        f"{t['monai_1'] / t['ours']:.2f}x ours, {t['monai_b']:.2f} s at sw_batch_size {batch} -> "
+        f"{t['monai_b'] / t['ours']:.2f}x ours, {t['monai_b'] / t['ours_f32']:.2f}x ours in float32"
+    )
+    if bf16:
+        print(
+            f"  MONAI in the same bf16 autocast, sw_batch_size {batch}: {t['monai_b_bf16']:.2f} s "
+            f"-> {t['monai_b_bf16'] / t['ours']:.2f}x ours; ours bf16 against float32: same "
+            f"arg-max on {(a_plan.argmax(0) == a.argmax(0)).mean() * 100:.3f} % of voxels"
+        )
     print(
         f"  whole volume: same arg-max on {(a.argmax(0) == b.argmax(0)).mean() * 100:.2f} % of voxels, "
         f"max |logit diff| {np.abs(a - b).max():.3g} (window layouts differ: ours spreads the "

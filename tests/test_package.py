@@ -258,6 +258,23 @@ def test_segment_cli_passes_the_localiser(monkeypatch, tmp_path):
         main(["segment", "x.nii.gz", "--model", "m.pt", "--out", "o", "--localiser", str(loc)]) == 0
     )
     assert seen["localiser"] == loc
+    assert seen["float32"] is False
+    main(["segment", "x.nii.gz", "--model", "m.pt", "--out", "o", "--float32"])
+    assert seen["float32"] is True
+
+
+def test_the_plan_records_the_training_precision_and_float32_declines_it(tmp_path):
+    """A model trained with ``cpu_bf16`` is applied in bf16 on a bf16 CPU (its plan says so);
+    ``--float32`` (``float32=True``) turns that off for one segmenter."""
+    from ctseg.inference.segment import Segmenter
+
+    exp = {**EXP, "cpu_bf16": True}
+    path = tmp_path / "m.pt"
+    save_package(path, build_model(exp, 4), exp, make_plan(META, exp))
+    assert load_package(path)[1]["cpu_bf16"] is True
+    assert make_plan(META, {**exp, "cpu_bf16": False})["cpu_bf16"] is False
+    assert Segmenter(path, device="cpu").plan["cpu_bf16"] is True
+    assert Segmenter(path, device="cpu", float32=True).plan["cpu_bf16"] is False
 
 
 def test_a_drr_model_is_refused_for_ct_input(package, tmp_path):

@@ -49,6 +49,34 @@ def test_single_window_equals_whole_volume_forward():
     np.testing.assert_allclose(got_pad, ref_pad, rtol=1e-5, atol=1e-5)
 
 
+def test_cpu_bf16_runs_the_windows_in_bf16_on_a_bf16_cpu():
+    """``cpu_bf16`` (the plan's training precision) runs the network's convolutions in bf16
+    where the CPU has native bf16, and blends float32 logits close to float32's; elsewhere it
+    is float32 exactly."""
+    from ctseg.training.precision import cpu_has_bf16
+
+    torch.manual_seed(4)
+    net = build_model({"model": "unet3d", "base_width": 4, "depth": 2}, 3).eval()
+    dtypes = []
+    first_conv = next(m for m in net.modules() if isinstance(m, nn.Conv3d))
+    first_conv.register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
+    x = np.random.default_rng(4).random((20, 17, 12)).astype(np.float32)
+    f32 = sliding_window_logits(net, x, (8, 8, 8), 3)
+    assert set(dtypes) == {torch.float32}
+    dtypes.clear()
+    bf = sliding_window_logits(net, x, (8, 8, 8), 3, cpu_bf16=True)
+    assert bf.dtype == np.float32 and bf.shape == f32.shape
+    if cpu_has_bf16():
+        assert set(dtypes) == {torch.bfloat16}
+        assert not np.array_equal(bf, f32)
+        # bf16 keeps 8 bits of mantissa: logits within a few hundredths, same arg-max nearly
+        assert np.abs(bf - f32).max() < 0.1 * max(np.abs(f32).max(), 1.0)
+        assert (bf.argmax(0) == f32.argmax(0)).mean() > 0.95
+    else:
+        assert set(dtypes) == {torch.float32}
+        np.testing.assert_array_equal(bf, f32)
+
+
 def test_overlapping_windows_blend_to_the_pointwise_result():
     """A pointwise (1x1x1) network gives the same logits in every window, so the Gaussian-
     weighted blend of many overlapping windows must equal one whole-volume pass."""

@@ -1,4 +1,4 @@
-"""``ctseg segment INPUT... --model PKG --out DIR [--fast] [--device auto]``.
+"""``ctseg segment INPUT... --model PKG --out DIR [--fast] [--float32] [--device auto]``.
 
 Segment new scans (DICOM folders, NIfTI, NRRD) with a trained model package, loaded once. Each
 input gets ``DIR/<name>/`` with the label map on its own grid and the standard outputs; an input
@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--fast", action="store_true", help="skip test-time augmentation")
+    parser.add_argument(
+        "--float32",
+        action="store_true",
+        help="run the network in float32 on a CPU even where the model trained in bf16",
+    )
     parser.add_argument("--series-uid", default=None, help="series to take from DICOM folders")
     parser.add_argument(
         "--localiser",
@@ -38,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         fast=args.fast,
         series_uid=args.series_uid,
         localiser=args.localiser,
+        float32=args.float32,
     )
     failed = [r for r in results if r.error]
     for r in results:

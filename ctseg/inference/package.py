@@ -58,6 +58,8 @@ def make_plan(meta: dict, experiment: dict, extra: dict | None = None) -> dict:
         plan["class_names"] = {"1": "vertebra"}
     plan["postprocess"] = bool(experiment.get("postprocess", True))
     plan["tta_flip"] = bool(experiment.get("tta_flip", False))
+    # the forward pass's precision in training: inference on a bf16 CPU runs it alike
+    plan["cpu_bf16"] = bool(experiment.get("cpu_bf16", False))
     if experiment.get("predict_spacing_mm"):
         plan["predict_spacing_mm"] = [float(s) for s in experiment["predict_spacing_mm"]]
     plan["predict_size_adaptive"] = bool(experiment.get("predict_size_adaptive", False))

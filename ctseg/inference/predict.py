@@ -50,16 +50,14 @@ def working_grid_logits(
     model: torch.nn.Module, meta: dict, image: np.ndarray, *, device: torch.device, tta: bool
 ) -> np.ndarray:
     """Logits [C, z, y, x] of a normalised working-grid volume: the 3D sliding window, or the
-    2D model slice by slice along its slicing axis."""
+    2D model slice by slice along its slicing axis; in bf16 on a bf16 CPU where the plan's
+    ``cpu_bf16`` says the model trained so."""
     patch = tuple(reversed(meta["patch"]))  # [z, y, x]
+    kw = {"device": device, "tta_flip": tta, "cpu_bf16": bool(meta.get("cpu_bf16", False))}
     if meta["dim"] == 2:
         axis = int(meta.get("slice_axis", 0))
-        return slicewise_logits(
-            model, image, patch, axis, meta["n_classes"], device=device, tta_flip=tta
-        )
-    return sliding_window_logits(
-        model, image, patch, meta["n_classes"], device=device, tta_flip=tta
-    )
+        return slicewise_logits(model, image, patch, axis, meta["n_classes"], **kw)
+    return sliding_window_logits(model, image, patch, meta["n_classes"], **kw)
 
 
 def foreground_probability(logits: np.ndarray) -> np.ndarray:

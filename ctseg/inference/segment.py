@@ -53,6 +53,7 @@ class Segmenter:
         device: str = "auto",
         fast: bool = False,
         localiser: str | Path | None = None,
+        float32: bool = False,
     ):
         self.device = resolve_device(device)
         self.localiser = None
@@ -76,6 +77,8 @@ class Segmenter:
                 path=self.package,
             )
         self.tta = False if fast else bool(self.plan.get("tta_flip", False))
+        if float32:  # the plan's bf16 forward pass on a bf16 CPU, declined
+            self.plan["cpu_bf16"] = False
 
     def read(self, source: Path, series_uid: str | None = None) -> tuple[sitk.Image, Path | None]:
         from ctseg.ingest.volume import read_image
@@ -170,9 +173,10 @@ def segment_inputs(
     fast: bool = False,
     series_uid: str | None = None,
     localiser: Path | None = None,
+    float32: bool = False,
 ) -> list[SegmentResult]:
     """Segment every input with one loaded model; errors are collected per input."""
-    segmenter = Segmenter(package, device=device, fast=fast, localiser=localiser)
+    segmenter = Segmenter(package, device=device, fast=fast, localiser=localiser, float32=float32)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     names = [input_name(Path(p)) for p in inputs]

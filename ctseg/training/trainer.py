@@ -96,16 +96,18 @@ def make_optimizer(experiment: ExperimentConfig, params, total_steps: int):
 
 @torch.no_grad()
 def validate_sums(
-    model, val, patch, n_classes, loss_fn, device, dim: int, axis: int = 0
+    model, val, patch, n_classes, loss_fn, device, dim: int, axis: int = 0, cpu_bf16: bool = False
 ) -> list[float]:
     """[loss sum, foreground Dice sum, number of cases] over whole validation volumes/images
-    (sums, so that ranks validating disjoint shares of the cases can be all-reduced)."""
+    (sums, so that ranks validating disjoint shares of the cases can be all-reduced), the
+    forward pass in the precision prediction will use (``cpu_bf16``)."""
     loss_sum, dice_sum = 0.0, 0.0
+    kw = {"device": device, "cpu_bf16": cpu_bf16}
     for _case, img, cls in val:
         if dim == 2 and img.ndim == 3:
-            logits = slicewise_logits(model, img, patch, axis, n_classes, device=device)
+            logits = slicewise_logits(model, img, patch, axis, n_classes, **kw)
         else:
-            logits = sliding_window_logits(model, img, patch, n_classes, device=device)
+            logits = sliding_window_logits(model, img, patch, n_classes, **kw)
         lt = torch.from_numpy(logits)[None]
         loss_sum += float(loss_fn(lt, torch.from_numpy(cls)[None].long()))
         dice_sum += mean_foreground_dice(decode_logits(logits), cls, n_classes)
@@ -302,7 +304,7 @@ class Trainer:
             return float("nan"), float("nan")
         sums = validate_sums(
             self.raw, self.val[self.rank :: self.world], self.patch_zyx, self.n_classes,
-            self.loss_fn, self.dev, self.dim, self.exp.axis,
+            self.loss_fn, self.dev, self.dim, self.exp.axis, self.exp.cpu_bf16,
         )  # fmt: skip
         loss_sum, dice_sum, n_val = all_reduce_sum(sums, self.dev) if self.world > 1 else sums
         if not n_val:
