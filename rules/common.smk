@@ -532,6 +532,26 @@ def _is_centroids(name):
 
 CENTROID_EXPERIMENTS = [n for n in EXPERIMENTS if _is_centroids(n)]
 VOXEL_EXPERIMENTS = [n for n in EXPERIMENTS if not _is_centroids(n)]
+_TRAINING_VOXELS = {
+    n: _config_module.planned_training_voxels(EXPERIMENTS[n], CUBES)
+    for n in EXPERIMENTS
+}
+#: the experiment whose training is longest (most voxels through the network), if any
+LONGEST_TRAINING = max(
+    (n for n in EXPERIMENTS if _TRAINING_VOXELS[n] > 0),
+    key=_TRAINING_VOXELS.get,
+    default=None,
+)
+
+
+def train_priority(wildcards):
+    """Scheduling priority of an experiment's `dataset` and `train` jobs: 1 (as the centroid
+    localiser's stages) for the localiser and for the longest training, so that on a few cores
+    the longest job starts as soon as its cube exists instead of after the short ones
+    (longest-processing-time-first; `ctseg.core.config.planned_training_voxels`); else 0.
+    """
+    name = wildcards.experiment
+    return 1 if name == LONGEST_TRAINING or _is_centroids(name) else 0
 
 
 def centroid_item(case):

@@ -8,6 +8,7 @@ rule dataset:
         "results/logs/dataset/{experiment}.log",
     benchmark:
         "results/benchmarks/dataset/{experiment}.tsv"
+    priority: train_priority
     conda:
         "../envs/io.yaml"
     threads: 1
@@ -39,6 +40,7 @@ rule train:
         "results/logs/train/{experiment}.log",
     benchmark:
         "results/benchmarks/train/{experiment}.tsv"
+    priority: train_priority
     conda:
         "../envs/torch.yaml"
     threads: TRAIN_RES.get("threads", 2)

@@ -133,6 +133,47 @@ def test_default_dag_has_a_job_per_case_and_stage(tmp_path):
     proc = snakemake("-n", "--cores", "2", "--configfile", "config.yaml", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert planned_jobs(proc.stdout) == expected_jobs(cfg, sheet)
+    # longest training first: vert3d's dataset and train jobs share the localiser's priority
+    raised = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        wc = re.search(r"^    wildcards: (.*)$", block, re.M)
+        if head and re.search(r"^    priority: 1$", block, re.M):
+            raised.add((head.group(1), wc.group(1) if wc else ""))
+    stages = [
+        f"first_stage_{k}" for k in range(cfg["experiments"]["centroids"]["localiser"]["ensemble"])
+    ]
+    assert raised == {
+        ("dataset", "experiment=vert3d"),
+        ("train", "experiment=vert3d"),
+        ("dataset", "experiment=centroids"),
+        ("train", "experiment=centroids"),
+        *(
+            ("train_stage", f"experiment=centroids, stage={s}")
+            for s in [*stages, "refiner", "regions"]
+        ),
+    }
+
+
+def test_longest_training_is_counted_in_voxels_through_the_network():
+    from ctseg.core.config import planned_training_voxels
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    exps, cubes = cfg["experiments"], cfg["cubes"]
+    x, y, z = cubes["vert"]["patch"]
+    v3 = exps["vert3d"]
+    assert planned_training_voxels(v3, cubes) == (
+        v3["epochs"] * v3["steps_per_epoch"] * v3["batch_size"] * x * y * z
+    )
+    v2 = exps["vert2d"]  # a sagittal slice of the same patch: y x z voxels
+    assert planned_training_voxels(v2, cubes) == (
+        v2["epochs"] * v2["steps_per_epoch"] * v2["batch_size"] * y * z
+    )
+    axial = {**v2, "slice_axis": "axial"}
+    assert planned_training_voxels(axial, cubes) == planned_training_voxels(v2, cubes) * x // z
+    for name in ("centroids", "drr_none"):
+        assert planned_training_voxels(exps[name], cubes) == 0
+    assert planned_training_voxels({**v3, "pretrained": "m.pt"}, cubes) == 0
 
 
 def test_tiny_dag_plans_the_exact_job_set(tmp_path):
