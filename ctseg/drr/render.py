@@ -193,6 +193,17 @@ def _split_paths(
     return res.line_integrals[0], proj, metal2d
 
 
+def _read_on_grid(path: Path | None, ct: sitk.Image, what: str, case: str | None):
+    """The image at ``path`` (None: none), which must lie on exactly the CT's grid."""
+    if path is None:
+        return None
+    img = read_image_file(path, case)
+    on_grid, why = same_grid(ct, img)
+    if not on_grid:
+        raise InputError(f"{what} is not on the CT grid ({why})", path=path, case=case)
+    return img
+
+
 @dataclass(frozen=True)
 class DrrOutputs:
     """Where one view's files go: line integrals, projected labels, display PNG (optional)."""
@@ -258,21 +269,8 @@ def run_drr_views(
     ct = read_volume(ct_path, case)
     if ct.GetDimension() != 3:
         raise InputError(f"expected a 3D CT, got {ct.GetDimension()}D", path=ct_path, case=case)
-    labels = metal = None
-    if labels_path is not None:
-        labels = read_image_file(labels_path, case)
-        on_grid, why = same_grid(ct, labels)
-        if not on_grid:
-            raise InputError(
-                f"label map is not on the CT grid ({why})", path=labels_path, case=case
-            )
-    if metal_path is not None:
-        metal = read_image_file(metal_path, case)
-        on_grid, why = same_grid(ct, metal)
-        if not on_grid:
-            raise InputError(
-                f"metal mask is not on the CT grid ({why})", path=metal_path, case=case
-            )
+    labels = _read_on_grid(labels_path, ct, "label map", case)
+    metal = _read_on_grid(metal_path, ct, "metal mask", case)
     parsed = [View.from_dict(v) for v in views]
     try:
         rendered = render_views(
