@@ -10,6 +10,7 @@ from ctseg.core.labels import (
     apply_label_map,
     level_range,
     resolve_label_map,
+    spinal_region,
 )
 
 
@@ -45,3 +46,10 @@ def test_resolve_label_map_by_name():
     assert resolve_label_map("mine", {"mine": {"3": 20}}) == {3: 20}
     with pytest.raises(KeyError, match="unknown label_map 'nope'"):
         resolve_label_map("nope")
+
+
+def test_spinal_region_of_every_verse_level():
+    assert [spinal_region(VERSE_IDS[f"C{i}"]) for i in range(1, 8)] == ["cervical"] * 7
+    assert {spinal_region(VERSE_IDS[f"T{i}"]) for i in range(1, 14)} == {"thoracic"}  # T13 too
+    assert {spinal_region(VERSE_IDS[f"L{i}"]) for i in range(1, 7)} == {"lumbar"}  # L6 too
+    assert spinal_region(VERSE_IDS["sacrum"]) is None and spinal_region(99) is None

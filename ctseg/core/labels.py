@@ -29,6 +29,19 @@ def spine_rank(label: int) -> int:
     return _RANK.get(int(label), 1000 + int(label))
 
 
+def spinal_region(label: int) -> str | None:
+    """``"cervical"``, ``"thoracic"`` (T13 included) or ``"lumbar"`` (L6 included) for a VerSe
+    id; None for the sacrum and ids VerSe does not name."""
+    label = int(label)
+    if 1 <= label <= 7:
+        return "cervical"
+    if 8 <= label <= 19 or label == 28:
+        return "thoracic"
+    if 20 <= label <= 25:
+        return "lumbar"
+    return None
+
+
 def label_name(label: int) -> str:
     """VerSe name of a label id, or the id as text for ids VerSe does not name."""
     return VERSE_NAMES.get(int(label), str(int(label)))

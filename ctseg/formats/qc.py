@@ -77,7 +77,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ctseg.core.anatomy import natural_body_size, natural_step_mm
-from ctseg.core.labels import SACRUM, VERSE_NAMES, spine_rank
+from ctseg.core.labels import SACRUM, VERSE_NAMES, spinal_region, spine_rank
 from ctseg.formats.grid import index_to_world, inside, label_array, world_to_index
 from ctseg.formats.vertebra_stats import vertebra_statistics
 
@@ -99,17 +99,6 @@ REGION_ML: dict[str, tuple[float, float]] = {
     "thoracic": (3.0, 130.0),
     "lumbar": (10.0, 220.0),
 }
-
-
-def region_of(label: int) -> str | None:
-    label = int(label)
-    if 1 <= label <= 7:
-        return "cervical"
-    if 8 <= label <= 19 or label == 28:
-        return "thoracic"
-    if 20 <= label <= 25:
-        return "lumbar"
-    return None  # sacrum and ids outside VerSe: no range
 
 
 @dataclass(frozen=True)
@@ -364,7 +353,7 @@ def quality_flags(
                     )
                 )
                 continue
-        region = region_of(x)
+        region = spinal_region(x)
         if region:
             lo, hi = REGION_ML[region]
             if not lo <= vols[x] <= hi:

@@ -26,6 +26,7 @@ from ctseg.core.atomic import atomic_path
 from ctseg.core.device import resolve_device
 from ctseg.core.errors import InputError
 from ctseg.core.imageio import read_image_file
+from ctseg.core.labels import spinal_region
 from ctseg.core.normalise import hu_to_float
 from ctseg.core.orientation import from_canonical, to_canonical
 from ctseg.core.resample import resample_onto
@@ -190,9 +191,8 @@ class VolumePrediction:
 #: population's body_scale range; an estimate beyond it is more likely a misnamed or
 #: mis-spaced chain than a body, and is clipped.
 SIZE_SCALE_RANGE = (0.75, 1.3)
-#: VerSe ids of the cervical levels (C1-C7), and how many of them among a case's centroids
-#: make its view a neck view for ``predict_cervical_factor`` (:func:`inference_spacing`)
-CERVICAL = (1, 7)
+#: how many cervical levels among a case's centroids make its view a neck view for
+#: ``predict_cervical_factor`` (:func:`inference_spacing`)
 CERVICAL_MIN_LEVELS = 3
 
 
@@ -229,7 +229,7 @@ def inference_spacing(meta: dict, centroids: list[dict] | None = None) -> list[f
             scale = float(np.clip(measured, *SIZE_SCALE_RANGE))
     factor = meta.get("predict_cervical_factor")
     if factor:
-        cervical = sum(CERVICAL[0] <= int(c["label"]) <= CERVICAL[1] for c in centroids)
+        cervical = sum(spinal_region(c["label"]) == "cervical" for c in centroids)
         if cervical >= CERVICAL_MIN_LEVELS:
             scale *= float(factor)
     return [b * scale for b in base]
