@@ -784,3 +784,52 @@ def test_a_refiner_patch_that_bf16_would_train_two_deep_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="refiner: a training patch 16 voxels deep.*make it 24"):
         tr.fit_stage("refiner")
     assert not (tmp_path / "checkpoints" / "refiner.pt").exists()
+
+
+def test_the_localiser_predicts_in_the_precision_it_trained_in():
+    """A package trained with ``cpu_bf16`` runs all three stages' forward passes (first stage,
+    refiner, region network) in bf16 on a bf16 CPU, close to float32; without the key, or on a
+    CPU without native bf16, every convolution is float32 and the maps are exactly those of
+    a plain forward pass."""
+    import torch
+
+    from ctseg.localisation.predict import forward_precision, infer_heatmaps
+    from ctseg.localisation.refine import patch_heatmaps
+    from ctseg.localisation.regions import region_probs
+    from ctseg.models import build_model
+    from ctseg.training.precision import cpu_has_bf16
+
+    cfg = resolve_config({"levels": "T8-L3", "base_width": 4, "depth": 2})
+    torch.manual_seed(5)
+    first, refiner, regions = (build_model(cfg, n).eval() for n in (9, 1, 4))
+    seen = []
+    for net in (first, refiner, regions):
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+        conv.register_forward_hook(lambda _m, _a, out: seen.append(out.dtype))
+    arr = np.random.default_rng(5).random((16, 16, 16)).astype(np.float32)
+    work = sitk.GetImageFromArray(arr)
+    dev = torch.device("cpu")
+
+    def run(meta):
+        seen.clear()
+        amp = forward_precision(meta, dev)
+        maps = (
+            infer_heatmaps(first, arr, dev, "detect_identify", amp),
+            patch_heatmaps(refiner, arr, [np.zeros(3, int)], 8, dev, amp),
+            region_probs(regions, {"patch": 8}, work, arr, [[7.0, 7.0, 7.0]], dev, amp),
+        )
+        return maps, set(seen)
+
+    f32, dtypes = run({})
+    assert dtypes == {torch.float32}
+    np.testing.assert_array_equal(f32[0], infer_heatmaps(first, arr, dev, "detect_identify"))
+    bf, dtypes = run({"cpu_bf16": True})
+    if cpu_has_bf16():
+        assert dtypes == {torch.bfloat16}
+        for a, b in zip(bf, f32, strict=True):
+            assert a.dtype == b.dtype and not np.array_equal(a, b)
+            assert np.abs(a - b).max() < 0.05  # activated maps in [0, 1]
+    else:
+        assert dtypes == {torch.float32}
+        for a, b in zip(bf, f32, strict=True):
+            np.testing.assert_array_equal(a, b)

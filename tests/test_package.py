@@ -277,6 +277,22 @@ def test_the_plan_records_the_training_precision_and_float32_declines_it(tmp_pat
     assert Segmenter(path, device="cpu", float32=True).plan["cpu_bf16"] is False
 
 
+def test_float32_declines_the_localisers_bf16_too(monkeypatch, tmp_path):
+    """``--float32`` reaches the localiser's package as well: its three stages then run in
+    float32 (:func:`ctseg.localisation.predict.forward_precision` reads ``cpu_bf16``)."""
+    import ctseg.localisation.predict as loc
+    from ctseg.inference.segment import Segmenter
+
+    monkeypatch.setattr(loc, "load_localiser", lambda *a: (None, {"cpu_bf16": True}))
+    exp = {**EXP, "cpu_bf16": True}
+    path = tmp_path / "m.pt"
+    save_package(path, build_model(exp, 4), exp, make_plan(META, exp))
+    assert Segmenter(path, device="cpu", localiser="l.pt").localiser[1]["cpu_bf16"] is True
+    assert Segmenter(path, device="cpu", localiser="l.pt", float32=True).localiser[1] == {
+        "cpu_bf16": False
+    }
+
+
 def test_a_drr_model_is_refused_for_ct_input(package, tmp_path):
     exp = {"task": "bone_drr", "model": "unet2d", "base_width": 4, "depth": 2}
     meta = {**META, "task": "bone_drr", "dim": 2, "n_classes": 2, "class_ids": [0, 1],

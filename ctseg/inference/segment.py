@@ -77,8 +77,10 @@ class Segmenter:
                 path=self.package,
             )
         self.tta = False if fast else bool(self.plan.get("tta_flip", False))
-        if float32:  # the plan's bf16 forward pass on a bf16 CPU, declined
+        if float32:  # the plans' bf16 forward passes on a bf16 CPU, declined
             self.plan["cpu_bf16"] = False
+            if self.localiser is not None:
+                self.localiser[1]["cpu_bf16"] = False
 
     def read(self, source: Path, series_uid: str | None = None) -> tuple[sitk.Image, Path | None]:
         from ctseg.ingest.volume import read_image

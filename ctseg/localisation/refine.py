@@ -362,13 +362,18 @@ def refiner_spec(cfg: dict) -> dict:
 
 
 @torch.no_grad()
-def patch_heatmaps(model, arr: np.ndarray, starts: list, size: int, device) -> np.ndarray:
+def patch_heatmaps(
+    model, arr: np.ndarray, starts: list, size: int, device, autocast=nullcontext
+) -> np.ndarray:
     """``[n, C, size, size, size]`` maps of the patches at ``starts``: channel 0 the sigmoid
-    detection heatmap, channels 1.. (an identifying refiner) the softmax over the levels."""
+    detection heatmap, channels 1.. (an identifying refiner) the softmax over the levels; the
+    forward pass under ``autocast`` (a context factory)."""
     out = []
     for i in range(0, len(starts), 16):
         x = np.stack([crop_patch(arr, s, size) for s in starts[i : i + 16]])[:, None]
-        logits = model(torch.from_numpy(x).to(device)).float()
+        with autocast():
+            logits = model(torch.from_numpy(x).to(device))
+        logits = logits.float()
         maps = [torch.sigmoid(logits[:, :1])]
         if logits.shape[1] > 1:
             maps.append(torch.softmax(logits[:, 1:], dim=1))
@@ -417,7 +422,13 @@ def _merge(points: list[dict], merge_mm: float) -> list[dict]:
 
 
 def refine_candidates(
-    model, spec: dict, work: sitk.Image, arr: np.ndarray, candidates_world: list, device
+    model,
+    spec: dict,
+    work: sitk.Image,
+    arr: np.ndarray,
+    candidates_world: list,
+    device,
+    autocast=nullcontext,
 ) -> list[dict]:
     """Candidates (world LPS mm) -> ``[{"world", "score"}]``: each moved to the strongest
     fine-grid peak within ``search_mm`` (dropped when there is none), merged within
@@ -431,7 +442,7 @@ def refine_candidates(
     def run(worlds: list) -> list[dict]:
         idx = [world_to_index(work, w) for w in worlds]
         starts = [np.rint(i).astype(int) - half for i in idx]
-        heats = patch_heatmaps(model, arr, starts, size, device)
+        heats = patch_heatmaps(model, arr, starts, size, device, autocast)
         found = []
         for i, s, h in zip(idx, starts, heats, strict=True):
             c = i - s

@@ -22,6 +22,7 @@ them (with a T13, T12 carries the second-last rib pair; with an L6, L5 is not th
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -411,9 +412,12 @@ def regions_spec(cfg: dict) -> dict:
 
 
 @torch.no_grad()
-def region_probs(model, spec: dict, work, arr: np.ndarray, worlds: list, device) -> np.ndarray:
+def region_probs(
+    model, spec: dict, work, arr: np.ndarray, worlds: list, device, autocast=nullcontext
+) -> np.ndarray:
     """``[n, len(classes)]``: the class softmax around each world point (mean of the 3^3
-    voxels at the point), averaged with the left-right mirrored cube."""
+    voxels at the point), averaged with the left-right mirrored cube; the forward passes under
+    ``autocast`` (a context factory)."""
     size = int(spec["patch"])
     if not worlds:
         return np.zeros((0, int(model.head.out_channels)))
@@ -423,8 +427,9 @@ def region_probs(model, spec: dict, work, arr: np.ndarray, worlds: list, device)
     for i in range(0, len(starts), 16):
         x = torch.from_numpy(np.stack([crop_patch(arr, s, size) for s in starts[i : i + 16]]))
         x = x[:, None].to(device)
-        p = torch.softmax(model(x).float(), dim=1)
-        p = p + torch.softmax(model(x.flip(-1)).float(), dim=1).flip(-1)
+        with autocast():
+            a, b = model(x), model(x.flip(-1))
+        p = torch.softmax(a.float(), dim=1) + torch.softmax(b.float(), dim=1).flip(-1)
         out.append(p[:, :, half - 1 : half + 2, half - 1 : half + 2, half - 1 : half + 2])
     win = torch.cat(out).mean(dim=(2, 3, 4)).cpu().numpy().astype(float)
     return win / win.sum(axis=1, keepdims=True)
@@ -449,8 +454,11 @@ def anatomy_rows(localiser: tuple, ct, centroids: list[dict]) -> list[dict]:
         return []
     spec = meta["regions"]
     work, arr = fine_image(read_ct(ct), spec)
+    from ctseg.localisation.predict import forward_precision
+
     device = next(net.parameters()).device
-    probs = region_probs(net, spec, work, arr, [c["world"] for c in centroids], device)
+    worlds = [c["world"] for c in centroids]
+    probs = region_probs(net, spec, work, arr, worlds, device, forward_precision(meta, device))
     labels = [int(c["label"]) for c in centroids]
     classes = classes_of(spec)
     expected = classes.of_case(labels)
