@@ -141,3 +141,28 @@ def test_phantom_metal_truth():
     mask, info = label_metal(ph.image("hu"))
     assert np.array_equal(sitk.GetArrayFromImage(mask), ph.metal)
     assert info["voxels"] == int(ph.metal.sum())
+
+
+def test_fill_metal_replaces_only_metal_and_keeps_the_grid():
+    """Voxels at or above 3000 HU take the fill value, every other voxel and the geometry stay;
+    a CT without metal comes back as the same image."""
+    from ctseg.metal import METAL_HU, fill_metal
+
+    hu = np.full((4, 5, 6), 40, np.int16)
+    hu[1, 2, 3], hu[2, 2, 2], hu[3, 0, 0] = 3000, 7000, 2999
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing((0.7, 0.8, 2.5))
+    ct.SetOrigin((-10.0, 5.0, 300.0))
+    ct.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+    out = fill_metal(ct, 250.0)
+    got = sitk.GetArrayFromImage(out)
+    assert METAL_HU == 3000.0 and out.GetPixelID() == ct.GetPixelID()
+    assert got[1, 2, 3] == 250 and got[2, 2, 2] == 250 and got[3, 0, 0] == 2999
+    changed = got != hu
+    assert changed.sum() == 2
+    assert out.GetSpacing() == ct.GetSpacing() and out.GetOrigin() == ct.GetOrigin()
+    assert out.GetDirection() == ct.GetDirection()
+    assert sitk.GetArrayFromImage(ct)[2, 2, 2] == 7000  # the input is not modified
+    hu[hu >= 3000] = 100
+    clean = sitk.GetImageFromArray(hu)
+    assert fill_metal(clean, 250.0) is clean

@@ -613,3 +613,48 @@ def test_a_neck_view_segments_on_a_finer_grid():
         make_plan(_plan(n_classes=2, class_ids=[0, 1]), keyed.to_dict())["predict_cervical_factor"]
         == 0.8
     )
+
+
+def test_metal_is_filled_before_a_vertebra_model_sees_the_ct(tmp_path, monkeypatch):
+    """``predict_metal_fill_hu`` in the plan: the working-grid image the network sees is that of
+    the CT with its metal replaced (a screw of 7000 HU reads as 250 HU), while the labels still
+    land on the source grid; without the key the CT goes in as it is. The key is a prediction
+    setting: it does not change what training computes."""
+    import ctseg.inference.predict as pred_mod
+    from ctseg.core.config import ExperimentConfig
+    from ctseg.core.errors import ConfigError
+    from ctseg.inference.predict import predict_volume_with_evidence
+
+    seen = []
+
+    def fake_logits(model, meta, image, *, device, tta):
+        seen.append(image.max())
+        return np.zeros((2, *image.shape), np.float32)
+
+    monkeypatch.setattr(pred_mod, "working_grid_logits", fake_logits)
+    hu = np.full((16, 12, 12), 40, np.int16)
+    hu[6:10, 4:8, 4:8] = 7000  # a block of metal, larger than a working voxel
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing((4.0, 4.0, 4.0))
+    exp = {"task": "vertebrae", "model": "unet3d", "base_width": 4, "depth": 2}
+    net = build_model(exp, 2)
+    for fill in (None, 250.0):
+        e = {**exp, "predict_metal_fill_hu": fill}
+        plan = make_plan(_plan(n_classes=2, class_ids=[0, 1]), e)
+        assert ("predict_metal_fill_hu" in plan) == (fill is not None)
+        save_package(tmp_path / "m.pt", net, e, plan)
+        model, loaded = load_package(tmp_path / "m.pt")
+        out = predict_volume_with_evidence(model, loaded, ct, device="cpu")
+        assert out.labels.GetSize() == ct.GetSize()
+    window = (np.array([250.0, 2000.0]) + 1000.0) / 3000.0  # hu_window [-1000, 2000] -> [0, 1]
+    assert seen[0] == pytest.approx(1.0)  # clipped metal at the window's top
+    assert seen[1] == pytest.approx(window[0], abs=1e-3)  # cancellous bone's value
+    keyed = ExperimentConfig.from_dict({**exp, "predict_metal_fill_hu": 250}, "v")
+    assert "predict_metal_fill_hu" not in keyed.training_identity()  # no retraining for it
+    for bad in (3000, -2000):
+        with pytest.raises(ConfigError, match="predict_metal_fill_hu"):
+            ExperimentConfig.from_dict({**exp, "predict_metal_fill_hu": bad}, "v")
+    with pytest.raises(ConfigError, match="predict_metal_fill_hu"):
+        ExperimentConfig.from_dict(
+            {"task": "metal", "model": "unet2d", "predict_metal_fill_hu": 250}, "m"
+        )

@@ -148,6 +148,10 @@ class ExperimentConfig:
     #: at least three of the case's centroids are cervical (ctseg.inference.predict.
     #: inference_spacing); None: no change
     predict_cervical_factor: float | None = None
+    #: vertebra models: metal (>= 3000 HU) replaced by this HU before segmentation
+    #: (ctseg.metal.fill_metal; 250: cancellous bone, which the screws sit in); None: the CT
+    #: as it is
+    predict_metal_fill_hu: float | None = None
     #: bf16 autocast for the training forward pass on a CPU with native bf16 (CUDA always
     #: uses it); other CPUs train in float32 (ctseg.training.precision)
     cpu_bf16: bool = False
@@ -220,6 +224,13 @@ class ExperimentConfig:
             bad("loss_weights", "must be [dice, cross-entropy]")
         if self.predict_cervical_factor is not None and not 0 < self.predict_cervical_factor <= 2:
             bad("predict_cervical_factor", "a factor in (0, 2]")
+        if (
+            self.predict_metal_fill_hu is not None
+            and not -1000 <= self.predict_metal_fill_hu < 3000
+        ):
+            bad("predict_metal_fill_hu", "an HU value in [-1000, 3000) (below the metal threshold)")
+        if self.predict_metal_fill_hu is not None and not task.vertebrae:
+            bad("predict_metal_fill_hu", f"applies to vertebra tasks, not {self.task!r}")
         if self.classes not in ("levels", "foreground"):
             bad("classes", f"must be levels or foreground, not {self.classes!r}")
         if self.classes == "foreground" and not task.vertebrae:
@@ -285,7 +296,7 @@ class ExperimentConfig:
         ignore |= {"localiser"}
         # inference-time settings
         ignore |= {"tta_flip", "postprocess", "predict_spacing_mm", "predict_size_adaptive"}
-        ignore |= {"predict_cervical_factor"}
+        ignore |= {"predict_cervical_factor", "predict_metal_fill_hu"}
         return {k: v for k, v in self.to_dict().items() if k not in ignore}
 
 

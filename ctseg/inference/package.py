@@ -65,6 +65,8 @@ def make_plan(meta: dict, experiment: dict, extra: dict | None = None) -> dict:
     plan["predict_size_adaptive"] = bool(experiment.get("predict_size_adaptive", False))
     if experiment.get("predict_cervical_factor"):
         plan["predict_cervical_factor"] = float(experiment["predict_cervical_factor"])
+    if experiment.get("predict_metal_fill_hu") is not None:
+        plan["predict_metal_fill_hu"] = float(experiment["predict_metal_fill_hu"])
     plan["config_hash"] = config_hash(experiment)
     plan["ctseg_version"] = __version__
     plan["format"] = PACKAGE_FORMAT

@@ -40,6 +40,7 @@ from ctseg.inference.postprocess import (
     relabel_along_spine,
 )
 from ctseg.inference.sliding import slicewise_logits, sliding_window_logits
+from ctseg.metal import fill_metal
 
 
 def _write(image: sitk.Image, out_path: Path) -> None:
@@ -261,9 +262,12 @@ def predict_volume_with_evidence(
     exp = meta["experiment"]
     tta = bool(exp.get("tta_flip", False)) if tta_flip is None else tta_flip
     canon = to_canonical(ct)
+    source = canon
+    if meta["task"] == "vertebrae" and meta.get("predict_metal_fill_hu") is not None:
+        source = fill_metal(canon, float(meta["predict_metal_fill_hu"]))
     # resample_to_spacing (anti-aliased, linear), computed at the working samples only
     ct_r = working_image(
-        sitk.Cast(canon, sitk.sitkFloat32), inference_spacing(meta, centroids), default=-1000.0
+        sitk.Cast(source, sitk.sitkFloat32), inference_spacing(meta, centroids), default=-1000.0
     )
     image = hu_to_float(sitk.GetArrayFromImage(ct_r), meta["hu_window"])
     logits = working_grid_logits(model, meta, image, device=device, tta=tta)
