@@ -833,3 +833,32 @@ def test_the_localiser_predicts_in_the_precision_it_trained_in():
         assert dtypes == {torch.float32}
         for a, b in zip(bf, f32, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_localiser_sees_the_ct_with_its_metal_filled(monkeypatch):
+    """``metal_fill_hu`` in the package: the networks get the CT with its metal (>= 3000 HU)
+    replaced; without it the CT as it is. A decoding key: it does not change what is trained,
+    and a value at the metal threshold or a boolean is a ConfigError."""
+    import ctseg.localisation.predict as lp
+    from ctseg.localisation.training import DECODE_KEYS
+
+    seen = []
+
+    def fake_first_stage(model, meta, ct):
+        seen.append(int(sitk.GetArrayFromImage(ct).max()))
+        return None, None
+
+    monkeypatch.setattr(lp, "first_stage", fake_first_stage)
+    monkeypatch.setattr(lp, "decode_centroids", lambda heat, work, meta: [])
+    hu = np.full((10, 12, 12), 40, np.int16)
+    hu[4:6, 5:7, 5:7] = 7000
+    ct = sitk.GetImageFromArray(hu)
+    assert lp.predict_centroids((None, {"metal_fill_hu": 250.0}), ct) == []
+    assert lp.predict_centroids((None, {}), ct) == []
+    assert seen == [250, 7000]
+    assert "metal_fill_hu" in DECODE_KEYS
+    assert resolve_config({"metal_fill_hu": 250})["metal_fill_hu"] == 250
+    assert resolve_config({})["metal_fill_hu"] is None
+    for bad in (3000, True, "250"):
+        with pytest.raises(ConfigError, match="metal_fill_hu"):
+            resolve_config({"metal_fill_hu": bad})

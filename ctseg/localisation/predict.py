@@ -33,6 +33,7 @@ from ctseg.localisation.geometry import (
     world_to_index,
 )
 from ctseg.localisation.heatmaps import detect_points, sample_max
+from ctseg.metal import fill_metal
 from ctseg.training.precision import mixed_precision
 
 
@@ -352,15 +353,27 @@ def predict_centroids(
         model_path if isinstance(model_path, tuple) else load_localiser(model_path, device)
     )
     ct = read_ct(ct)
+    seen = network_input(ct, meta)
     if (meta.get("subnet_modules") or {}).get("refiner") is not None:
-        pts = name_chain(*case_evidence((model, meta), ct), meta)
+        pts = name_chain(*case_evidence((model, meta), seen), meta)
     else:
-        work, heat = first_stage(model, meta, ct)
+        work, heat = first_stage(model, meta, seen)
         pts = decode_centroids(heat, work, meta)
     # a centroid is a point of the scan: a vertebra cut by the field of view whose centre lies
     # outside it is not output (the scan's truth cannot hold it either), nor a chain end whose
     # centre lies so near the edge that less than half of it is in view (cut_levels)
     return drop_cut_ends([c for c in pts if inside(ct, c["world"])], ct)
+
+
+def network_input(ct: sitk.Image, meta: dict) -> sitk.Image:
+    """The CT the localiser's networks see: its metal filled where the package says so
+    (``metal_fill_hu``, :func:`ctseg.metal.fill_metal`), else the CT itself.
+
+    Why: screws at thousands of HU, which few training cases showed, threw whole chains off
+    (held-out draws with screws in L3-L5, L4-L5 or T3: none or one level of six identified, all
+    named right with the metal filled; README, *Metal filled before segmentation*)."""
+    fill = meta.get("metal_fill_hu")
+    return ct if fill is None else fill_metal(ct, float(fill))
 
 
 def first_stage(

@@ -452,10 +452,10 @@ def anatomy_rows(localiser: tuple, ct, centroids: list[dict]) -> list[dict]:
     net = (meta.get("subnet_modules") or {}).get("regions")
     if net is None or not centroids:
         return []
-    spec = meta["regions"]
-    work, arr = fine_image(read_ct(ct), spec)
-    from ctseg.localisation.predict import forward_precision
+    from ctseg.localisation.predict import forward_precision, network_input
 
+    spec = meta["regions"]
+    work, arr = fine_image(network_input(read_ct(ct), meta), spec)
     device = next(net.parameters()).device
     worlds = [c["world"] for c in centroids]
     probs = region_probs(net, spec, work, arr, worlds, device, forward_precision(meta, device))

@@ -136,6 +136,9 @@ DEFAULTS: dict = {
     "allow_skips": True,
     "skip_weight": 1.0,
     "optional_cost": 0.0,  # decoding: prior cost of each transitional level (T13, L6) used
+    # prediction: metal (>= 3000 HU) replaced by this HU before the networks see the CT
+    # (ctseg.metal.fill_metal); None: the CT as it is
+    "metal_fill_hu": None,
     "val_every": 1,
     "cpu_bf16": False,  # bf16 autocast on CPUs with native bf16 (faster steps)
     "channels_last": False,  # every stage's network and batches channels-last (faster bf16)
@@ -157,6 +160,7 @@ DECODE_KEYS = (
     "allow_skips",
     "skip_weight",
     "optional_cost",
+    "metal_fill_hu",
 )
 HISTORY_COLUMNS = (
     "epoch",
@@ -207,6 +211,12 @@ def resolve_config(config: dict | None) -> dict:
         out["regions"]["hu_window"] = list(out["hu_window"])
         out["regions"]["levels"] = list(out["levels"])
     out["synthetic"] = resolve_synthetic(out["synthetic"])
+    fill = out["metal_fill_hu"]
+    if fill is not None and (isinstance(fill, bool) or not isinstance(fill, int | float)
+                             or not -1000 <= fill < 3000):  # fmt: skip
+        raise ConfigError(
+            f"config key 'metal_fill_hu' must be an HU value in [-1000, 3000) or null, got {fill!r}"
+        )
     for key in ("cpu_bf16", "channels_last"):
         if not isinstance(out[key], bool):
             raise ConfigError(f"config key {key!r} must be true or false, got {out[key]!r}")
