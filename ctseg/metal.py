@@ -26,13 +26,11 @@ from scipy import ndimage
 from ctseg.core.atomic import atomic_dir, atomic_paths
 from ctseg.core.errors import InputError
 from ctseg.core.jsonio import dumps
+from ctseg.core.normalise import METAL_HU
 from ctseg.core.tsvio import write_tsv
 from ctseg.report.metal import write_qc_png
 
 BODY_HU = -500.0
-#: seed 002's metal threshold: no bone reaches it (cortex 1,100-1,900 HU), implant steel and
-#: titanium exceed it
-METAL_HU = 3000.0
 _FULL = np.ones((3, 3, 3), bool)  # 26-connectivity
 #: voxels per slab of the streamed passes over label arrays
 _SLAB = 1 << 20
@@ -101,9 +99,10 @@ def _ball(radius: int) -> np.ndarray:
     return (zz**2 + yy**2 + xx**2) <= r * r
 
 
-def fill_metal(ct: sitk.Image, fill_hu: float, threshold_hu: float = METAL_HU) -> sitk.Image:
+def fill_metal(ct: sitk.Image, fill_hu: float | None, threshold_hu: float = METAL_HU) -> sitk.Image:
     """``ct`` with every voxel at or above ``threshold_hu`` set to ``fill_hu`` (same grid and
-    pixel type); the image itself when no voxel reaches the threshold.
+    pixel type); the image itself when no voxel reaches the threshold or ``fill_hu`` is None
+    (a package or config without the setting).
 
     Why: pedicle screws lie in the pedicles and vertebral bodies, and a vertebra network that
     saw few implants in training leaves the levels around them unsegmented -- the body's
@@ -112,12 +111,13 @@ def fill_metal(ct: sitk.Image, fill_hu: float, threshold_hu: float = METAL_HU) -
     bone's value, the screws read as the bone they sit in (the prior-image idea of
     normalised metal artefact reduction, without the sinogram step); a scan without metal is
     untouched. Measured in the README (*Metal filled before segmentation*)."""
-    hu = sitk.GetArrayViewFromImage(ct)
-    metal = hu >= threshold_hu
+    if fill_hu is None:
+        return ct
+    metal = sitk.GetArrayViewFromImage(ct) >= threshold_hu
     if not metal.any():
         return ct
     arr = sitk.GetArrayFromImage(ct)
-    arr[metal] = fill_hu
+    arr[metal] = float(fill_hu)
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(ct)
     return out

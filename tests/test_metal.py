@@ -166,3 +166,4 @@ def test_fill_metal_replaces_only_metal_and_keeps_the_grid():
     hu[hu >= 3000] = 100
     clean = sitk.GetImageFromArray(hu)
     assert fill_metal(clean, 250.0) is clean
+    assert fill_metal(ct, None) is ct  # no fill configured: the CT as it is

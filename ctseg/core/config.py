@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ctseg.core.errors import ConfigError
+from ctseg.core.normalise import METAL_HU
 from ctseg.core.tasks import DEFAULT_VERTEBRAE, get_task
 
 MODELS = ("unet2d", "unet3d", "resunet3d")
@@ -101,6 +102,19 @@ def _from_dict(cls, d: dict | None, where: str, aliases: dict[str, str] | None =
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in d.items()}
     return cls(**kwargs)
+
+
+def metal_fill_problem(value) -> str | None:
+    """What is wrong with a metal fill value (an experiment's ``predict_metal_fill_hu``, a
+    localiser's ``metal_fill_hu``), or None: null, or an HU number from air up to the metal
+    threshold (a fill at or above it would still read as metal)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"an HU value or null, not {value!r}"
+    if not -1000 <= value < METAL_HU:
+        return f"an HU value in [-1000, {METAL_HU:g}) (below the metal threshold), not {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -224,11 +238,8 @@ class ExperimentConfig:
             bad("loss_weights", "must be [dice, cross-entropy]")
         if self.predict_cervical_factor is not None and not 0 < self.predict_cervical_factor <= 2:
             bad("predict_cervical_factor", "a factor in (0, 2]")
-        if (
-            self.predict_metal_fill_hu is not None
-            and not -1000 <= self.predict_metal_fill_hu < 3000
-        ):
-            bad("predict_metal_fill_hu", "an HU value in [-1000, 3000) (below the metal threshold)")
+        if (problem := metal_fill_problem(self.predict_metal_fill_hu)) is not None:
+            bad("predict_metal_fill_hu", problem)
         if self.predict_metal_fill_hu is not None and not task.vertebrae:
             bad("predict_metal_fill_hu", f"applies to vertebra tasks, not {self.task!r}")
         if self.classes not in ("levels", "foreground"):

@@ -12,6 +12,11 @@ import numpy as np
 DEFAULT_HU_WINDOW: tuple[float, float] = (-1000.0, 2000.0)
 
 
+#: seed 002's metal threshold: no bone reaches it (cortex 1,100-1,900 HU), implant steel and
+#: titanium exceed it (ctseg.metal's labelling and fill)
+METAL_HU = 3000.0
+
+
 def hu_to_float(
     hu: np.ndarray, window: tuple[float, float] | list[float] = DEFAULT_HU_WINDOW
 ) -> np.ndarray:

@@ -262,9 +262,8 @@ def predict_volume_with_evidence(
     exp = meta["experiment"]
     tta = bool(exp.get("tta_flip", False)) if tta_flip is None else tta_flip
     canon = to_canonical(ct)
-    source = canon
-    if meta["task"] == "vertebrae" and meta.get("predict_metal_fill_hu") is not None:
-        source = fill_metal(canon, float(meta["predict_metal_fill_hu"]))
+    vertebrae = meta["task"] == "vertebrae"
+    source = fill_metal(canon, meta.get("predict_metal_fill_hu")) if vertebrae else canon
     # resample_to_spacing (anti-aliased, linear), computed at the working samples only
     ct_r = working_image(
         sitk.Cast(source, sitk.sitkFloat32), inference_spacing(meta, centroids), default=-1000.0

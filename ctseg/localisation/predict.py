@@ -372,8 +372,7 @@ def network_input(ct: sitk.Image, meta: dict) -> sitk.Image:
     Why: screws at thousands of HU, which few training cases showed, threw whole chains off
     (held-out draws with screws in L3-L5, L4-L5 or T3: none or one level of six identified, all
     named right with the metal filled; README, *Metal filled before segmentation*)."""
-    fill = meta.get("metal_fill_hu")
-    return ct if fill is None else fill_metal(ct, float(fill))
+    return fill_metal(ct, meta.get("metal_fill_hu"))
 
 
 def first_stage(

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 import ctseg.report.training as report_training
 from ctseg.core.atomic import atomic_path
-from ctseg.core.config import ExperimentConfig, localiser_stages
+from ctseg.core.config import ExperimentConfig, localiser_stages, metal_fill_problem
 from ctseg.core.device import resolve_device
 from ctseg.core.errors import ConfigError, InputError
 from ctseg.core.normalise import DEFAULT_HU_WINDOW
@@ -211,12 +211,8 @@ def resolve_config(config: dict | None) -> dict:
         out["regions"]["hu_window"] = list(out["hu_window"])
         out["regions"]["levels"] = list(out["levels"])
     out["synthetic"] = resolve_synthetic(out["synthetic"])
-    fill = out["metal_fill_hu"]
-    if fill is not None and (isinstance(fill, bool) or not isinstance(fill, int | float)
-                             or not -1000 <= fill < 3000):  # fmt: skip
-        raise ConfigError(
-            f"config key 'metal_fill_hu' must be an HU value in [-1000, 3000) or null, got {fill!r}"
-        )
+    if (problem := metal_fill_problem(out["metal_fill_hu"])) is not None:
+        raise ConfigError(f"config key 'metal_fill_hu' must be {problem}")
     for key in ("cpu_bf16", "channels_last"):
         if not isinstance(out[key], bool):
             raise ConfigError(f"config key {key!r} must be true or false, got {out[key]!r}")
